@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine with only the Rust toolchain lacks to
+# build and test keyward: cmake (pingora's zlib-ng build) and curl.
+set -euo pipefail
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi

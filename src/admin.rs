@@ -1,0 +1,149 @@
+//! The admin listener (SPEC §8.2): `/metrics`, `/healthz`, `/readyz`.
+//! Runs on its own thread and runtime so a busy proxy never delays a scrape.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::decision::Engine;
+
+fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+/// `/readyz` body and status: ready when a snapshot is loaded and younger
+/// than `snapshot.max_staleness_s`.
+pub fn readiness(engine: &Engine) -> (u16, serde_json::Value) {
+    let store = &engine.store;
+    let cfg = &engine.policy.load().config;
+    let gen = store.current();
+    let age = store.age_seconds();
+    let max = cfg.snapshot.max_staleness.as_secs() as i64;
+    let loaded = gen.is_some();
+    let fresh = age.is_some_and(|a| a <= max);
+    let ready = loaded && fresh;
+    let last_error = store.reloads.last_error.lock().unwrap().clone();
+    let mut degraded = Vec::new();
+    if last_error.is_some() {
+        degraded.push("snapshot_reload_failing");
+    }
+    let body = serde_json::json!({
+        "ready": ready,
+        "snapshot": {
+            "loaded": loaded,
+            "generation": gen.as_ref().map(|g| g.id).unwrap_or(0),
+            "age_seconds": age,
+            "max_staleness_seconds": max,
+            "counts": gen.as_ref().map(|g| g.counts.clone()),
+            "last_reload_error": last_error,
+        },
+        "rate_limit": { "backend": "local", "up": true },
+        "degraded": degraded,
+    });
+    (if ready { 200 } else { 503 }, body)
+}
+
+async fn handle(
+    engine: Arc<Engine>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(match req.uri().path() {
+        "/metrics" => response(
+            200,
+            "text/plain; version=0.0.4",
+            engine.metrics.render(&engine.store),
+        ),
+        "/healthz" => response(200, "application/json", r#"{"status":"ok"}"#),
+        "/readyz" => {
+            let (status, body) = readiness(&engine);
+            response(
+                status,
+                "application/json",
+                serde_json::to_vec(&body).unwrap(),
+            )
+        }
+        _ => response(
+            404,
+            "application/json",
+            r#"{"error":"Not found","code":"NOT_FOUND","details":{}}"#,
+        ),
+    })
+}
+
+pub async fn serve(listener: TcpListener, engine: Arc<Engine>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(engine.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// Bind now (so errors surface at start) and serve on `rt`.
+pub fn start(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    engine: Arc<Engine>,
+) -> std::io::Result<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let local = std_listener.local_addr()?;
+    rt.spawn(async move {
+        let listener = TcpListener::from_std(std_listener).expect("admin listener");
+        serve(listener, engine).await
+    });
+    Ok(local)
+}
+
+/// `keyward healthcheck`: exit status for container health checks.
+pub fn healthcheck(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs are supported")?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/healthz"),
+    };
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let addr = hostport
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let timeout = std::time::Duration::from_secs(2);
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let head = String::from_utf8_lossy(&buf);
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status == "200" {
+        Ok(())
+    } else {
+        Err(format!("{url} answered {status}"))
+    }
+}

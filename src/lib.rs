@@ -1,0 +1,23 @@
+//! keyward: an authentication sidecar on pingora. See README.md and SPEC.md.
+//!
+//! Data flows one way: request bytes → [`credentials`] → [`principal`]
+//! (cached in [`cache`], loaded from [`snapshot`]) → [`routes`] + [`scope`] →
+//! [`ratelimit`] → [`decision`] → [`proxy`] applies it.
+
+pub mod admin;
+pub mod cache;
+pub mod clock;
+pub mod config;
+pub mod credentials;
+pub mod decision;
+pub mod demo;
+pub mod denial;
+pub mod echo;
+pub mod metrics;
+pub mod principal;
+pub mod proxy;
+pub mod ratelimit;
+pub mod routes;
+pub mod scope;
+pub mod server;
+pub mod snapshot;

@@ -1,0 +1,188 @@
+//! Prometheus metrics (SPEC §8.2), all prefixed `keyward_`. No label ever
+//! carries an organization, key or user id: labels are auth methods,
+//! outcomes, cache results, plan names from the config, and fixed kinds.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::cache::CacheResult;
+use crate::snapshot::{SnapshotStore, TABLES};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: Histogram,
+    pub auth_duration: Histogram,
+    cache_hit: IntCounter,
+    cache_miss: IntCounter,
+    cache_negative: IntCounter,
+    pub snapshot_generation: IntGauge,
+    pub snapshot_age: Gauge,
+    pub snapshot_reloads: IntCounterVec,
+    pub rate_limit_decisions: IntCounterVec,
+    pub rate_limit_backend_up: IntGauge,
+    pub upstream_errors: IntCounterVec,
+    pub snapshot_lookups: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help).namespace("keyward"), labels)
+                .expect("metric");
+            registry.register(Box::new(c.clone())).expect("register");
+            c
+        };
+        let histogram = |name: &str, help: &str| {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help)
+                    .namespace("keyward")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("metric");
+            registry.register(Box::new(h.clone())).expect("register");
+            h
+        };
+        let requests = counter_vec(
+            "requests_total",
+            "Requests by auth method and outcome",
+            &["auth_method", "outcome"],
+        );
+        let request_duration = histogram(
+            "request_duration_seconds",
+            "Time from request to the end of the response",
+        );
+        let auth_duration = histogram(
+            "auth_duration_seconds",
+            "Time spent deciding (authentication and authorization)",
+        );
+        let cache = counter_vec("cache_lookups_total", "Verdict cache lookups", &["result"]);
+        let snapshot_generation = IntGauge::with_opts(
+            Opts::new(
+                "snapshot_generation",
+                "Generation of the served snapshot (0: none)",
+            )
+            .namespace("keyward"),
+        )
+        .unwrap();
+        registry
+            .register(Box::new(snapshot_generation.clone()))
+            .unwrap();
+        let snapshot_age = Gauge::with_opts(
+            Opts::new("snapshot_age_seconds", "Age of the served snapshot").namespace("keyward"),
+        )
+        .unwrap();
+        registry.register(Box::new(snapshot_age.clone())).unwrap();
+        let snapshot_reloads = counter_vec(
+            "snapshot_reloads_total",
+            "Snapshot loads by result",
+            &["result"],
+        );
+        let rate_limit_decisions = counter_vec(
+            "rate_limit_decisions_total",
+            "Rate limit decisions",
+            &["plan", "decision"],
+        );
+        let rate_limit_backend_up = IntGauge::with_opts(
+            Opts::new(
+                "rate_limit_backend_up",
+                "1 when the rate limit backend is usable",
+            )
+            .namespace("keyward"),
+        )
+        .unwrap();
+        registry
+            .register(Box::new(rate_limit_backend_up.clone()))
+            .unwrap();
+        rate_limit_backend_up.set(1);
+        let upstream_errors = counter_vec(
+            "upstream_errors_total",
+            "Upstream failures by kind",
+            &["kind"],
+        );
+        let snapshot_lookups = counter_vec(
+            "snapshot_lookups_total",
+            "Queries that reached SQLite",
+            &["table"],
+        );
+        for r in ["ok", "failed"] {
+            snapshot_reloads.with_label_values(&[r]);
+        }
+        for t in TABLES {
+            snapshot_lookups.with_label_values(&[t]);
+        }
+        Arc::new(Metrics {
+            cache_hit: cache.with_label_values(&["hit"]),
+            cache_miss: cache.with_label_values(&["miss"]),
+            cache_negative: cache.with_label_values(&["negative_hit"]),
+            registry,
+            requests,
+            request_duration,
+            auth_duration,
+            snapshot_generation,
+            snapshot_age,
+            snapshot_reloads,
+            rate_limit_decisions,
+            rate_limit_backend_up,
+            upstream_errors,
+            snapshot_lookups,
+        })
+    }
+
+    pub fn cache(&self, r: CacheResult) {
+        match r {
+            CacheResult::Hit => self.cache_hit.inc(),
+            CacheResult::Miss => self.cache_miss.inc(),
+            CacheResult::NegativeHit => self.cache_negative.inc(),
+        }
+    }
+
+    pub fn rate_limit(&self, plan: &str, decision: &str) {
+        self.rate_limit_decisions
+            .with_label_values(&[plan, decision])
+            .inc();
+    }
+
+    /// Copy the store's own counters into the registry, then encode.
+    pub fn render(&self, store: &SnapshotStore) -> String {
+        use std::sync::atomic::Ordering;
+        self.snapshot_generation.set(store.generation_id() as i64);
+        self.snapshot_age
+            .set(store.age_seconds().unwrap_or(0) as f64);
+        let sync = |c: IntCounter, v: u64| {
+            let have = c.get();
+            if v > have {
+                c.inc_by(v - have);
+            }
+        };
+        sync(
+            self.snapshot_reloads.with_label_values(&["ok"]),
+            store.reloads.ok.load(Ordering::Relaxed),
+        );
+        sync(
+            self.snapshot_reloads.with_label_values(&["failed"]),
+            store.reloads.failed.load(Ordering::Relaxed),
+        );
+        for (i, t) in TABLES.iter().enumerate() {
+            sync(
+                self.snapshot_lookups.with_label_values(&[t]),
+                store.lookups(i),
+            );
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encode");
+        String::from_utf8(out).expect("utf8")
+    }
+}

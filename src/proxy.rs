@@ -1,0 +1,498 @@
+//! The pingora shell: gathers request facts, calls the decision core,
+//! applies the result (short-circuit response, identity headers, upstream).
+//! Policy lives in `decision`; this module only moves bytes and headers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::decision::{AuthMethod, Authenticated, Engine, Identity, Request};
+use crate::denial::Denial;
+use crate::ratelimit::{client_ip, RateState};
+use crate::routes::{self, AuthMode};
+
+/// pingora's retry buffer carries inspected bodies to the upstream; it holds
+/// 64 KiB, so that is the most a body-inspecting route can accept.
+pub const BODY_INSPECT_HARD_CAP: usize = 64 * 1024;
+
+/// Identity headers (SPEC §4) compared with `_` read as `-`, lowercase.
+const IDENTITY_HEADERS: [&str; 9] = [
+    "x-org-id",
+    "x-auth-method",
+    "x-api-key-id",
+    "x-user-id",
+    "x-workspace-id",
+    "x-allowed-workspaces",
+    "x-mcp-server-id",
+    "x-end-user-id",
+    "x-service-key",
+];
+
+fn is_identity_header(name: &str) -> bool {
+    let n = name.as_bytes();
+    IDENTITY_HEADERS.iter().any(|h| {
+        h.len() == n.len()
+            && h.bytes().zip(n).all(|(a, &b)| {
+                let b = if b == b'_' {
+                    b'-'
+                } else {
+                    b.to_ascii_lowercase()
+                };
+                a == b
+            })
+    })
+}
+
+fn is_request_id_header(name: &str) -> bool {
+    name.len() == 12
+        && name
+            .bytes()
+            .map(|b| {
+                if b == b'_' {
+                    b'-'
+                } else {
+                    b.to_ascii_lowercase()
+                }
+            })
+            .eq(*b"x-request-id")
+}
+
+fn valid_request_id(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+fn new_request_id() -> String {
+    let v: u128 = rand::random();
+    format!("{v:032x}")
+}
+
+#[derive(Default)]
+pub struct Ctx {
+    start: Option<Instant>,
+    request_id: String,
+    identity: Option<Identity>,
+    rate: Option<RateState>,
+    auth_method: Option<AuthMethod>,
+    key_prefix: Option<Arc<str>>,
+    outcome: &'static str,
+    status: u16,
+    auth_time: Duration,
+    body: Option<Bytes>,
+}
+
+pub struct KeywardProxy {
+    pub engine: Arc<Engine>,
+    peer: HttpPeer,
+    https: bool,
+}
+
+impl KeywardProxy {
+    pub fn new(engine: Arc<Engine>) -> KeywardProxy {
+        let cfg = &engine.policy.load().config;
+        let up = &cfg.upstream;
+        let mut peer = HttpPeer::new(up.address, up.tls, up.sni.clone());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.total_connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.write_timeout = Some(up.read_timeout);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        // upstream.ca_file is handed to pingora's connector (ServerConf.ca_file).
+        let https = cfg.server.tls.is_some();
+        KeywardProxy {
+            engine,
+            peer,
+            https,
+        }
+    }
+
+    async fn deny(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        denial: Denial,
+        rate: Option<RateState>,
+    ) -> Result<bool> {
+        ctx.outcome = denial.outcome();
+        ctx.status = denial.status();
+        ctx.rate = rate;
+        write_denial(session, &denial, rate.as_ref(), &ctx.request_id).await?;
+        Ok(true)
+    }
+}
+
+/// Write a keyward-made response: contract JSON, Content-Length, extras.
+async fn write_denial(
+    session: &mut Session,
+    denial: &Denial,
+    rate: Option<&RateState>,
+    request_id: &str,
+) -> Result<()> {
+    let body = denial.body();
+    let mut h = ResponseHeader::build(denial.status(), Some(6))?;
+    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    h.set_content_length(body.len())?;
+    for (k, v) in denial.headers() {
+        h.insert_header(k, v)?;
+    }
+    if let Some(r) = rate {
+        rate_headers(&mut h, r)?;
+    }
+    if !request_id.is_empty() {
+        h.insert_header("x-request-id", request_id)?;
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+fn rate_headers(h: &mut ResponseHeader, r: &RateState) -> Result<()> {
+    h.insert_header("x-ratelimit-limit", r.limit)?;
+    h.insert_header("x-ratelimit-remaining", r.remaining)?;
+    h.insert_header("x-ratelimit-reset", r.reset)?;
+    Ok(())
+}
+
+#[async_trait]
+impl ProxyHttp for KeywardProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.start = Some(Instant::now());
+        ctx.request_id = match session.req_header().headers.get("x-request-id") {
+            Some(v)
+                if valid_request_id(v.as_bytes())
+                    && session
+                        .req_header()
+                        .headers
+                        .get_all("x-request-id")
+                        .iter()
+                        .count()
+                        == 1 =>
+            {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
+            _ => new_request_id(),
+        };
+
+        // Decide on exactly the path the upstream will act on (SPEC §5).
+        let normalized = match routes::normalize(session.req_header().uri.path()) {
+            Ok(std::borrow::Cow::Borrowed(_)) => None,
+            Ok(std::borrow::Cow::Owned(p)) => Some(p),
+            Err(e) => {
+                return self
+                    .deny(session, ctx, Denial::BadRequest(e.reason()), None)
+                    .await
+            }
+        };
+        if let Some(p) = normalized {
+            let pq = match session.req_header().uri.query() {
+                Some(q) => format!("{p}?{q}"),
+                None => p,
+            };
+            let uri = http::Uri::builder()
+                .path_and_query(pq)
+                .build()
+                .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "normalized path"))?;
+            session.req_header_mut().set_uri(uri);
+        }
+
+        let now = crate::clock::now_unix();
+        let auth_start = Instant::now();
+        let engine = &self.engine;
+        let policy = engine.policy.load();
+        let cfg = &policy.config;
+        let req_header = session.req_header();
+        let (route, captures) = cfg.routes.find(&req_header.method, req_header.uri.path());
+        if route.auth == AuthMode::None {
+            ctx.outcome = "forwarded";
+            return Ok(false);
+        }
+        let peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let ip = if cfg.server.trusted_proxies.is_empty() {
+            peer_ip
+        } else {
+            let xff: Vec<&str> = req_header
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            client_ip(peer_ip, &xff, &cfg.server.trusted_proxies)
+        };
+        let req = Request {
+            method: &req_header.method,
+            path: req_header.uri.path(),
+            query: req_header.uri.query(),
+            headers: &req_header.headers,
+            client_ip: ip,
+            https: self.https,
+        };
+        let caller = match engine.authenticate(&req, route, &captures, now) {
+            Authenticated::Caller(c) => c,
+            Authenticated::Denied(d, rate) => {
+                ctx.auth_time = auth_start.elapsed();
+                return self.deny(session, ctx, d, rate).await;
+            }
+        };
+        ctx.auth_method = Some(caller.method);
+        ctx.key_prefix = caller.key_prefix().map(Arc::from);
+
+        let needs_body = route.workspace.as_ref().is_some_and(|w| w.needs_body())
+            && matches!(caller.method, AuthMethod::ApiKey | AuthMethod::Session);
+        let decision = if needs_body {
+            let cap = cfg.server.max_body_inspect_bytes.min(BODY_INSPECT_HARD_CAP);
+            // Kept by pingora and replayed to the upstream after the decision.
+            session.as_mut().enable_retry_buffering();
+            let mut buf = BytesMut::new();
+            let mut too_large = false;
+            while let Some(chunk) = session.read_request_body().await? {
+                if buf.len() + chunk.len() > cap {
+                    too_large = true;
+                    break;
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            if too_large {
+                ctx.auth_time = auth_start.elapsed();
+                let org_rate = None;
+                return self
+                    .deny(session, ctx, Denial::PayloadTooLarge, org_rate)
+                    .await;
+            }
+            let body = buf.freeze();
+            let req_header = session.req_header();
+            let req = Request {
+                method: &req_header.method,
+                path: req_header.uri.path(),
+                query: req_header.uri.query(),
+                headers: &req_header.headers,
+                client_ip: ip,
+                https: self.https,
+            };
+            let d = engine.authorize(&req, route, &captures, &caller, Some(&body), now);
+            ctx.body = Some(body);
+            d
+        } else {
+            engine.authorize(&req, route, &captures, &caller, None, now)
+        };
+        ctx.auth_time = auth_start.elapsed();
+        match decision {
+            Ok((identity, rate)) => {
+                ctx.identity = Some(identity);
+                ctx.rate = rate;
+                ctx.outcome = "forwarded";
+                Ok(false)
+            }
+            Err((d, rate)) => self.deny(session, ctx, d, rate).await,
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(self.peer.clone()))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let strip: Vec<http::HeaderName> = up
+            .headers
+            .keys()
+            .filter(|n| is_identity_header(n.as_str()) || is_request_id_header(n.as_str()))
+            .cloned()
+            .collect();
+        for name in &strip {
+            up.remove_header(name);
+        }
+        up.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if self.engine.policy.load().config.upstream.strip_credentials {
+            up.remove_header(&http::header::AUTHORIZATION);
+            up.remove_header(&http::header::COOKIE);
+        }
+        if let Some(id) = &ctx.identity {
+            let set =
+                |up: &mut RequestHeader, name: &'static str, v: &Option<Arc<str>>| -> Result<()> {
+                    if let Some(v) = v {
+                        up.insert_header(name, &**v)?;
+                    }
+                    Ok(())
+                };
+            set(up, "x-org-id", &id.org_id)?;
+            if let Some(m) = id.auth_method {
+                up.insert_header("x-auth-method", m)?;
+            }
+            set(up, "x-api-key-id", &id.api_key_id)?;
+            set(up, "x-user-id", &id.user_id)?;
+            set(up, "x-workspace-id", &id.workspace_id)?;
+            set(up, "x-allowed-workspaces", &id.allowed_workspaces)?;
+            set(up, "x-mcp-server-id", &id.mcp_server_id)?;
+            set(up, "x-end-user-id", &id.end_user_id)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.status = resp.status.as_u16();
+        if let Some(r) = &ctx.rate {
+            rate_headers(resp, r)?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut Ctx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let denial = match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                Some(Denial::UpstreamTimeout)
+            }
+            ErrorType::HTTPStatus(_) => None,
+            _ => match e.esource() {
+                ErrorSource::Upstream => Some(Denial::UpstreamUnavailable),
+                ErrorSource::Downstream => None,
+                ErrorSource::Internal | ErrorSource::Unset => Some(Denial::UpstreamUnavailable),
+            },
+        };
+        let code = match &denial {
+            Some(d) => {
+                let kind = if matches!(d, Denial::UpstreamTimeout) {
+                    "timeout"
+                } else {
+                    "unavailable"
+                };
+                self.engine
+                    .metrics
+                    .upstream_errors
+                    .with_label_values(&[kind])
+                    .inc();
+                ctx.outcome = d.outcome();
+                ctx.status = d.status();
+                if session.response_written().is_none() {
+                    let _ = write_denial(session, d, ctx.rate.as_ref(), &ctx.request_id).await;
+                }
+                d.status()
+            }
+            None => match e.etype() {
+                ErrorType::HTTPStatus(c) => *c,
+                _ => 0,
+            },
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _eos: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Inspected bodies were consumed in request_filter; pingora replays
+        // them from its retry buffer, so nothing to do but drop our copy.
+        if ctx.body.is_some() && body.is_some() {
+            ctx.body = None;
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let total = ctx.start.map(|s| s.elapsed()).unwrap_or_default();
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(ctx.status);
+        let method = ctx.auth_method.map(AuthMethod::as_str).unwrap_or("none");
+        let outcome = if ctx.outcome.is_empty() {
+            "error"
+        } else {
+            ctx.outcome
+        };
+        let m = &self.engine.metrics;
+        m.requests.with_label_values(&[method, outcome]).inc();
+        m.request_duration.observe(total.as_secs_f64());
+        if ctx.auth_method.is_some() || ctx.auth_time > Duration::ZERO {
+            m.auth_duration.observe(ctx.auth_time.as_secs_f64());
+        }
+        let req = session.req_header();
+        tracing::info!(
+            target: "keyward::access",
+            method = %req.method,
+            path = req.uri.path(),
+            status,
+            auth_method = method,
+            outcome,
+            org_id = ctx.identity.as_ref().and_then(|i| i.org_id.as_deref()).unwrap_or(""),
+            key_prefix = ctx.key_prefix.as_deref().unwrap_or(""),
+            request_id = %ctx.request_id,
+            auth_us = ctx.auth_time.as_micros() as u64,
+            total_us = total.as_micros() as u64,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_headers_in_every_spelling() {
+        for n in [
+            "x-org-id",
+            "X-ORG-ID",
+            "x_org_id",
+            "X_Org-Id",
+            "x-service-key",
+            "X_Allowed_Workspaces",
+        ] {
+            assert!(is_identity_header(&n.to_ascii_lowercase()), "{n}");
+        }
+        for n in ["x-org-idx", "x-org", "authorization", "x-request-id"] {
+            assert!(!is_identity_header(n), "{n}");
+        }
+        assert!(is_request_id_header("x_request_id"));
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id(b"abc-123_.:X"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"a b"));
+        assert!(!valid_request_id(&[b'a'; 129]));
+    }
+}

@@ -1,0 +1,154 @@
+//! Assembly: snapshot store + watcher, decision engine, admin listener,
+//! SIGHUP reloads, and the pingora server with its shutdown behaviour.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+
+use crate::config::Config;
+use crate::decision::Engine;
+use crate::metrics::Metrics;
+use crate::proxy::KeywardProxy;
+use crate::snapshot::SnapshotStore;
+
+/// Keys that cannot change without a restart; a reload touching them is refused.
+fn frozen_change(old: &Config, new: &Config) -> Option<&'static str> {
+    let (o, n) = (&old.server, &new.server);
+    if o.listen != n.listen {
+        return Some("server.listen");
+    }
+    if o.admin_listen != n.admin_listen {
+        return Some("server.admin_listen");
+    }
+    if o.threads != n.threads {
+        return Some("server.threads");
+    }
+    if o.tls.as_ref().map(|t| (&t.cert, &t.key)) != n.tls.as_ref().map(|t| (&t.cert, &t.key)) {
+        return Some("server.tls");
+    }
+    let (a, b) = (&old.upstream, &new.upstream);
+    if a.address != b.address
+        || a.tls != b.tls
+        || a.sni != b.sni
+        || a.ca_file != b.ca_file
+        || a.connect_timeout != b.connect_timeout
+        || a.read_timeout != b.read_timeout
+    {
+        return Some("upstream");
+    }
+    if old.snapshot.path != new.snapshot.path
+        || old.snapshot.poll_interval != new.snapshot.poll_interval
+    {
+        return Some("snapshot");
+    }
+    if old.rate_limit.window_s != new.rate_limit.window_s
+        || old.rate_limit.auth_failures_per_ip != new.rate_limit.auth_failures_per_ip
+    {
+        return Some("rate_limit.window_s");
+    }
+    None
+}
+
+/// SIGHUP: re-read the config file; keep the old one on any problem.
+pub fn reload_config(engine: &Engine, path: &std::path::Path) -> Result<(), String> {
+    let new = Config::load(path).map_err(|e| e.to_string())?;
+    let old = engine.policy.load();
+    if let Some(key) = frozen_change(&old.config, &new) {
+        return Err(format!("`{key}` cannot change without a restart"));
+    }
+    engine.reload_policy(new);
+    Ok(())
+}
+
+pub struct Running {
+    pub engine: Arc<Engine>,
+    pub admin_addr: std::net::SocketAddr,
+    _admin_rt: tokio::runtime::Runtime,
+}
+
+/// Everything but the pingora server: store, watcher, engine, admin, SIGHUP.
+pub fn start_support(config: Config) -> anyhow::Result<Running> {
+    let metrics = Metrics::new();
+    let store = SnapshotStore::new(config.snapshot.path.clone());
+    if config.session.secret.is_none() {
+        tracing::warn!("no BetterAuth secret configured (session.secret_env / session.secret): session cookies will be answered 401");
+    }
+    let _ = store.reload();
+    store.watch(config.snapshot.poll_interval);
+    let source: Option<PathBuf> = config.source.clone();
+    let admin_listen = config.server.admin_listen;
+    let engine = Engine::new(config, store, metrics);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("keyward-admin")
+        .enable_all()
+        .build()?;
+    let admin_addr = crate::admin::start(&rt, admin_listen, engine.clone())
+        .map_err(|e| anyhow::anyhow!("cannot bind admin listener {admin_listen}: {e}"))?;
+    if let Some(path) = source {
+        let engine = engine.clone();
+        rt.spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                match reload_config(&engine, &path) {
+                    Ok(()) => tracing::info!(path = %path.display(), "config reloaded"),
+                    Err(e) => tracing::error!(path = %path.display(), error = %e, "config reload rejected; keeping the old config"),
+                }
+            }
+        });
+    }
+    Ok(Running {
+        engine,
+        admin_addr,
+        _admin_rt: rt,
+    })
+}
+
+/// Run keyward until SIGTERM (graceful, `server.shutdown_grace_s`) or SIGINT (fast).
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let listen = config.server.listen;
+    let threads = config.server.threads;
+    let grace = config.server.shutdown_grace.as_secs();
+    let tls = config.server.tls.clone();
+    let ca_file = config
+        .upstream
+        .ca_file
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
+    let running = start_support(config)?;
+    tracing::info!(%listen, admin = %running.admin_addr, "keyward starting");
+
+    let conf = ServerConf {
+        threads,
+        work_stealing: false,
+        grace_period_seconds: Some(grace),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: 256,
+        ca_file,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut service = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        KeywardProxy::new(running.engine.clone()),
+    );
+    match &tls {
+        None => service.add_tcp(&listen.to_string()),
+        Some(t) => {
+            let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
+                &t.cert.to_string_lossy(),
+                &t.key.to_string_lossy(),
+            )
+            .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
+            settings.enable_h2();
+            service.add_tls_with_settings(&listen.to_string(), None, settings);
+        }
+    }
+    server.add_service(service);
+    server.run(RunArgs::default());
+    drop(running);
+    Ok(())
+}

@@ -1,0 +1,522 @@
+//! The snapshot store (SPEC §1–2): a read-only SQLite file published by the
+//! control plane, validated before use, watched for new versions (atomic
+//! rename or in-place change via `PRAGMA data_version`) and swapped
+//! atomically. Lookups run on the calling thread through a per-thread
+//! read-only connection with cached prepared statements: an indexed point
+//! read from the page cache costs a few microseconds, far less than a hop to
+//! a blocking pool would. Never writes the file.
+
+pub mod schema;
+
+use std::cell::RefCell;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no valid snapshot loaded")]
+    NotLoaded,
+    #[error("snapshot query failed: {0}")]
+    Query(String),
+}
+
+/// One loaded, validated version of the snapshot file.
+#[derive(Debug)]
+pub struct Generation {
+    pub id: u64,
+    dev: u64,
+    ino: u64,
+    /// unix seconds when this version was produced (meta.generated_at, else mtime)
+    pub produced_at: i64,
+    pub counts: Counts,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Counts {
+    pub organizations: u64,
+    pub workspaces: u64,
+    pub api_keys: u64,
+    pub sessions: u64,
+    pub service_keys: u64,
+    pub mcp_servers: u64,
+    pub mcp_tokens: u64,
+    pub resources: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrgRecord {
+    pub id: Arc<str>,
+    pub plan: Arc<str>,
+    pub rate_limit: Option<u64>,
+    pub quota_exceeded: bool,
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub organization_id: String,
+    pub key_prefix: Option<String>,
+    pub permissions: Option<String>,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub id: String,
+    pub user_id: String,
+    pub active_organization_id: Option<String>,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceKeyRecord {
+    pub id: String,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct McpServerRecord {
+    pub id: String,
+    pub organization_id: String,
+    pub workspace_id: String,
+    pub auth_mode: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct McpTokenRecord {
+    pub id: String,
+    pub kind: String,
+    pub mcp_server_id: String,
+    pub end_user_id: Option<String>,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// Tables counted in `keyward_snapshot_lookups_total{table}`.
+pub const TABLES: [&str; 8] = [
+    "organizations",
+    "workspaces",
+    "api_keys",
+    "sessions",
+    "service_keys",
+    "mcp_servers",
+    "mcp_tokens",
+    "resources",
+];
+
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+type SwapListener = Box<dyn Fn(&Generation) + Send + Sync>;
+
+static STORE_IDS: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// (store id, generation id, connection) per thread.
+    static CONNS: RefCell<Vec<(u64, u64, Connection)>> = const { RefCell::new(Vec::new()) };
+}
+
+pub struct SnapshotStore {
+    store_id: u64,
+    path: PathBuf,
+    current: ArcSwapOption<Generation>,
+    next_generation: AtomicU64,
+    pub reloads: ReloadStats,
+    lookups: [AtomicU64; 8],
+    listeners: Mutex<Vec<SwapListener>>,
+}
+
+fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_millis(200))?;
+    // Serve reads from a shared mapping instead of read() copies.
+    let _ = conn.pragma_update(None, "mmap_size", 256i64 << 20);
+    Ok(conn)
+}
+
+impl SnapshotStore {
+    pub fn new(path: impl Into<PathBuf>) -> Arc<SnapshotStore> {
+        Arc::new(SnapshotStore {
+            store_id: STORE_IDS.fetch_add(1, Ordering::Relaxed),
+            path: path.into(),
+            current: ArcSwapOption::empty(),
+            next_generation: AtomicU64::new(1),
+            reloads: ReloadStats::default(),
+            lookups: Default::default(),
+            listeners: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Called after every swap (cache invalidation, metrics).
+    pub fn on_swap(&self, f: impl Fn(&Generation) + Send + Sync + 'static) {
+        self.listeners.lock().unwrap().push(Box::new(f));
+    }
+
+    pub fn current(&self) -> Option<Arc<Generation>> {
+        self.current.load_full()
+    }
+
+    /// Generation id, 0 before any snapshot loaded. Lock-free.
+    pub fn generation_id(&self) -> u64 {
+        self.current.load().as_ref().map(|g| g.id).unwrap_or(0)
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    pub fn lookups(&self, table: usize) -> u64 {
+        self.lookups[table].load(Ordering::Relaxed)
+    }
+
+    /// Open and validate the file as it is now; on success swap it in.
+    /// On failure keep the last good generation, record and return the error.
+    pub fn reload(&self) -> Result<Arc<Generation>, String> {
+        match self.load_candidate() {
+            Ok(gen) => {
+                let gen = Arc::new(gen);
+                self.current.store(Some(gen.clone()));
+                self.reloads.ok.fetch_add(1, Ordering::Relaxed);
+                *self.reloads.last_error.lock().unwrap() = None;
+                for l in self.listeners.lock().unwrap().iter() {
+                    l(&gen);
+                }
+                tracing::info!(generation = gen.id, counts = ?gen.counts, "snapshot loaded");
+                Ok(gen)
+            }
+            Err(e) => {
+                self.reloads.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(path = %self.path.display(), error = %e, "snapshot rejected; keeping the last good one");
+                *self.reloads.last_error.lock().unwrap() = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn load_candidate(&self) -> Result<Generation, String> {
+        let meta = std::fs::metadata(&self.path)
+            .map_err(|e| format!("cannot stat {}: {e}", self.path.display()))?;
+        let conn = open_read_only(&self.path).map_err(|e| format!("cannot open: {e}"))?;
+        schema::validate(&conn)?;
+        let count = |t: &str| -> Result<u64, String> {
+            conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(|e| format!("cannot read table `{t}`: {e}"))
+        };
+        let counts = Counts {
+            organizations: count("organizations")?,
+            workspaces: count("workspaces")?,
+            api_keys: count("api_keys")?,
+            sessions: count("sessions")?,
+            service_keys: count("service_keys")?,
+            mcp_servers: count("mcp_servers")?,
+            mcp_tokens: count("mcp_tokens")?,
+            resources: count("resources")?,
+        };
+        let generated_at: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'generated_at'",
+                [],
+                |r| r.get::<_, rusqlite::types::Value>(0),
+            )
+            .optional()
+            .ok()
+            .flatten()
+            .and_then(|v| match v {
+                rusqlite::types::Value::Integer(i) => Some(i),
+                rusqlite::types::Value::Text(t) => t.trim().parse().ok(),
+                _ => None,
+            });
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_else(crate::clock::now_unix);
+        Ok(Generation {
+            id: self.next_generation.fetch_add(1, Ordering::Relaxed),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            produced_at: generated_at.unwrap_or(mtime),
+            counts,
+        })
+    }
+
+    /// Age of the served snapshot in seconds.
+    pub fn age_seconds(&self) -> Option<i64> {
+        self.current()
+            .map(|g| (crate::clock::now_unix() - g.produced_at).max(0))
+    }
+
+    /// Start the watcher thread: polls every `interval` for a renamed-in file
+    /// (inode change) or an in-place commit (`PRAGMA data_version`).
+    pub fn watch(self: &Arc<Self>, interval: Duration) -> std::thread::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("keyward-snapshot".into())
+            .spawn(move || {
+                let mut probe: Option<(u64, Connection, i64)> = None; // (gen, conn, data_version)
+                let mut last_failed_identity: Option<(u64, u64, i64, u64)> = None;
+                loop {
+                    let Some(store) = weak.upgrade() else { return };
+                    store.poll_once(&mut probe, &mut last_failed_identity);
+                    drop(store);
+                    std::thread::sleep(interval);
+                }
+            })
+            .expect("spawn snapshot watcher")
+    }
+
+    fn poll_once(
+        &self,
+        probe: &mut Option<(u64, Connection, i64)>,
+        last_failed: &mut Option<(u64, u64, i64, u64)>,
+    ) {
+        let current = self.current();
+        let meta = std::fs::metadata(&self.path).ok();
+        let identity = meta.as_ref().map(|m| {
+            (
+                m.dev(),
+                m.ino(),
+                m.mtime_nsec() + m.mtime() * 1_000_000_000,
+                m.len(),
+            )
+        });
+        let changed = match (&current, &meta) {
+            (None, None) => false,
+            (None, Some(_)) => true,
+            (Some(_), None) => {
+                // Deleted: keep serving, say so once per disappearance.
+                if last_failed.is_none() {
+                    self.reloads.failed.fetch_add(1, Ordering::Relaxed);
+                    let e = format!("snapshot {} is missing", self.path.display());
+                    tracing::error!(error = %e, "keeping the last good snapshot");
+                    *self.reloads.last_error.lock().unwrap() = Some(e);
+                    *last_failed = Some((0, 0, 0, 0));
+                }
+                return;
+            }
+            (Some(g), Some(m)) => {
+                if (m.dev(), m.ino()) != (g.dev, g.ino) {
+                    true
+                } else {
+                    // Same file: ask SQLite whether another connection committed.
+                    if probe.as_ref().map(|p| p.0) != Some(g.id) {
+                        *probe = open_read_only(&self.path).ok().and_then(|c| {
+                            let v = data_version(&c)?;
+                            Some((g.id, c, v))
+                        });
+                    }
+                    match probe {
+                        Some((_, conn, v)) => match data_version(conn) {
+                            Some(now) if now != *v => {
+                                *v = now;
+                                true
+                            }
+                            Some(_) => false,
+                            None => true,
+                        },
+                        None => true,
+                    }
+                }
+            }
+        };
+        if !changed {
+            return;
+        }
+        // Do not re-log the same broken file every poll.
+        if identity.is_some() && *last_failed == identity {
+            return;
+        }
+        match self.reload() {
+            Ok(_) => *last_failed = None,
+            Err(_) => *last_failed = identity,
+        }
+    }
+
+    // ------------------------------------------------------------ lookups
+
+    fn with_conn<T>(
+        &self,
+        table: usize,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let gen = self.current.load();
+        let gen = gen.as_ref().ok_or(StoreError::NotLoaded)?;
+        self.lookups[table].fetch_add(1, Ordering::Relaxed);
+        CONNS.with(|cell| {
+            let mut conns = cell.borrow_mut();
+            let pos = conns.iter().position(|(s, _, _)| *s == self.store_id);
+            let stale = pos.map(|p| conns[p].1 != gen.id).unwrap_or(true);
+            if stale {
+                match open_read_only(&self.path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| schema::validate(&c).map(|_| c))
+                {
+                    Ok(conn) => match pos {
+                        Some(p) => conns[p] = (self.store_id, gen.id, conn),
+                        None => conns.push((self.store_id, gen.id, conn)),
+                    },
+                    // The file changed again after validation and is broken:
+                    // keep the previous, validated connection if there is one.
+                    Err(e) if pos.is_none() => return Err(StoreError::Query(e)),
+                    Err(_) => {}
+                }
+            }
+            let pos = conns
+                .iter()
+                .position(|(s, _, _)| *s == self.store_id)
+                .unwrap();
+            f(&conns[pos].2).map_err(|e| StoreError::Query(e.to_string()))
+        })
+    }
+
+    pub fn organization(&self, id: &str) -> Result<Option<OrgRecord>, StoreError> {
+        self.with_conn(0, |c| {
+            c.prepare_cached("SELECT id, plan, rate_limit, quota_exceeded, disabled FROM organizations WHERE id = ?1")?
+                .query_row(params![id], |r| {
+                    Ok(OrgRecord {
+                        id: Arc::from(r.get::<_, String>(0)?),
+                        plan: Arc::from(r.get::<_, String>(1)?),
+                        rate_limit: r.get::<_, Option<i64>>(2)?.map(|n| n.max(0) as u64),
+                        quota_exceeded: r.get::<_, Option<i64>>(3)?.unwrap_or(0) != 0,
+                        disabled: r.get::<_, Option<i64>>(4)?.unwrap_or(0) != 0,
+                    })
+                })
+                .optional()
+        })
+    }
+
+    pub fn workspace_org(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.with_conn(1, |c| {
+            c.prepare_cached("SELECT organization_id FROM workspaces WHERE id = ?1")?
+                .query_row(params![id], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    pub fn api_key(&self, hash_hex: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.with_conn(2, |c| {
+            c.prepare_cached(
+                "SELECT id, organization_id, key_prefix, permissions, expires_at, revoked_at FROM api_keys WHERE key_hash = ?1",
+            )?
+            .query_row(params![hash_hex], |r| {
+                Ok(ApiKeyRecord {
+                    id: r.get(0)?,
+                    organization_id: r.get(1)?,
+                    key_prefix: r.get(2)?,
+                    permissions: r.get(3)?,
+                    expires_at: r.get(4)?,
+                    revoked_at: r.get(5)?,
+                })
+            })
+            .optional()
+        })
+    }
+
+    pub fn session(&self, hash_hex: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.with_conn(3, |c| {
+            c.prepare_cached(
+                "SELECT id, user_id, active_organization_id, expires_at FROM sessions WHERE token_hash = ?1",
+            )?
+            .query_row(params![hash_hex], |r| {
+                Ok(SessionRecord {
+                    id: r.get(0)?,
+                    user_id: r.get(1)?,
+                    active_organization_id: r.get(2)?,
+                    expires_at: r.get(3)?,
+                })
+            })
+            .optional()
+        })
+    }
+
+    pub fn service_key(&self, hash_hex: &str) -> Result<Option<ServiceKeyRecord>, StoreError> {
+        self.with_conn(4, |c| {
+            c.prepare_cached("SELECT id, revoked_at FROM service_keys WHERE key_hash = ?1")?
+                .query_row(params![hash_hex], |r| {
+                    Ok(ServiceKeyRecord {
+                        id: r.get(0)?,
+                        revoked_at: r.get(1)?,
+                    })
+                })
+                .optional()
+        })
+    }
+
+    pub fn mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>, StoreError> {
+        self.with_conn(5, |c| {
+            c.prepare_cached(
+                "SELECT id, organization_id, workspace_id, auth_mode FROM mcp_servers WHERE id = ?1",
+            )?
+            .query_row(params![id], |r| {
+                Ok(McpServerRecord {
+                    id: r.get(0)?,
+                    organization_id: r.get(1)?,
+                    workspace_id: r.get(2)?,
+                    auth_mode: r.get(3)?,
+                })
+            })
+            .optional()
+        })
+    }
+
+    pub fn mcp_token(&self, hash_hex: &str) -> Result<Option<McpTokenRecord>, StoreError> {
+        self.with_conn(6, |c| {
+            c.prepare_cached(
+                "SELECT id, kind, mcp_server_id, end_user_id, expires_at, revoked_at FROM mcp_tokens WHERE token_hash = ?1",
+            )?
+            .query_row(params![hash_hex], |r| {
+                Ok(McpTokenRecord {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    mcp_server_id: r.get(2)?,
+                    end_user_id: r.get(3)?,
+                    expires_at: r.get(4)?,
+                    revoked_at: r.get(5)?,
+                })
+            })
+            .optional()
+        })
+    }
+
+    pub fn resource_workspace(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.with_conn(7, |c| {
+            c.prepare_cached("SELECT workspace_id FROM resources WHERE id = ?1")?
+                .query_row(params![id], |r| r.get(0))
+                .optional()
+        })
+    }
+}
+
+fn data_version(conn: &Connection) -> Option<i64> {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0)).ok()
+}
+
+/// Seconds since the unix epoch of a SystemTime (for logs).
+pub fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

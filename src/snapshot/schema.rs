@@ -1,0 +1,220 @@
+//! The snapshot schema (SPEC §2): the SQL that creates it, the check that a
+//! file has every required table and column, and the small writers behind
+//! `keyward snapshot init` and `keyward keys create`. The proxy never writes.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+/// The contract's schema, plus the optional `meta` table.
+pub const CREATE_SQL: &str = r#"
+CREATE TABLE IF NOT EXISTS organizations (
+  id TEXT PRIMARY KEY,
+  plan TEXT NOT NULL,
+  rate_limit INTEGER,
+  quota_exceeded INTEGER NOT NULL DEFAULT 0,
+  disabled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS workspaces (
+  id TEXT PRIMARY KEY,
+  organization_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+  id TEXT PRIMARY KEY,
+  organization_id TEXT NOT NULL,
+  key_hash TEXT NOT NULL UNIQUE,
+  key_prefix TEXT,
+  permissions TEXT,
+  expires_at INTEGER,
+  revoked_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS sessions (
+  id TEXT PRIMARY KEY,
+  token_hash TEXT NOT NULL UNIQUE,
+  user_id TEXT NOT NULL,
+  active_organization_id TEXT,
+  expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS service_keys (
+  id TEXT PRIMARY KEY,
+  key_hash TEXT NOT NULL UNIQUE,
+  revoked_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS mcp_servers (
+  id TEXT PRIMARY KEY,
+  organization_id TEXT NOT NULL,
+  workspace_id TEXT NOT NULL,
+  auth_mode TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mcp_tokens (
+  id TEXT PRIMARY KEY,
+  token_hash TEXT NOT NULL UNIQUE,
+  kind TEXT NOT NULL,
+  mcp_server_id TEXT NOT NULL,
+  end_user_id TEXT,
+  expires_at INTEGER,
+  revoked_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS resources (
+  id TEXT PRIMARY KEY,
+  kind TEXT NOT NULL,
+  workspace_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"#;
+
+/// Required tables and their required columns.
+pub const REQUIRED: &[(&str, &[&str])] = &[
+    (
+        "organizations",
+        &["id", "plan", "rate_limit", "quota_exceeded", "disabled"],
+    ),
+    ("workspaces", &["id", "organization_id"]),
+    (
+        "api_keys",
+        &[
+            "id",
+            "organization_id",
+            "key_hash",
+            "key_prefix",
+            "permissions",
+            "expires_at",
+            "revoked_at",
+        ],
+    ),
+    (
+        "sessions",
+        &[
+            "id",
+            "token_hash",
+            "user_id",
+            "active_organization_id",
+            "expires_at",
+        ],
+    ),
+    ("service_keys", &["id", "key_hash", "revoked_at"]),
+    (
+        "mcp_servers",
+        &["id", "organization_id", "workspace_id", "auth_mode"],
+    ),
+    (
+        "mcp_tokens",
+        &[
+            "id",
+            "token_hash",
+            "kind",
+            "mcp_server_id",
+            "end_user_id",
+            "expires_at",
+            "revoked_at",
+        ],
+    ),
+    ("resources", &["id", "kind", "workspace_id"]),
+];
+
+/// Check every required table and column; the error names what is missing.
+pub fn validate(conn: &Connection) -> Result<(), String> {
+    for (table, columns) in REQUIRED {
+        let mut stmt = conn
+            .prepare(&format!("PRAGMA table_info({table})"))
+            .map_err(|e| format!("cannot read schema: {e}"))?;
+        let have: Vec<String> = stmt
+            .query_map([], |r| r.get::<_, String>(1))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| format!("cannot read schema: {e}"))?;
+        if have.is_empty() {
+            return Err(format!("missing table `{table}`"));
+        }
+        for col in *columns {
+            if !have.iter().any(|h| h.eq_ignore_ascii_case(col)) {
+                return Err(format!("table `{table}` lacks column `{col}`"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `sha256(token)` as lowercase hex: how every token is stored and looked up.
+pub fn token_hash(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+pub fn token_hash_hex(token: &[u8]) -> String {
+    hex::encode(token_hash(token))
+}
+
+/// Create (or complete) a snapshot file with the contract's schema.
+pub fn init(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(CREATE_SQL)?;
+    Ok(conn)
+}
+
+fn random_token(prefix: &str, len: usize) -> String {
+    use rand::{distributions::Alphanumeric, Rng};
+    let body: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect();
+    format!("{prefix}{body}")
+}
+
+/// Mint a `wvz_` key for `org` (created with plan `free` if missing), scoped
+/// to `workspaces` when any are given (created in `org` if missing).
+/// Returns the key; only its hash is stored.
+pub fn create_api_key(
+    conn: &Connection,
+    org: &str,
+    workspaces: &[String],
+) -> Result<String, String> {
+    let tx = conn.unchecked_transaction().map_err(|e| e.to_string())?;
+    tx.execute(
+        "INSERT OR IGNORE INTO organizations (id, plan) VALUES (?1, 'free')",
+        params![org],
+    )
+    .map_err(|e| e.to_string())?;
+    for ws in workspaces {
+        let owner: Option<String> = tx
+            .query_row(
+                "SELECT organization_id FROM workspaces WHERE id = ?1",
+                params![ws],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| e.to_string())?;
+        match owner {
+            None => {
+                tx.execute(
+                    "INSERT INTO workspaces (id, organization_id) VALUES (?1, ?2)",
+                    params![ws, org],
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            Some(o) if o != org => {
+                return Err(format!("workspace `{ws}` belongs to another organization"))
+            }
+            Some(_) => {}
+        }
+    }
+    let key = random_token("wvz_", 40);
+    let id = random_token("key_", 16);
+    let permissions = if workspaces.is_empty() {
+        None
+    } else {
+        Some(serde_json::json!({"scope": "workspace", "workspaceIds": workspaces}).to_string())
+    };
+    tx.execute(
+        "INSERT INTO api_keys (id, organization_id, key_hash, key_prefix, permissions) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, org, token_hash_hex(key.as_bytes()), &key[..8], permissions],
+    )
+    .map_err(|e| e.to_string())?;
+    tx.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES ('generated_at', ?1)",
+        params![crate::clock::now_unix().to_string()],
+    )
+    .map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| e.to_string())?;
+    Ok(key)
+}
