@@ -565,5 +565,7 @@ mod tests {
         let text = include_str!("../config/keyward.toml");
         let c = parse(text).unwrap();
         assert!(c.routes.len() > 10);
+        let docker = parse(include_str!("../config/docker.toml")).unwrap();
+        assert_eq!(docker.server.admin_listen.to_string(), "0.0.0.0:9090");
     }
 }
