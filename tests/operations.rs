@@ -198,6 +198,8 @@ fn sigterm_lets_in_flight_requests_finish_and_sigint_is_fast() {
     let mut opts = Opts::new(echo());
     opts.extra = "[server]\nshutdown_grace_s = 30\n".into();
     let mut kw2 = Keyward::start(&snap2, opts);
+    // let pingora finish installing its signal watcher
+    std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
     kw2.signal(libc::SIGINT);
     while kw2.child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(10) {
