@@ -31,16 +31,6 @@ pub enum CacheResult {
     Miss,
 }
 
-impl CacheResult {
-    pub fn label(self) -> &'static str {
-        match self {
-            CacheResult::Hit => "hit",
-            CacheResult::NegativeHit => "negative_hit",
-            CacheResult::Miss => "miss",
-        }
-    }
-}
-
 pub struct Entry<V> {
     generation: u64,
     negative: bool,

@@ -39,29 +39,6 @@ pub enum Credential<'a> {
     None,
 }
 
-/// Where the credential came from, for logs and metrics.
-impl Credential<'_> {
-    pub fn method_hint(&self) -> &'static str {
-        match self {
-            Credential::Bearer {
-                kind: BearerKind::ApiKey,
-                ..
-            } => "api_key",
-            Credential::Bearer {
-                kind: BearerKind::Mcp,
-                ..
-            } => "mcp_bearer",
-            Credential::Bearer {
-                kind: BearerKind::McpOAuth,
-                ..
-            } => "mcp_oauth",
-            Credential::ServiceKey(_) => "service_key",
-            Credential::Session { .. } => "session",
-            Credential::Invalid(_) | Credential::None => "none",
-        }
-    }
-}
-
 pub struct SessionSettings<'a> {
     pub secret: Option<&'a Secret>,
     pub cookie_names: &'a [String],

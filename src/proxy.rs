@@ -270,10 +270,7 @@ impl ProxyHttp for KeywardProxy {
             }
             if too_large {
                 ctx.auth_time = auth_start.elapsed();
-                let org_rate = None;
-                return self
-                    .deny(session, ctx, Denial::PayloadTooLarge, org_rate)
-                    .await;
+                return self.deny(session, ctx, Denial::PayloadTooLarge, None).await;
             }
             let body = buf.freeze();
             let req_header = session.req_header();
