@@ -331,7 +331,41 @@ impl Config {
             other => other,
         })?;
         cfg.source = Some(path.to_path_buf());
+        cfg.check_tls_files()?;
         Ok(cfg)
+    }
+
+    /// The PEM files TLS names must exist and hold what they should, so a bad
+    /// path is a startup (and `keyward check`) error, not a failed handshake.
+    fn check_tls_files(&self) -> Result<(), ConfigError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = |key: &str, path: &Path| -> Result<(), ConfigError> {
+            let found = CertificateDer::pem_file_iter(path)
+                .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
+            if found.is_empty() {
+                return Err(invalid(
+                    key,
+                    format!("{}: no PEM certificate", path.display()),
+                ));
+            }
+            Ok(())
+        };
+        if let Some(tls) = &self.server.tls {
+            certs("server.tls.cert", &tls.cert)?;
+            PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| {
+                invalid(
+                    "server.tls.key",
+                    format!("{}: no usable PEM private key ({e})", tls.key.display()),
+                )
+            })?;
+        }
+        if let Some(ca) = &self.upstream.ca_file {
+            certs("upstream.ca_file", ca)?;
+        }
+        Ok(())
     }
 
     /// Parse and validate TOML text; `base` resolves relative paths.

@@ -349,8 +349,17 @@ impl SnapshotStore {
         if identity.is_some() && *last_failed == identity {
             return;
         }
+        // Open the change probe *before* loading, so a commit that lands while
+        // the new generation loads still moves data_version past this baseline.
+        let fresh_probe = open_read_only(&self.path).ok().and_then(|c| {
+            let v = data_version(&c)?;
+            Some((c, v))
+        });
         match self.reload() {
-            Ok(_) => *last_failed = None,
+            Ok(gen) => {
+                *last_failed = None;
+                *probe = fresh_probe.map(|(c, v)| (gen.id, c, v));
+            }
             Err(_) => *last_failed = identity,
         }
     }
