@@ -121,6 +121,10 @@ impl Metrics {
         for t in TABLES {
             snapshot_lookups.with_label_values(&[t]);
         }
+        // Zero series exist from the start, so alerts on rate() see them.
+        for k in ["unavailable", "timeout"] {
+            upstream_errors.with_label_values(&[k]);
+        }
         Arc::new(Metrics {
             cache_hit: cache.with_label_values(&["hit"]),
             cache_miss: cache.with_label_values(&["miss"]),
