@@ -54,16 +54,24 @@ fn engine(path: &Path, capacity: u64) -> Arc<Engine> {
     Engine::new(cfg, store, Metrics::new())
 }
 
-fn decide(engine: &Engine, key_header: &HeaderValue, path: &str) -> bool {
+fn bearer(key: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(http::header::AUTHORIZATION, key_header.clone());
+    headers.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+    );
+    headers
+}
+
+/// The decision alone: the header map is built once, outside the loop.
+fn decide(engine: &Engine, headers: &HeaderMap, path: &str) -> bool {
     let policy = engine.policy.load();
     let (route, caps) = policy.config.routes.find(&Method::GET, path);
     let req = Request {
         method: &Method::GET,
         path,
         query: None,
-        headers: &headers,
+        headers,
         client_ip: IpAddr::from([127, 0, 0, 1]),
         https: false,
     };
@@ -79,7 +87,7 @@ fn benches(c: &mut Criterion) {
     let (path, keys) = build_snapshot(dir.path());
 
     let cached = engine(&path, 100_000);
-    let hv = HeaderValue::from_str(&format!("Bearer {}", keys[42])).unwrap();
+    let hv = bearer(&keys[42]);
     assert!(decide(&cached, &hv, "/api/v1/workspaces/ws_1/connections"));
     c.bench_function("decision/cached_api_key_scope_route", |b| {
         b.iter(|| {
@@ -93,10 +101,10 @@ fn benches(c: &mut Criterion) {
 
     // A cache of one entry: cycling over many keys makes every lookup a miss.
     let missing = engine(&path, 1);
-    let headers: Vec<HeaderValue> = keys
+    let headers: Vec<HeaderMap> = keys
         .iter()
         .step_by(97)
-        .map(|k| HeaderValue::from_str(&format!("Bearer {k}")).unwrap())
+        .map(|k| bearer(k))
         .collect();
     let mut i = 0usize;
     c.bench_function("decision/cache_miss_sqlite_100k_keys", |b| {
@@ -133,9 +141,60 @@ fn benches(c: &mut Criterion) {
     });
 }
 
+/// One admission on each limiter backend (the Redis one against a real
+/// redis-server on a free port, when `redis-server` is installed).
+fn limiters(c: &mut Criterion) {
+    use keyward::ratelimit::{Limiter, LocalLimiter, RedisLimiter};
+    let now = keyward::clock::now_unix();
+    let local = LocalLimiter::new(60);
+    c.bench_function("limiter/local_admit", |b| {
+        b.iter(|| black_box(local.admit(black_box("org_1"), u64::MAX >> 33, now)))
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Ok(mut server) = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+    else {
+        eprintln!("redis-server not installed: skipping limiter/redis_admit");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cfg = keyward::config::RedisConfig {
+        url: format!("redis://127.0.0.1:{port}/0"),
+        timeout: std::time::Duration::from_millis(50),
+        expected_replicas: 1,
+        batch: 64,
+        sync_interval: std::time::Duration::from_millis(10),
+    };
+    let gauge = prometheus::IntGauge::new("up", "up").unwrap();
+    let redis = RedisLimiter::start(&cfg, 60, rt.handle(), gauge).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !redis.status().up && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if redis.status().up {
+        // Admissions include the transient 429s when one batch outruns a
+        // round trip; both are the per-request cost of the shared path.
+        c.bench_function("limiter/redis_admit", |b| {
+            b.iter(|| black_box(redis.admit(black_box("org_1"), u64::MAX >> 33, now)))
+        });
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
 criterion_group! {
     name = decision;
     config = Criterion::default().sample_size(50).measurement_time(std::time::Duration::from_secs(3));
-    targets = benches
+    targets = benches, limiters
 }
 criterion_main!(decision);

@@ -38,6 +38,10 @@ pub fn readiness(engine: &Engine) -> (u16, serde_json::Value) {
     if last_error.is_some() {
         degraded.push("snapshot_reload_failing");
     }
+    let limiter = engine.limiter.status();
+    if !limiter.up {
+        degraded.push("rate_limit_backend_down");
+    }
     let body = serde_json::json!({
         "ready": ready,
         "snapshot": {
@@ -48,7 +52,7 @@ pub fn readiness(engine: &Engine) -> (u16, serde_json::Value) {
             "counts": gen.as_ref().map(|g| g.counts.clone()),
             "last_reload_error": last_error,
         },
-        "rate_limit": { "backend": "local", "up": true },
+        "rate_limit": { "backend": limiter.backend, "up": limiter.up },
         "degraded": degraded,
     });
     (if ready { 200 } else { 503 }, body)

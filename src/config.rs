@@ -195,6 +195,8 @@ pub struct RawRateLimit {
     pub redis_url: String,
     pub redis_timeout_ms: u64,
     pub expected_replicas: u64,
+    pub redis_batch: u64,
+    pub redis_sync_interval_ms: u64,
 }
 
 impl Default for RawRateLimit {
@@ -207,6 +209,8 @@ impl Default for RawRateLimit {
             redis_url: "redis://127.0.0.1:6379/0".into(),
             redis_timeout_ms: 5,
             expected_replicas: 1,
+            redis_batch: 16,
+            redis_sync_interval_ms: 10,
         }
     }
 }
@@ -286,6 +290,21 @@ pub struct SessionConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RateLimitBackend {
     Local,
+    Redis(RedisConfig),
+}
+
+/// `rate_limit.backend = "redis"` settings (see `ratelimit::shared`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Budget for one Redis round trip; past it the replica falls back.
+    pub timeout: Duration,
+    pub expected_replicas: u64,
+    /// Most requests one replica admits per organization before Redis has
+    /// acknowledged them.
+    pub batch: u64,
+    /// Longest time an admitted request waits to be sent to Redis.
+    pub sync_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -502,13 +521,37 @@ impl Config {
         if r.window_s == 0 {
             return Err(invalid("rate_limit.window_s", "must be positive"));
         }
+        if r.expected_replicas == 0 {
+            return Err(invalid(
+                "rate_limit.expected_replicas",
+                "must be at least 1",
+            ));
+        }
+        if r.redis_batch == 0 {
+            return Err(invalid("rate_limit.redis_batch", "must be at least 1"));
+        }
+        if r.redis_timeout_ms == 0 {
+            return Err(invalid("rate_limit.redis_timeout_ms", "must be positive"));
+        }
+        if r.redis_sync_interval_ms == 0 {
+            return Err(invalid(
+                "rate_limit.redis_sync_interval_ms",
+                "must be positive",
+            ));
+        }
         let backend = match r.backend.as_str() {
             "local" => RateLimitBackend::Local,
             "redis" => {
-                return Err(invalid(
-                    "rate_limit.backend",
-                    "\"redis\" is not available in this build yet; use \"local\"",
-                ))
+                if let Err(e) = redis::Client::open(r.redis_url.as_str()) {
+                    return Err(invalid("rate_limit.redis_url", e.to_string()));
+                }
+                RateLimitBackend::Redis(RedisConfig {
+                    url: r.redis_url,
+                    timeout: Duration::from_millis(r.redis_timeout_ms),
+                    expected_replicas: r.expected_replicas,
+                    batch: r.redis_batch,
+                    sync_interval: Duration::from_millis(r.redis_sync_interval_ms),
+                })
             }
             other => {
                 return Err(invalid(
@@ -517,7 +560,6 @@ impl Config {
                 ))
             }
         };
-        let _ = (r.redis_url, r.redis_timeout_ms, r.expected_replicas);
         let rate_limit = RateLimitConfig {
             window_s: r.window_s,
             auth_failures_per_ip: r.auth_failures_per_ip,

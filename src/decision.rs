@@ -118,13 +118,23 @@ pub enum Authenticated {
 
 impl Engine {
     pub fn new(config: Config, store: Arc<SnapshotStore>, metrics: Arc<Metrics>) -> Arc<Engine> {
+        let limiter = Arc::new(LocalLimiter::new(config.rate_limit.window_s));
+        Engine::with_limiter(config, store, metrics, limiter)
+    }
+
+    pub fn with_limiter(
+        config: Config,
+        store: Arc<SnapshotStore>,
+        metrics: Arc<Metrics>,
+        limiter: Arc<dyn Limiter>,
+    ) -> Arc<Engine> {
         let cache = ArcSwap::from_pointee(AuthCache::new(&config.cache));
         let engine = Arc::new(Engine {
             throttle: AuthFailureThrottle::new(
                 config.rate_limit.window_s,
                 config.rate_limit.auth_failures_per_ip,
             ),
-            limiter: Arc::new(LocalLimiter::new(config.rate_limit.window_s)),
+            limiter,
             store: store.clone(),
             policy: ArcSwap::from_pointee(Policy { config }),
             cache,

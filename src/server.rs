@@ -7,10 +7,11 @@ use std::sync::Arc;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 
-use crate::config::Config;
+use crate::config::{Config, RateLimitBackend};
 use crate::decision::Engine;
 use crate::metrics::Metrics;
 use crate::proxy::KeywardProxy;
+use crate::ratelimit::{LocalLimiter, RedisLimiter};
 use crate::snapshot::SnapshotStore;
 
 /// Keys that cannot change without a restart; a reload touching them is refused.
@@ -48,6 +49,9 @@ fn frozen_change(old: &Config, new: &Config) -> Option<&'static str> {
     {
         return Some("rate_limit.window_s");
     }
+    if old.rate_limit.backend != new.rate_limit.backend {
+        return Some("rate_limit.backend");
+    }
     None
 }
 
@@ -79,12 +83,22 @@ pub fn start_support(config: Config) -> anyhow::Result<Running> {
     store.watch(config.snapshot.poll_interval);
     let source: Option<PathBuf> = config.source.clone();
     let admin_listen = config.server.admin_listen;
-    let engine = Engine::new(config, store, metrics);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("keyward-admin")
         .enable_all()
         .build()?;
+    let limiter: Arc<dyn crate::ratelimit::Limiter> = match &config.rate_limit.backend {
+        RateLimitBackend::Local => Arc::new(LocalLimiter::new(config.rate_limit.window_s)),
+        RateLimitBackend::Redis(redis) => RedisLimiter::start(
+            redis,
+            config.rate_limit.window_s,
+            rt.handle(),
+            metrics.rate_limit_backend_up.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("rate_limit.redis_url: {e}"))?,
+    };
+    let engine = Engine::with_limiter(config, store, metrics, limiter);
     let admin_addr = crate::admin::start(&rt, admin_listen, engine.clone())
         .map_err(|e| anyhow::anyhow!("cannot bind admin listener {admin_listen}: {e}"))?;
     if let Some(path) = source {

@@ -16,6 +16,9 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 
+pub mod shared;
+pub use shared::RedisLimiter;
+
 /// What the `X-RateLimit-*` headers say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateState {
@@ -45,6 +48,19 @@ pub trait Limiter: Send + Sync {
     fn admit(&self, key: &str, limit: u64, now: i64) -> RateOutcome;
     /// The current state without counting (for denied responses).
     fn peek(&self, key: &str, limit: u64, now: i64) -> RateState;
+    /// Which backend, and whether it is usable (for metrics and /readyz).
+    fn status(&self) -> BackendStatus {
+        BackendStatus {
+            backend: "local",
+            up: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendStatus {
+    pub backend: &'static str,
+    pub up: bool,
 }
 
 #[derive(Default)]

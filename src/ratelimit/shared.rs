@@ -1,0 +1,426 @@
+//! The Redis-backed limiter (`rate_limit.backend = "redis"`, SPEC §6): one
+//! fixed window per organization shared by every replica, counted
+//! local-first and synchronised in batches.
+//!
+//! Each replica keeps, per organization and window, what Redis last told it
+//! (`remote`: the shared count, its own flushed requests included) and what
+//! it admitted that Redis has not yet acknowledged (`pending`, then
+//! `inflight` while an `INCRBY` is on the wire). A request is admitted when
+//! `remote + pending + inflight < limit` **and** `pending + inflight < batch`.
+//! A background task flushes every dirty organization in one pipeline when a
+//! replica reaches half a batch, and at least every `redis_sync_interval_ms`.
+//!
+//! **Bound.** Per window, all replicas together admit at most
+//! `limit + replicas × batch − 1`. Once the shared count reaches the limit,
+//! every replica stops at its next reply; until then, each replica can hold
+//! at most `batch` requests that Redis has not counted. With one replica the
+//! count is exact. The price is a transient 429 when one replica admits a
+//! whole batch for one organization faster than one Redis round trip.
+//!
+//! **Outage.** A pipeline that fails or outlives `redis_timeout_ms` marks the
+//! backend down (`keyward_rate_limit_backend_up` 0, `/readyz` degraded). While
+//! down, each replica admits at most `limit / expected_replicas` per window
+//! (never open, never 401/403/5xx), and keeps counting what it admits; when
+//! Redis answers again those requests are flushed, so the shared window
+//! includes them. Unacknowledged increments are counted again on retry: an
+//! outage can only make the limit stricter, never looser.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use moka::sync::Cache;
+use prometheus::IntGauge;
+use tokio::sync::{mpsc, Notify};
+
+use super::{BackendStatus, Limiter, RateOutcome, RateState, DEFAULT_ORG_CAPACITY};
+use crate::config::RedisConfig;
+
+#[derive(Default)]
+struct OrgState {
+    window: u64,
+    /// Shared count Redis last reported for `window`.
+    remote: u64,
+    /// Admitted here, not yet sent.
+    pending: u64,
+    /// Sent, not yet acknowledged.
+    inflight: u64,
+    /// Admitted while Redis was down (the fallback limit's count).
+    fallback: u64,
+    /// In the flush queue.
+    queued: bool,
+}
+
+struct Org {
+    key: Arc<str>,
+    state: Mutex<OrgState>,
+}
+
+/// `rate_limit.backend = "redis"`.
+pub struct RedisLimiter {
+    window_s: u64,
+    batch: u64,
+    replicas: u64,
+    orgs: Cache<Arc<str>, Arc<Org>>,
+    dirty: mpsc::UnboundedSender<Arc<Org>>,
+    wake: Arc<Notify>,
+    up: Arc<AtomicBool>,
+}
+
+impl RedisLimiter {
+    /// Build the limiter and spawn its synchroniser on `rt`. Never blocks:
+    /// Redis is connected lazily, and the limiter starts "down" (fallback
+    /// limits) until the first successful round trip.
+    pub fn start(
+        cfg: &RedisConfig,
+        window_s: u64,
+        rt: &tokio::runtime::Handle,
+        backend_up: IntGauge,
+    ) -> Result<Arc<RedisLimiter>, String> {
+        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let limiter = Arc::new(RedisLimiter {
+            window_s,
+            batch: cfg.batch.max(1),
+            replicas: cfg.expected_replicas.max(1),
+            orgs: Cache::builder()
+                .max_capacity(DEFAULT_ORG_CAPACITY)
+                .time_to_idle(Duration::from_secs(window_s.saturating_mul(2).max(2)))
+                .build(),
+            dirty: tx,
+            wake: Arc::new(Notify::new()),
+            up: Arc::new(AtomicBool::new(false)),
+        });
+        backend_up.set(0);
+        let sync = Sync {
+            client,
+            conn: None,
+            timeout: cfg.timeout,
+            interval: cfg.sync_interval,
+            window_ms: window_s * 1000,
+            rx,
+            wake: limiter.wake.clone(),
+            up: limiter.up.clone(),
+            gauge: backend_up,
+            retry: Vec::new(),
+        };
+        rt.spawn(sync.run());
+        Ok(limiter)
+    }
+
+    fn index(&self, now: i64) -> (u64, i64) {
+        let w = now.max(0) as u64 / self.window_s;
+        (w, ((w + 1) * self.window_s) as i64)
+    }
+
+    fn org(&self, key: &str) -> Arc<Org> {
+        match self.orgs.get(key) {
+            Some(o) => o,
+            None => {
+                let key: Arc<str> = Arc::from(key);
+                self.orgs.get_with(key.clone(), || {
+                    Arc::new(Org {
+                        key,
+                        state: Mutex::new(OrgState::default()),
+                    })
+                })
+            }
+        }
+    }
+
+    /// Limit in force and count used, as this replica sees them.
+    fn view(&self, s: &OrgState, limit: u64, up: bool) -> (u64, u64) {
+        let shared = s.remote + s.pending + s.inflight;
+        if up {
+            (limit, shared)
+        } else {
+            let fallback = (limit / self.replicas).max(1);
+            // Never looser than what is already known to be used.
+            (fallback, s.fallback.max(shared.min(fallback)))
+        }
+    }
+}
+
+fn roll(s: &mut OrgState, window: u64) {
+    if s.window != window {
+        let queued = s.queued;
+        *s = OrgState {
+            window,
+            queued,
+            ..OrgState::default()
+        };
+    }
+}
+
+impl Limiter for RedisLimiter {
+    fn admit(&self, key: &str, limit: u64, now: i64) -> RateOutcome {
+        let (w, reset) = self.index(now);
+        let org = self.org(key);
+        let up = self.up.load(Ordering::Acquire);
+        let mut s = org.state.lock().unwrap();
+        roll(&mut s, w);
+        let (eff, used) = self.view(&s, limit, up);
+        let state = |used: u64| RateState {
+            limit: eff,
+            remaining: eff.saturating_sub(used),
+            reset,
+        };
+        let unsynced = s.pending + s.inflight;
+        let over = used >= eff || (up && unsynced >= self.batch);
+        if over {
+            if up && unsynced >= self.batch {
+                self.wake.notify_one();
+            }
+            return RateOutcome::Limited(state(used));
+        }
+        s.pending += 1;
+        if !up {
+            s.fallback += 1;
+        }
+        let enqueue = !s.queued;
+        s.queued = true;
+        let wake = up && s.pending * 2 >= self.batch;
+        drop(s);
+        if enqueue {
+            let _ = self.dirty.send(org);
+        }
+        if wake {
+            self.wake.notify_one();
+        }
+        RateOutcome::Admitted(state(used + 1))
+    }
+
+    fn peek(&self, key: &str, limit: u64, now: i64) -> RateState {
+        let (w, reset) = self.index(now);
+        let up = self.up.load(Ordering::Acquire);
+        let (eff, used) = match self.orgs.get(key) {
+            Some(org) => {
+                let s = org.state.lock().unwrap();
+                if s.window == w {
+                    self.view(&s, limit, up)
+                } else {
+                    self.view(&OrgState::default(), limit, up)
+                }
+            }
+            None => self.view(&OrgState::default(), limit, up),
+        };
+        RateState {
+            limit: eff,
+            remaining: eff.saturating_sub(used),
+            reset,
+        }
+    }
+
+    fn status(&self) -> BackendStatus {
+        BackendStatus {
+            backend: "redis",
+            up: self.up.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// The synchroniser: owns the Redis connection and the flush queue.
+struct Sync {
+    client: redis::Client,
+    conn: Option<redis::aio::ConnectionManager>,
+    timeout: Duration,
+    interval: Duration,
+    window_ms: u64,
+    rx: mpsc::UnboundedReceiver<Arc<Org>>,
+    wake: Arc<Notify>,
+    up: Arc<AtomicBool>,
+    gauge: IntGauge,
+    /// Organizations whose last flush failed; sent again next round.
+    retry: Vec<Arc<Org>>,
+}
+
+impl Sync {
+    async fn run(mut self) {
+        loop {
+            let down = !self.up.load(Ordering::Acquire);
+            // While down, probe at a gentle pace rather than on every wake.
+            let pause = if down {
+                Duration::from_millis(200)
+            } else {
+                self.interval
+            };
+            tokio::select! {
+                _ = self.wake.notified(), if !down => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+            let mut batch = std::mem::take(&mut self.retry);
+            while let Ok(org) = self.rx.try_recv() {
+                batch.push(org);
+            }
+            if self.rx.is_closed() && batch.is_empty() {
+                return;
+            }
+            if down && !self.ping().await {
+                self.retry = batch;
+                continue;
+            }
+            self.flush(batch).await;
+        }
+    }
+
+    fn connection(&mut self) -> Option<redis::aio::ConnectionManager> {
+        if self.conn.is_none() {
+            let cfg = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(100))))
+                .set_response_timeout(Some(self.timeout))
+                .set_number_of_retries(1);
+            match redis::aio::ConnectionManager::new_lazy_with_config(self.client.clone(), cfg) {
+                Ok(c) => self.conn = Some(c),
+                Err(e) => tracing::warn!(error = %e, "redis: cannot create a connection"),
+            }
+        }
+        self.conn.clone()
+    }
+
+    async fn ping(&mut self) -> bool {
+        let Some(mut conn) = self.connection() else {
+            return false;
+        };
+        // Reconnecting may take longer than one request's budget.
+        let budget = self.timeout.max(Duration::from_millis(100));
+        let ok = matches!(
+            tokio::time::timeout(budget, redis::cmd("PING").query_async::<String>(&mut conn)).await,
+            Ok(Ok(_))
+        );
+        if ok {
+            self.set_up(true);
+        }
+        ok
+    }
+
+    fn set_up(&self, up: bool) {
+        let was = self.up.swap(up, Ordering::AcqRel);
+        self.gauge.set(up as i64);
+        match (was, up) {
+            (false, true) => tracing::info!("redis rate-limit backend reachable: shared limits in force"),
+            (true, false) => tracing::warn!("redis rate-limit backend unreachable: falling back to local limits (limit / expected_replicas)"),
+            _ => {}
+        }
+    }
+
+    async fn flush(&mut self, orgs: Vec<Arc<Org>>) {
+        let mut sent = Vec::with_capacity(orgs.len());
+        let mut pipe = redis::pipe();
+        for org in orgs {
+            let mut s = org.state.lock().unwrap();
+            s.queued = false;
+            if s.pending == 0 {
+                continue;
+            }
+            let (w, n) = (s.window, s.pending);
+            s.pending = 0;
+            s.inflight += n;
+            drop(s);
+            let key = format!("keyward:rl:{}:{}", org.key, w);
+            pipe.cmd("INCRBY").arg(&key).arg(n);
+            pipe.cmd("PEXPIRE")
+                .arg(&key)
+                .arg(self.window_ms * 2)
+                .ignore();
+            sent.push((org, w, n));
+        }
+        if sent.is_empty() {
+            return;
+        }
+        let Some(mut conn) = self.connection() else {
+            self.failed(sent);
+            return;
+        };
+        match tokio::time::timeout(self.timeout, pipe.query_async::<Vec<u64>>(&mut conn)).await {
+            Ok(Ok(totals)) if totals.len() == sent.len() => {
+                for ((org, w, n), total) in sent.into_iter().zip(totals) {
+                    let mut s = org.state.lock().unwrap();
+                    if s.window == w {
+                        s.inflight -= n;
+                        s.remote = s.remote.max(total);
+                    }
+                }
+                self.set_up(true);
+            }
+            Ok(Ok(_)) => {
+                tracing::warn!("redis: unexpected pipeline reply");
+                self.failed(sent);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "redis: flush failed");
+                self.failed(sent);
+            }
+            Err(_) => {
+                tracing::debug!("redis: flush timed out");
+                self.failed(sent);
+            }
+        }
+    }
+
+    /// Put unacknowledged counts back to pending (they may be counted twice:
+    /// stricter, never looser) and mark the backend down.
+    fn failed(&mut self, sent: Vec<(Arc<Org>, u64, u64)>) {
+        self.set_up(false);
+        for (org, w, n) in sent {
+            let mut s = org.state.lock().unwrap();
+            if s.window == w {
+                s.inflight -= n;
+                s.pending += n;
+            }
+            if !s.queued {
+                s.queued = true;
+                drop(s);
+                self.retry.push(org);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(batch: u64, replicas: u64) -> (tokio::runtime::Runtime, Arc<RedisLimiter>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Nothing listens on port 1: the backend stays down.
+        let cfg = RedisConfig {
+            url: "redis://127.0.0.1:1/0".into(),
+            timeout: Duration::from_millis(5),
+            expected_replicas: replicas,
+            batch,
+            sync_interval: Duration::from_millis(10),
+        };
+        let l =
+            RedisLimiter::start(&cfg, 60, rt.handle(), IntGauge::new("g", "g").unwrap()).unwrap();
+        (rt, l)
+    }
+
+    #[test]
+    fn down_backend_falls_back_to_a_share_of_the_limit() {
+        let (_rt, l) = limiter(8, 4);
+        let admitted = (0..100)
+            .filter(|_| matches!(l.admit("org", 100, 600), RateOutcome::Admitted(_)))
+            .count();
+        assert_eq!(admitted, 25);
+        assert_eq!(l.peek("org", 100, 600).limit, 25);
+        assert_eq!(l.peek("org", 100, 600).remaining, 0);
+        assert!(!l.status().up);
+        // A new window starts a new share.
+        assert!(matches!(l.admit("org", 100, 660), RateOutcome::Admitted(s) if s.remaining == 24));
+    }
+
+    #[test]
+    fn batch_caps_unacknowledged_admissions_while_up() {
+        let (_rt, l) = limiter(8, 1);
+        l.up.store(true, Ordering::Release);
+        // The synchroniser cannot flush (no Redis, and this runtime is not
+        // driven), so at most one batch is admitted.
+        let admitted = (0..100)
+            .filter(|_| matches!(l.admit("org", 1000, 600), RateOutcome::Admitted(_)))
+            .count();
+        assert_eq!(admitted, 8);
+    }
+}
