@@ -10,14 +10,17 @@ pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod decision;
+#[cfg(feature = "server")]
 pub mod demo;
 pub mod denial;
 pub mod echo;
 pub mod metrics;
 pub mod principal;
+#[cfg(feature = "server")]
 pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
 pub mod scope;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod snapshot;

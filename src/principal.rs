@@ -30,11 +30,13 @@ impl Scope {
         let Some(text) = permissions else {
             return Scope::OrgWide;
         };
-        if text.trim() == "null" {
-            return Scope::OrgWide;
-        }
-        let Ok(p) = serde_json::from_str::<Perms>(text) else {
-            return Scope::Malformed;
+        // JSON `null` is org-wide like SQL NULL; anything else must be valid
+        // JSON (found by fuzz/permissions_json: `str::trim` accepted a
+        // vertical tab around "null", which JSON does not).
+        let p = match serde_json::from_str::<Option<Perms>>(text) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Scope::OrgWide,
+            Err(_) => return Scope::Malformed,
         };
         match p.scope.as_deref() {
             Some("org") => Scope::OrgWide,
@@ -215,6 +217,8 @@ mod tests {
 
     #[test]
     fn permissions_json_forms() {
+        assert!(matches!(Scope::parse(Some("\u{b}null")), Scope::Malformed));
+        assert!(matches!(Scope::parse(Some(" null\n")), Scope::OrgWide));
         assert!(matches!(Scope::parse(None), Scope::OrgWide));
         assert!(matches!(
             Scope::parse(Some(r#"{"scope":"org"}"#)),

@@ -433,6 +433,10 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         }
     }
     if simple {
+        // A trailing slash ends the last segment; it does not start one.
+        if bytes.len() > 1 && bytes.ends_with(b"/") {
+            segments -= 1;
+        }
         if segments > MAX_SEGMENTS {
             return Err(PathError::TooManySegments);
         }
@@ -613,5 +617,15 @@ mod tests {
         assert!(bad("[[route]]\npath = \"/mcp/{id}/**\"\nauth = \"mcp\"")
             .message
             .contains("server"));
+    }
+
+    #[test]
+    fn segment_cap_is_the_same_for_clean_and_dirty_paths() {
+        // Found by fuzz/route_match: the normalized form must normalize again.
+        let dirty = format!("{}//", "/a".repeat(MAX_SEGMENTS));
+        let norm = normalize(&dirty).unwrap().into_owned();
+        assert_eq!(norm, format!("{}/", "/a".repeat(MAX_SEGMENTS)));
+        assert_eq!(normalize(&norm).unwrap(), norm);
+        assert!(normalize(&"/a".repeat(MAX_SEGMENTS + 1)).is_err());
     }
 }
