@@ -101,11 +101,7 @@ fn benches(c: &mut Criterion) {
 
     // A cache of one entry: cycling over many keys makes every lookup a miss.
     let missing = engine(&path, 1);
-    let headers: Vec<HeaderMap> = keys
-        .iter()
-        .step_by(97)
-        .map(|k| bearer(k))
-        .collect();
+    let headers: Vec<HeaderMap> = keys.iter().step_by(97).map(|k| bearer(k)).collect();
     let mut i = 0usize;
     c.bench_function("decision/cache_miss_sqlite_100k_keys", |b| {
         b.iter(|| {
@@ -156,7 +152,14 @@ fn limiters(c: &mut Criterion) {
         .unwrap()
         .port();
     let Ok(mut server) = std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(std::process::Stdio::null())
         .spawn()
     else {

@@ -67,6 +67,7 @@ pub fn extract<'a>(headers: &'a HeaderMap, session: &SessionSettings<'_>) -> Cre
     match find_cookie(headers, session.cookie_names) {
         CookieLookup::Absent => Credential::None,
         CookieLookup::Ambiguous => Credential::Invalid("ambiguous_session_cookie"),
+        CookieLookup::Malformed => Credential::Invalid("malformed_session_cookie"),
         CookieLookup::Found(raw) => match session.secret {
             None => Credential::Invalid("sessions_disabled"),
             Some(secret) => match verify_session_cookie(raw, secret) {
@@ -111,25 +112,33 @@ pub fn parse_authorization(value: &[u8]) -> Credential<'_> {
 enum CookieLookup<'a> {
     Absent,
     Ambiguous,
+    /// the session cookie's value is not UTF-8
+    Malformed,
     Found(&'a str),
 }
 
 /// The first configured cookie name present wins. The same name twice with
-/// different values is refused: the upstream might read the other one.
+/// different values is refused: the upstream might read the other one. Cookie
+/// headers are read as bytes, so a header holding non-ASCII bytes elsewhere
+/// can neither hide a copy of the session cookie nor drop it.
 fn find_cookie<'a>(headers: &'a HeaderMap, names: &[String]) -> CookieLookup<'a> {
     for name in names {
         let mut found: Option<&'a str> = None;
         for header in headers.get_all(http::header::COOKIE) {
-            let Ok(text) = header.to_str() else { continue };
-            for pair in text.split(';') {
-                let pair = pair.trim_matches(' ');
-                if let Some((k, v)) = pair.split_once('=') {
-                    if k == name {
-                        match found {
-                            Some(prev) if prev != v => return CookieLookup::Ambiguous,
-                            _ => found = Some(v),
-                        }
-                    }
+            for pair in header.as_bytes().split(|&b| b == b';') {
+                let pair = trim_spaces(pair);
+                let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                    continue;
+                };
+                if &pair[..eq] != name.as_bytes() {
+                    continue;
+                }
+                let Ok(v) = std::str::from_utf8(&pair[eq + 1..]) else {
+                    return CookieLookup::Malformed;
+                };
+                match found {
+                    Some(prev) if prev != v => return CookieLookup::Ambiguous,
+                    _ => found = Some(v),
                 }
             }
         }
@@ -138,6 +147,16 @@ fn find_cookie<'a>(headers: &'a HeaderMap, names: &[String]) -> CookieLookup<'a>
         }
     }
     CookieLookup::Absent
+}
+
+fn trim_spaces(mut s: &[u8]) -> &[u8] {
+    while let [b' ', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' '] = s {
+        s = rest;
+    }
+    s
 }
 
 /// BetterAuth's signed cookie: URL-decoded `TOKEN.SIGNATURE`, SIGNATURE =
@@ -229,6 +248,46 @@ mod tests {
         assert_eq!(kind("Bearer wvz_a b"), Err("malformed_token"));
         assert_eq!(kind("Bearer xyz"), Err("unknown_token_type"));
         assert_eq!(kind("Bearer\twvz_abc"), Err("malformed_authorization"));
+    }
+
+    #[test]
+    fn cookie_copies_in_non_ascii_headers_count() {
+        let names = ["better-auth.session_token".to_string()];
+        let secret = secret();
+        let settings = SessionSettings {
+            secret: Some(&secret),
+            cookie_names: &names,
+        };
+        let good = signed_cookie_value("tok", &secret);
+        let reason = |cookies: &[&[u8]]| {
+            let mut h = HeaderMap::new();
+            for c in cookies {
+                h.append(
+                    http::header::COOKIE,
+                    http::HeaderValue::from_bytes(c).unwrap(),
+                );
+            }
+            match extract(&h, &settings) {
+                Credential::Session { token } => Ok(token),
+                Credential::Invalid(r) => Err(r),
+                _ => Err("none"),
+            }
+        };
+        let one = format!("better-auth.session_token={good}");
+        assert_eq!(reason(&[one.as_bytes()]), Ok("tok".into()));
+        // another cookie with non-ASCII bytes no longer hides the session cookie
+        let mixed = [b"x=caf\xc3\xa9; ".as_slice(), one.as_bytes()].concat();
+        assert_eq!(reason(&[&mixed]), Ok("tok".into()));
+        // a second copy hidden in a non-ASCII header is still a second copy
+        let hidden = b"y=\xff; better-auth.session_token=other.c2ln";
+        assert_eq!(
+            reason(&[one.as_bytes(), hidden]),
+            Err("ambiguous_session_cookie")
+        );
+        assert_eq!(
+            reason(&[b"better-auth.session_token=\xff.sig"]),
+            Err("malformed_session_cookie")
+        );
     }
 
     proptest::proptest! {

@@ -12,6 +12,31 @@ use prometheus::{
 use crate::cache::CacheResult;
 use crate::snapshot::{SnapshotStore, TABLES};
 
+/// Label values of `requests_total{auth_method}` known in advance.
+const AUTH_METHODS: [&str; 6] = [
+    "api_key",
+    "session",
+    "service_key",
+    "mcp_bearer",
+    "mcp_oauth",
+    "none",
+];
+/// Label values of `requests_total{outcome}` known in advance.
+const OUTCOMES: [&str; 12] = [
+    "forwarded",
+    "unauthenticated",
+    "forbidden",
+    "scope_denied",
+    "quota_exceeded",
+    "rate_limited",
+    "bad_request",
+    "payload_too_large",
+    "upstream_unavailable",
+    "upstream_timeout",
+    "auth_unavailable",
+    "error",
+];
+
 pub struct Metrics {
     pub registry: Registry,
     pub requests: IntCounterVec,
@@ -26,6 +51,11 @@ pub struct Metrics {
     pub rate_limit_decisions: IntCounterVec,
     pub rate_limit_backend_up: IntGauge,
     pub upstream_errors: IntCounterVec,
+    /// `requests_total` children resolved once: [method][outcome].
+    request_children: Vec<Vec<IntCounter>>,
+    /// `rate_limit_decisions_total` children per plan ([allowed, limited]),
+    /// copy-on-write so the hot path never takes the registry's lock.
+    plan_children: arc_swap::ArcSwap<std::collections::HashMap<Box<str>, [IntCounter; 2]>>,
     pub snapshot_lookups: IntCounterVec,
 }
 
@@ -125,6 +155,15 @@ impl Metrics {
         for k in ["unavailable", "timeout"] {
             upstream_errors.with_label_values(&[k]);
         }
+        let request_children = AUTH_METHODS
+            .iter()
+            .map(|m| {
+                OUTCOMES
+                    .iter()
+                    .map(|o| requests.with_label_values(&[m, o]))
+                    .collect()
+            })
+            .collect();
         Arc::new(Metrics {
             cache_hit: cache.with_label_values(&["hit"]),
             cache_miss: cache.with_label_values(&["miss"]),
@@ -138,6 +177,8 @@ impl Metrics {
             snapshot_reloads,
             rate_limit_decisions,
             rate_limit_backend_up,
+            request_children,
+            plan_children: Default::default(),
             upstream_errors,
             snapshot_lookups,
         })
@@ -151,10 +192,45 @@ impl Metrics {
         }
     }
 
+    /// One request's `requests_total` (static label sets resolve without
+    /// hashing or locking; anything else takes the registry's path).
+    pub fn request(&self, method: &str, outcome: &str) {
+        let m = AUTH_METHODS.iter().position(|x| *x == method);
+        let o = OUTCOMES.iter().position(|x| *x == outcome);
+        match (m, o) {
+            (Some(m), Some(o)) => self.request_children[m][o].inc(),
+            _ => self.requests.with_label_values(&[method, outcome]).inc(),
+        }
+    }
+
     pub fn rate_limit(&self, plan: &str, decision: &str) {
-        self.rate_limit_decisions
-            .with_label_values(&[plan, decision])
-            .inc();
+        let i = match decision {
+            "allowed" => 0,
+            "limited" => 1,
+            _ => {
+                self.rate_limit_decisions
+                    .with_label_values(&[plan, decision])
+                    .inc();
+                return;
+            }
+        };
+        if let Some(c) = self.plan_children.load().get(plan) {
+            c[i].inc();
+            return;
+        }
+        // First decision for this plan name: resolve and publish its children.
+        let pair = [
+            self.rate_limit_decisions
+                .with_label_values(&[plan, "allowed"]),
+            self.rate_limit_decisions
+                .with_label_values(&[plan, "limited"]),
+        ];
+        pair[i].inc();
+        self.plan_children.rcu(|m| {
+            let mut m = std::collections::HashMap::clone(m);
+            m.entry(plan.into()).or_insert_with(|| pair.clone());
+            m
+        });
     }
 
     /// Copy the store's own counters into the registry, then encode.

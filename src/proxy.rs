@@ -21,6 +21,12 @@ use crate::routes::{self, AuthMode};
 /// 64 KiB, so that is the most a body-inspecting route can accept.
 pub const BODY_INSPECT_HARD_CAP: usize = 64 * 1024;
 
+/// Longest a downstream HTTP/1.1 keep-alive connection may sit idle between
+/// requests. pingora's default is no limit at all (and a client's
+/// `Keep-Alive: timeout=N` is taken as asked), so an idle connection would be
+/// held forever; 60 s matches pingora's read timeout on a new connection.
+const KEEPALIVE_IDLE_S: u64 = 60;
+
 /// Identity headers (SPEC §4) compared with `_` read as `-`, lowercase.
 const IDENTITY_HEADERS: [&str; 9] = [
     "x-org-id",
@@ -68,6 +74,50 @@ fn valid_request_id(v: &[u8]) -> bool {
         && v.len() <= 128
         && v.iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// `http://…` or `https://…` (absolute-form, RFC 9112 §3.2.2).
+fn is_absolute_http(target: &[u8]) -> bool {
+    let starts = |p: &[u8]| target.len() >= p.len() && target[..p.len()].eq_ignore_ascii_case(p);
+    starts(b"http://") || starts(b"https://")
+}
+
+/// Content-Length beside Transfer-Encoding, and a repeated or comma-listed
+/// Content-Length (SPEC §7). pingora refuses differing lengths and obs-fold
+/// itself, but collapses equal duplicates and drops Content-Length when
+/// Transfer-Encoding is present (RFC 9112 §6.3), so this reads the raw
+/// header lines. Requests with neither header skip the scan.
+fn malformed_framing(session: &Session) -> bool {
+    let headers = &session.req_header().headers;
+    if !headers.contains_key(http::header::TRANSFER_ENCODING)
+        && !headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        return false;
+    }
+    match session.as_http1() {
+        Some(h1) => raw_framing_is_malformed(&h1.get_headers_raw_bytes()),
+        None => false,
+    }
+}
+
+fn raw_framing_is_malformed(raw_header: &[u8]) -> bool {
+    let mut content_length = 0usize;
+    let mut transfer_encoding = false;
+    for line in raw_header.split(|&b| b == b'\n').skip(1) {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = &line[..colon];
+        if name.eq_ignore_ascii_case(b"content-length") {
+            content_length += 1;
+            if line[colon + 1..].contains(&b',') {
+                return true;
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoding = true;
+        }
+    }
+    content_length > 1 || (content_length == 1 && transfer_encoding)
 }
 
 fn new_request_id() -> String {
@@ -170,6 +220,14 @@ impl ProxyHttp for KeywardProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.start = Some(Instant::now());
+        // Cap the idle time before the next request on this connection
+        // (Some(0) is pingora's "keep alive without limit").
+        if session
+            .get_keepalive()
+            .is_some_and(|t| t == 0 || t > KEEPALIVE_IDLE_S)
+        {
+            session.set_keepalive(Some(KEEPALIVE_IDLE_S));
+        }
         ctx.request_id = match session.req_header().headers.get("x-request-id") {
             Some(v)
                 if valid_request_id(v.as_bytes())
@@ -186,10 +244,32 @@ impl ProxyHttp for KeywardProxy {
             _ => new_request_id(),
         };
 
+        // Malformed framing is refused, never forwarded (SPEC §7).
+        if malformed_framing(session) {
+            session.set_keepalive(None);
+            let d = Denial::BadRequest("malformed_framing");
+            return self.deny(session, ctx, d, None).await;
+        }
+
         // Decide on exactly the path the upstream will act on (SPEC §5).
+        // pingora sends a target that is not origin-form to the upstream
+        // verbatim while its Uri holds only a path ("/" for targets it cannot
+        // classify): absolute-form http(s) targets (whose authority pingora
+        // has checked against Host) are forwarded in origin-form, anything
+        // else is refused.
+        let origin_form = {
+            let h = session.req_header();
+            let target = h.raw_path();
+            let origin = target.first() == Some(&b'/');
+            if !h.raw_path_is_utf8() || !(origin || is_absolute_http(target)) {
+                let d = Denial::BadRequest(routes::PathError::NotOriginForm.reason());
+                return self.deny(session, ctx, d, None).await;
+            }
+            origin
+        };
         let normalized = match routes::normalize(session.req_header().uri.path()) {
-            Ok(std::borrow::Cow::Borrowed(_)) => None,
-            Ok(std::borrow::Cow::Owned(p)) => Some(p),
+            Ok(std::borrow::Cow::Borrowed(_)) if origin_form => None,
+            Ok(p) => Some(p.into_owned()),
             Err(e) => {
                 return self
                     .deny(session, ctx, Denial::BadRequest(e.reason()), None)
@@ -441,7 +521,7 @@ impl ProxyHttp for KeywardProxy {
             ctx.outcome
         };
         let m = &self.engine.metrics;
-        m.requests.with_label_values(&[method, outcome]).inc();
+        m.request(method, outcome);
         m.request_duration.observe(total.as_secs_f64());
         if ctx.auth_method.is_some() || ctx.auth_time > Duration::ZERO {
             m.auth_duration.observe(ctx.auth_time.as_secs_f64());
@@ -483,6 +563,28 @@ mod tests {
             assert!(!is_identity_header(n), "{n}");
         }
         assert!(is_request_id_header("x_request_id"));
+    }
+
+    #[test]
+    fn framing() {
+        let ok = |h: &str| !raw_framing_is_malformed(h.as_bytes());
+        assert!(ok("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"));
+        assert!(ok("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        assert!(ok(
+            "POST / HTTP/1.1\r\nX-Content-Length: 5\r\nContent-Length: 5\r\n\r\n"
+        ));
+        assert!(!ok(
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        assert!(!ok(
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\ncontent-length: 5\n\n"
+        ));
+        assert!(!ok(
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n"
+        ));
+        assert!(!ok("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"));
+        assert!(is_absolute_http(b"HTTPS://h/p") && is_absolute_http(b"http://h"));
+        assert!(!is_absolute_http(b"foo:/p") && !is_absolute_http(b"/http://h"));
     }
 
     #[test]

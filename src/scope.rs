@@ -46,12 +46,22 @@ pub fn find<'a>(
         }
         WorkspaceSource::Query(name) => query_param(query.unwrap_or(""), name),
         WorkspaceSource::Header(name) => {
+            // Another spelling of the name (`_` for `-`) is a second copy to
+            // upstreams that read headers CGI-style (X_Ws and X-Ws are one).
+            if headers
+                .keys()
+                .any(|k| k.as_str() != name && same_but_underscores(k.as_str(), name))
+            {
+                return Err(SourceError::Ambiguous);
+            }
             let mut values = headers.get_all(name.as_str()).iter();
             match (values.next(), values.next()) {
                 (None, _) => Ok(None),
                 (Some(_), Some(_)) => Err(SourceError::Ambiguous),
                 (Some(v), None) => match v.to_str() {
                     Ok(s) if s.trim().is_empty() => Ok(None),
+                    // a list is the same header repeated (RFC 9110 §5.3)
+                    Ok(s) if s.contains(',') => Err(SourceError::Ambiguous),
                     Ok(s) => Ok(Some(Cow::Borrowed(s.trim()))),
                     Err(_) => Err(SourceError::NotString),
                 },
@@ -61,6 +71,15 @@ pub fn find<'a>(
             body_field(body.unwrap_or(&[]), field).map(|o| o.map(Cow::Owned))
         }
     }
+}
+
+/// Equal when every `_` is read as `-` (`name` is lowercase, as header names are).
+fn same_but_underscores(header: &str, name: &str) -> bool {
+    header.len() == name.len()
+        && header
+            .bytes()
+            .zip(name.bytes())
+            .all(|(a, b)| a == b || (a == b'_' && b == b'-') || (a == b'-' && b == b'_'))
 }
 
 fn query_param<'a>(query: &'a str, name: &str) -> Result<Option<Cow<'a, str>>, SourceError> {
@@ -195,6 +214,42 @@ mod tests {
         assert_eq!(
             body_field(br#"{"work\u0073paceId":"ws_9"}"#, "workspaceId"),
             Ok(Some("ws_9".into()))
+        );
+    }
+
+    #[test]
+    fn header_source_in_another_spelling_is_ambiguous() {
+        let source = WorkspaceSource::Header("x-target-workspace".into());
+        let find_in = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            find(&source, "/", &Captures::default(), None, &h, None)
+                .map(|o| o.map(|c| c.into_owned()))
+        };
+        assert_eq!(
+            find_in(&[("X-Target-Workspace", "ws_1")]),
+            Ok(Some("ws_1".into()))
+        );
+        assert_eq!(
+            find_in(&[
+                ("X-Target-Workspace", "ws_1"),
+                ("X_Target_Workspace", "ws_2")
+            ]),
+            Err(SourceError::Ambiguous)
+        );
+        assert_eq!(
+            find_in(&[("x_target-workspace", "ws_2")]),
+            Err(SourceError::Ambiguous)
+        );
+        assert_eq!(find_in(&[("X-Target-Workspacex", "ws_2")]), Ok(None));
+        assert_eq!(
+            find_in(&[("X-Target-Workspace", "ws_1, ws_2")]),
+            Err(SourceError::Ambiguous)
         );
     }
 

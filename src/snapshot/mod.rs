@@ -35,6 +35,10 @@ pub struct Generation {
     /// unix seconds when this version was produced (meta.generated_at, else mtime)
     pub produced_at: i64,
     pub counts: Counts,
+    /// The connection that validated this version, kept open: it pins the
+    /// file (inode) even after another file is renamed over the path, and
+    /// serves lookups for threads that cannot open that same file by path.
+    conn: Mutex<Connection>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -144,8 +148,31 @@ fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_millis(200))?;
-    // Serve reads from a shared mapping instead of read() copies.
-    let _ = conn.pragma_update(None, "mmap_size", 256i64 << 20);
+    // No mmap: a snapshot truncated in place (`cp new.db snapshot.db`) would
+    // turn a mapped read into SIGBUS and kill the process; read() just fails.
+    let _ = conn.pragma_update(None, "mmap_size", 0i64);
+    Ok(conn)
+}
+
+fn identity(path: &Path) -> Result<(u64, u64, std::fs::Metadata), String> {
+    let m = std::fs::metadata(path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+    Ok((m.dev(), m.ino(), m))
+}
+
+/// Open `path` only if it is still the file (dev, inode) `want` names, with
+/// the schema checked; the file seen before and after opening must agree, so
+/// a rename in between is caught.
+fn open_matching(path: &Path, want: (u64, u64)) -> Result<Connection, String> {
+    let (dev, ino, _) = identity(path)?;
+    if (dev, ino) != want {
+        return Err("the snapshot path now names another file".into());
+    }
+    let conn = open_read_only(path).map_err(|e| format!("cannot open: {e}"))?;
+    schema::validate(&conn)?;
+    let (dev, ino, _) = identity(path)?;
+    if (dev, ino) != want {
+        return Err("the snapshot path changed while opening".into());
+    }
     Ok(conn)
 }
 
@@ -213,10 +240,17 @@ impl SnapshotStore {
     }
 
     fn load_candidate(&self) -> Result<Generation, String> {
-        let meta = std::fs::metadata(&self.path)
-            .map_err(|e| format!("cannot stat {}: {e}", self.path.display()))?;
-        let conn = open_read_only(&self.path).map_err(|e| format!("cannot open: {e}"))?;
-        schema::validate(&conn)?;
+        // The connection must be to the file whose identity the generation
+        // records; retry if a publisher renames a file in between.
+        let mut attempt = 0;
+        let (meta, conn) = loop {
+            let (dev, ino, meta) = identity(&self.path)?;
+            match open_matching(&self.path, (dev, ino)) {
+                Ok(conn) => break (meta, conn),
+                Err(e) if attempt >= 3 || !e.contains("path") => return Err(e),
+                Err(_) => attempt += 1,
+            }
+        };
         let count = |t: &str| -> Result<u64, String> {
             conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| {
                 r.get::<_, i64>(0)
@@ -260,6 +294,7 @@ impl SnapshotStore {
             ino: meta.ino(),
             produced_at: generated_at.unwrap_or(mtime),
             counts,
+            conn: Mutex::new(conn),
         })
     }
 
@@ -377,20 +412,20 @@ impl SnapshotStore {
         CONNS.with(|cell| {
             let mut conns = cell.borrow_mut();
             let pos = conns.iter().position(|(s, _, _)| *s == self.store_id);
-            let stale = pos.map(|p| conns[p].1 != gen.id).unwrap_or(true);
-            if stale {
-                match open_read_only(&self.path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|c| schema::validate(&c).map(|_| c))
-                {
-                    Ok(conn) => match pos {
-                        Some(p) => conns[p] = (self.store_id, gen.id, conn),
-                        None => conns.push((self.store_id, gen.id, conn)),
-                    },
-                    // The file changed again after validation and is broken:
-                    // keep the previous, validated connection if there is one.
-                    Err(e) if pos.is_none() => return Err(StoreError::Query(e)),
-                    Err(_) => {}
+            if pos.map(|p| conns[p].1 != gen.id).unwrap_or(true) {
+                // Never fall back to an older generation's connection: it
+                // would answer from data the current generation replaced.
+                if let Some(p) = pos {
+                    conns.swap_remove(p);
+                }
+                match open_matching(&self.path, (gen.dev, gen.ino)) {
+                    Ok(conn) => conns.push((self.store_id, gen.id, conn)),
+                    // The path names another (newer, or broken) file: ask the
+                    // generation's own connection, which pins the right file.
+                    Err(_) => {
+                        let conn = gen.conn.lock().unwrap_or_else(|p| p.into_inner());
+                        return f(&conn).map_err(|e| StoreError::Query(e.to_string()));
+                    }
                 }
             }
             let pos = conns

@@ -515,3 +515,337 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn now() -> i64 {
     keyward::clock::now_unix()
 }
+
+// ------------------------------------------------- adversarial test helpers
+
+/// Send raw bytes, then read whatever comes back: up to 10 s for the first
+/// bytes, then until EOF or `quiet` passes without more (keep-alive
+/// connections stay open). No parsing: an empty result means the connection
+/// closed without a response.
+pub fn exchange(addr: SocketAddr, request: &[u8], quiet: Duration) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may answer and close before reading everything.
+    let _ = s.write_all(request);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                s.set_read_timeout(Some(quiet)).unwrap();
+            }
+        }
+    }
+    buf
+}
+
+/// Split a byte stream holding several pipelined responses (each framed by
+/// Content-Length) into parsed responses.
+pub fn parse_responses(mut buf: &[u8]) -> Vec<Resp> {
+    let mut out = Vec::new();
+    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+        let r = parse_response(buf);
+        let len: usize = r
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(buf.len() - end - 4);
+        buf = &buf[(end + 4 + len).min(buf.len())..];
+        out.push(r);
+    }
+    out
+}
+
+/// One request as a [`RawUpstream`] read it off the wire.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// the request-target exactly as sent by keyward
+    pub target: Vec<u8>,
+    /// request line and headers, lossily decoded
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn target_str(&self) -> String {
+        String::from_utf8_lossy(&self.target).into_owned()
+    }
+    /// Values of a header (name compared case-insensitively).
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+            .collect()
+    }
+}
+
+/// A raw-socket HTTP/1.1 upstream that records every request exactly as it
+/// arrives on the wire (target bytes, header lines, de-chunked body) and
+/// answers `200 {"n": index, "target": …}`. Unlike the echo upstream it has no
+/// HTTP library between the wire and the record, so it shows what keyward
+/// really sent, even requests a strict server would refuse.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RawUpstream {
+    pub fn start() -> RawUpstream {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let seen = seen2.clone();
+                        std::thread::spawn(move || raw_upstream_conn(s, seen));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        RawUpstream { addr, seen, stop }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Request-targets received so far, lossily decoded.
+    pub fn targets(&self) -> Vec<String> {
+        self.seen().iter().map(Seen::target_str).collect()
+    }
+
+    /// Whether any received request line or header block contains `marker`.
+    pub fn saw(&self, marker: &str) -> bool {
+        self.seen()
+            .iter()
+            .any(|s| s.head.contains(marker) || String::from_utf8_lossy(&s.body).contains(marker))
+    }
+
+    /// Whether any received request line (not body) contains `marker`.
+    pub fn saw_request_for(&self, marker: &str) -> bool {
+        self.seen().iter().any(|s| s.target_str().contains(marker))
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn raw_upstream_conn(mut s: TcpStream, seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>) {
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    // Read until `buf` holds at least `n` bytes; false on EOF or error.
+    let mut fill = |s: &mut TcpStream, buf: &mut Vec<u8>, n: usize| -> bool {
+        while buf.len() < n {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return false,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+        true
+    };
+    loop {
+        // the head
+        let end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p;
+            }
+            let want = buf.len() + 1;
+            if !fill(&mut s, &mut buf, want) {
+                return;
+            }
+        };
+        let head_bytes: Vec<u8> = buf.drain(..end + 4).collect();
+        let head = String::from_utf8_lossy(&head_bytes[..end]).into_owned();
+        let line_end = head_bytes
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or(end);
+        let line = &head_bytes[..line_end];
+        let target = line
+            .split(|&b| b == b' ')
+            .nth(1)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        let mut cls: Vec<String> = Vec::new();
+        let mut chunked = false;
+        for l in head.split("\r\n").skip(1) {
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    cls.push(v.trim().to_string());
+                } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked |= v.to_ascii_lowercase().contains("chunked");
+                }
+            }
+        }
+        let mut body = Vec::new();
+        let mut framing_ok = true;
+        if chunked {
+            if !cls.is_empty() {
+                framing_ok = false;
+            }
+            loop {
+                let p = loop {
+                    if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break p;
+                    }
+                    let want = buf.len() + 1;
+                    if !fill(&mut s, &mut buf, want) {
+                        return;
+                    }
+                };
+                let size_line = String::from_utf8_lossy(&buf[..p]).into_owned();
+                let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
+                    .unwrap_or(0);
+                buf.drain(..p + 2);
+                if size == 0 {
+                    // trailers up to the empty line
+                    loop {
+                        let q = loop {
+                            if let Some(q) = buf.windows(2).position(|w| w == b"\r\n") {
+                                break q;
+                            }
+                            let want = buf.len() + 1;
+                            if !fill(&mut s, &mut buf, want) {
+                                return;
+                            }
+                        };
+                        buf.drain(..q + 2);
+                        if q == 0 {
+                            break;
+                        }
+                    }
+                    break;
+                }
+                if !fill(&mut s, &mut buf, size + 2) {
+                    return;
+                }
+                body.extend_from_slice(&buf[..size]);
+                buf.drain(..size + 2);
+            }
+        } else if !cls.is_empty() {
+            let first = cls[0].clone();
+            if cls.iter().any(|v| *v != first) || first.contains(',') {
+                framing_ok = false;
+            }
+            let n: usize = first.split(',').next().unwrap().trim().parse().unwrap_or(0);
+            if !fill(&mut s, &mut buf, n) {
+                return;
+            }
+            body = buf.drain(..n).collect();
+        }
+        let index = {
+            let mut seen = seen.lock().unwrap();
+            seen.push(Seen {
+                target: target.clone(),
+                head,
+                body,
+            });
+            seen.len() - 1
+        };
+        let json = serde_json::json!({
+            "n": index,
+            "target": String::from_utf8_lossy(&target),
+        })
+        .to_string();
+        let status = if framing_ok {
+            "200 OK"
+        } else {
+            "400 Bad Request"
+        };
+        let resp = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        );
+        if s.write_all(resp.as_bytes()).is_err() || !framing_ok {
+            return;
+        }
+    }
+}
+
+/// The echo upstream on its own runtime, which can be stopped (listener and
+/// every open connection closed, like a killed process) and started again on
+/// the same address.
+pub struct KillableEcho {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KillableEcho {
+    /// Bind `addr` (`127.0.0.1:0` for a free port) and serve.
+    pub fn start(addr: SocketAddr) -> std::io::Result<KillableEcho> {
+        let std_listener = std::net::TcpListener::bind(addr)?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                tokio::select! {
+                    _ = keyward::echo::serve(listener) => {}
+                    _ = rx => {}
+                }
+            });
+            // Dropping the runtime drops every connection task: their sockets close.
+            drop(rt);
+        });
+        Ok(KillableEcho {
+            addr,
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Start again on `addr`, retrying while the port is briefly unavailable.
+    pub fn restart_on(addr: SocketAddr) -> KillableEcho {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match KillableEcho::start(addr) {
+                Ok(e) => return e,
+                Err(e) if Instant::now() > deadline => panic!("rebind {addr}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Close the listener and every open connection; returns once they are closed.
+    pub fn kill(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for KillableEcho {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,158 @@
+//! Upstream failures (SPEC §7): refused or reset → 502 UPSTREAM_UNAVAILABLE,
+//! no answer in time → 504 UPSTREAM_TIMEOUT, always as keyward's JSON, always
+//! within the configured timeouts (no hung client), and recovery as soon as
+//! the upstream is back.
+use super::*;
+use std::io::{Read, Write};
+
+fn keyward_for(upstream: std::net::SocketAddr, extra: &str) -> (Snap, Keyward, String) {
+    let snap = Snap::new();
+    snap.org("org_a", "free");
+    let key = snap.api_key("org_a");
+    let mut opts = Opts::new(upstream);
+    opts.extra = format!(
+        "[plans.free]\nrequests_per_window = 1000000\n[upstream]\nconnect_timeout_ms = 300\n{extra}"
+    );
+    let kw = Keyward::start(&snap, opts);
+    (snap, kw, key)
+}
+
+#[test]
+fn upstream_killed_and_restarted_under_load() {
+    let mut echo = KillableEcho::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = echo.addr;
+    let (_snap, kw, key) = keyward_for(addr, "read_timeout_ms = 2000\n");
+    assert_eq!(kw.get("/api/v1/x", Some(&key)).status, 200);
+    let load = Load::start(kw.addr, "/api/v1/x", &key, 4);
+    std::thread::sleep(Duration::from_millis(400));
+    let killed = Instant::now();
+    echo.kill();
+    std::thread::sleep(Duration::from_millis(800));
+    let restarted = Instant::now();
+    let echo2 = KillableEcho::restart_on(addr);
+    std::thread::sleep(Duration::from_millis(800));
+    let results = load.stop();
+    drop(echo2);
+
+    let hung: Vec<_> = results.iter().filter(|r| r.1 == 0).collect();
+    assert!(
+        hung.is_empty(),
+        "requests without an answer in 3 s: {}",
+        hung.len()
+    );
+    let before: Vec<_> = results.iter().filter(|r| r.0 < killed).collect();
+    // answers completed after the kill settled and before the restart
+    let down: Vec<_> = results
+        .iter()
+        .filter(|r| r.0 > killed + Duration::from_millis(100) && r.0 < restarted)
+        .collect();
+    let after: Vec<_> = results
+        .iter()
+        .filter(|r| r.0 > restarted + Duration::from_millis(300))
+        .collect();
+    assert!(
+        before.len() > 10 && down.len() > 10 && after.len() > 10,
+        "too little traffic: {} / {} / {}",
+        before.len(),
+        down.len(),
+        after.len()
+    );
+    assert!(
+        before.iter().all(|r| r.1 == 200),
+        "before the kill: {before:?}"
+    );
+    assert!(
+        down.iter()
+            .all(|r| r.1 == 502 && r.2 == "UPSTREAM_UNAVAILABLE"),
+        "while down: {:?}",
+        down.iter().filter(|r| r.1 != 502).collect::<Vec<_>>()
+    );
+    assert!(
+        after.iter().all(|r| r.1 == 200),
+        "after the restart: {:?}",
+        after.iter().filter(|r| r.1 != 200).collect::<Vec<_>>()
+    );
+    // everything in between is one of the two, nothing else
+    assert!(
+        results.iter().all(|r| r.1 == 200 || r.1 == 502),
+        "{results:?}"
+    );
+    assert!(kw.metric("keyward_upstream_errors_total{kind=\"unavailable\"}") >= down.len() as f64);
+    eprintln!(
+        "kill/restart under load: {} requests, {} before, {} while down (all 502), {} after (all 200)",
+        results.len(),
+        before.len(),
+        down.len(),
+        after.len()
+    );
+}
+
+/// A listener that accepts and then does `f` with each connection.
+fn fake_upstream(f: impl Fn(std::net::TcpStream) + Send + Sync + 'static) -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let f = Arc::new(f);
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let f = f.clone();
+            std::thread::spawn(move || f(s));
+        }
+    });
+    addr
+}
+
+#[test]
+fn silent_upstream_is_504_within_the_read_timeout() {
+    // reads the request, never answers
+    let up = fake_upstream(|mut s| {
+        let mut b = [0u8; 4096];
+        let _ = s.read(&mut b);
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let (_snap, kw, key) = keyward_for(up, "read_timeout_ms = 500\n");
+    let start = Instant::now();
+    let r = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5)).expect("hung");
+    r.assert_error(504, "UPSTREAM_TIMEOUT");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(kw.metric("keyward_upstream_errors_total{kind=\"timeout\"}") >= 1.0);
+}
+
+#[test]
+fn upstream_that_resets_or_answers_garbage_is_502() {
+    let reset = fake_upstream(|s| {
+        // close with unread data: the kernel answers with a reset
+        drop(s);
+    });
+    let half = fake_upstream(|mut s| {
+        let mut b = [0u8; 4096];
+        let _ = s.read(&mut b);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part");
+    });
+    let garbage = fake_upstream(|mut s| {
+        let mut b = [0u8; 4096];
+        let _ = s.read(&mut b);
+        let _ = s.write_all(b"\x00\x01\x02 definitely not HTTP\r\n\r\n");
+    });
+    for (case, up) in [("reset", reset), ("garbage", garbage)] {
+        let (_snap, kw, key) = keyward_for(up, "read_timeout_ms = 1000\n");
+        let r = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5)).expect("hung");
+        assert_eq!(r.status, 502, "{case}: {}", r.body_str());
+        r.assert_error(502, "UPSTREAM_UNAVAILABLE");
+    }
+    // a body cut short after the head was sent: the client must not hang
+    // waiting for the rest (the head is already out, so no 502 is possible)
+    let (_snap, kw, key) = keyward_for(half, "read_timeout_ms = 1000\n");
+    let start = Instant::now();
+    let _ = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5));
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    let r = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5));
+    assert!(r.is_some(), "no answer after a truncated body");
+}
