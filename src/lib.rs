@@ -4,6 +4,7 @@
 //! (cached in [`cache`], loaded from [`snapshot`]) → [`routes`] + [`scope`] →
 //! [`ratelimit`] → [`decision`] → [`proxy`] applies it.
 
+pub mod access_log;
 pub mod admin;
 pub mod cache;
 pub mod clock;

@@ -31,7 +31,7 @@ enum Command {
     Run {
         #[arg(long)]
         config: PathBuf,
-        #[arg(long, value_enum, default_value = "text")]
+        #[arg(long, value_enum, default_value = "text", env = "KEYWARD_LOG_FORMAT")]
         log_format: LogFormat,
     },
     /// Validate config, snapshot and route table; print what was found
@@ -77,13 +77,34 @@ enum KeysCommand {
     },
 }
 
+/// stdout as a plain file behind a 64 KiB buffer: the log worker flushes
+/// after each batch it drains, so under load many lines share one write()
+/// instead of `Stdout`'s one write per line.
+fn stdout_buffered() -> Box<dyn std::io::Write + Send> {
+    use std::os::fd::AsFd;
+    match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => Box::new(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::fs::File::from(fd),
+        )),
+        Err(_) => Box::new(std::io::stdout()),
+    }
+}
+
 fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(64 * 1024)
-        .finish(std::io::stdout());
+        .finish(stdout_buffered());
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    keyward::access_log::install(
+        writer.clone(),
+        match format {
+            LogFormat::Text => keyward::access_log::Format::Text,
+            LogFormat::Json => keyward::access_log::Format::Json,
+        },
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

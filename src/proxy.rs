@@ -527,19 +527,22 @@ impl ProxyHttp for KeywardProxy {
             m.auth_duration.observe(ctx.auth_time.as_secs_f64());
         }
         let req = session.req_header();
-        tracing::info!(
-            target: "keyward::access",
-            method = %req.method,
-            path = req.uri.path(),
+        crate::access_log::write(&crate::access_log::Line {
+            method: req.method.as_str(),
+            path: req.uri.path(),
             status,
-            auth_method = method,
+            auth_method: method,
             outcome,
-            org_id = ctx.identity.as_ref().and_then(|i| i.org_id.as_deref()).unwrap_or(""),
-            key_prefix = ctx.key_prefix.as_deref().unwrap_or(""),
-            request_id = %ctx.request_id,
-            auth_us = ctx.auth_time.as_micros() as u64,
-            total_us = total.as_micros() as u64,
-        );
+            org_id: ctx
+                .identity
+                .as_ref()
+                .and_then(|i| i.org_id.as_deref())
+                .unwrap_or(""),
+            key_prefix: ctx.key_prefix.as_deref().unwrap_or(""),
+            request_id: &ctx.request_id,
+            auth_us: ctx.auth_time.as_micros() as u64,
+            total_us: total.as_micros() as u64,
+        });
     }
 }
 

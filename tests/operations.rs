@@ -216,3 +216,55 @@ fn sigterm_lets_in_flight_requests_finish_and_sigint_is_fast() {
         t.elapsed()
     );
 }
+
+#[test]
+fn access_log_has_one_line_per_request_in_text_and_json_and_no_secret() {
+    for format in ["text", "json"] {
+        let snap = Snap::new();
+        snap.org("org_a", "pro").workspace("ws_a", "org_a");
+        let key = snap.api_key("org_a");
+        let mut opts = Opts::new(echo());
+        opts.env.push(("KEYWARD_LOG_FORMAT".into(), format.into()));
+        let kw = Keyward::start(&snap, opts);
+        assert_eq!(kw.get("/api/v1/workspaces/ws_a/f", Some(&key)).status, 200);
+        assert_eq!(kw.get("/api/v1/workspaces/ws_a/f", None).status, 401);
+        let access = |log: &str| -> Vec<String> {
+            log.lines()
+                .filter(|l| l.contains("keyward::access"))
+                .map(str::to_string)
+                .collect()
+        };
+        assert!(
+            wait_until(Duration::from_secs(5), || access(&kw.log()).len() == 2),
+            "{}",
+            kw.log()
+        );
+        let log = kw.log();
+        assert!(!log.contains(&key), "the key leaked into the log");
+        let lines = access(&log);
+        if format == "json" {
+            let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+            assert_eq!(v["status"], 200);
+            assert_eq!(v["auth_method"], "api_key");
+            assert_eq!(v["org_id"], "org_a");
+            assert_eq!(v["path"], "/api/v1/workspaces/ws_a/f");
+            assert_eq!(v["key_prefix"].as_str().unwrap(), &key[..8]);
+            assert!(v["total_us"].as_u64().is_some());
+            let v: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+            assert_eq!(
+                (v["status"].as_u64(), v["outcome"].as_str()),
+                (Some(401), Some("unauthenticated"))
+            );
+        } else {
+            assert!(lines[0].contains("method=GET path=/api/v1/workspaces/ws_a/f status=200 auth_method=api_key outcome=forwarded org_id=org_a"), "{}", lines[0]);
+            assert!(
+                lines[0].contains(&format!("key_prefix={} ", &key[..8])),
+                "{}",
+                lines[0]
+            );
+            assert!(
+                lines[1].contains("status=401") && lines[1].contains("outcome=unauthenticated")
+            );
+        }
+    }
+}
