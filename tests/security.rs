@@ -17,6 +17,14 @@ mod smuggling;
 
 use common::*;
 
+/// `details.reason` of one of keyward's JSON errors.
+pub fn reason(r: &Resp) -> String {
+    r.json()["details"]["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
 /// Two organizations: `org_a` (workspaces `ws_a1`, `ws_a2`) and `org_b`
 /// (`ws_b`), an org-wide key of `org_a`, a key of `org_a` scoped to `ws_a1`.
 pub struct World {

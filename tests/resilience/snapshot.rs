@@ -142,17 +142,7 @@ fn garbage_renamed_over_the_snapshot_keeps_the_last_good_generation() {
     assert_fresh_key(&mut s, "garbage by rename");
     assert_reload_error_reported(&s.kw, "");
     // a good version published afterwards is picked up and clears the error
-    let newer = Snap::new();
-    newer.org("org_a", "free");
-    let key = newer.api_key("org_a");
-    std::fs::rename(&newer.path, &s.snap.path).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(3), || readyz(&s.kw).1["snapshot"]
-            ["last_reload_error"]
-            .is_null()),
-        "{}",
-        readyz(&s.kw).1
-    );
+    let key = publish_good_version(&s);
     let (status, j) = readyz(&s.kw);
     assert_eq!(status, 200);
     assert_eq!(j["degraded"], serde_json::json!([]));
@@ -246,17 +236,7 @@ fn deleted_snapshot_keeps_serving_and_recovers_when_it_returns() {
     let failed = failed_reloads(&s.kw);
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(failed_reloads(&s.kw), failed);
-    let back = Snap::new();
-    back.org("org_a", "free");
-    let key = back.api_key("org_a");
-    std::fs::rename(&back.path, &s.snap.path).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(3), || readyz(&s.kw).1["snapshot"]
-            ["last_reload_error"]
-            .is_null()),
-        "{}",
-        readyz(&s.kw).1
-    );
+    let key = publish_good_version(&s);
     assert!(s.kw.metric("keyward_snapshot_generation") >= 2.0);
     assert_eq!(s.kw.get("/api/v1/x", Some(&key)).status, 200);
 }
@@ -349,4 +329,21 @@ fn a_key_revoked_by_the_last_good_generation_stays_revoked_when_the_next_is_brok
         );
         assert!([401, 503].contains(&r.status), "{}", r.body_str());
     }
+}
+
+/// Rename a new, valid snapshot (org_a and one key) over the path and wait
+/// until keyward serves it and the last reload error is cleared; the key.
+fn publish_good_version(s: &Setup) -> String {
+    let next = Snap::new();
+    next.org("org_a", "free");
+    let key = next.api_key("org_a");
+    std::fs::rename(&next.path, &s.snap.path).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || readyz(&s.kw).1["snapshot"]
+            ["last_reload_error"]
+            .is_null()),
+        "{}",
+        readyz(&s.kw).1
+    );
+    key
 }

@@ -10,13 +10,6 @@ fn head(kw: &Keyward, path: &str, lines: &[u8]) -> Resp {
     raw_bytes(kw.addr, &req)
 }
 
-fn reason(r: &Resp) -> String {
-    r.json()["details"]["reason"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
-}
-
 #[test]
 fn authorization_header_forms() {
     let w = World::new();

@@ -3,13 +3,6 @@
 use super::*;
 use std::time::Duration;
 
-fn reason(r: &Resp) -> String {
-    r.json()["details"]["reason"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
-}
-
 #[test]
 fn overlong_tokens_are_401_malformed_and_service_continues() {
     let w = World::new();
