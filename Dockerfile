@@ -6,7 +6,8 @@ WORKDIR /src
 # Dependency layer: cached until Cargo.toml/Cargo.lock change.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches config && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && echo 'fn main() {}' > benches/decision.rs && touch config/keyward.toml \
+    && echo 'fn main() {}' > benches/decision.rs && echo 'fn main() {}' > benches/bare_proxy.rs \
+    && touch config/keyward.toml \
     && cargo build --release --locked && rm -rf src benches config
 COPY src ./src
 COPY benches ./benches
