@@ -142,21 +142,41 @@ fn json_escape(b: &mut Vec<u8>, v: &str) {
 }
 
 /// RFC 3339 UTC with microseconds, e.g. `2026-11-22T20:42:33.030224Z`.
+/// The part up to the seconds is formatted once per second per thread.
 fn timestamp(b: &mut Vec<u8>) {
+    thread_local! {
+        static PREFIX: RefCell<(u64, [u8; 20])> = const { RefCell::new((u64::MAX, [0; 20])) };
+    }
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let secs = d.as_secs();
-    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
-    let s = secs % 86_400;
-    let _ = write!(
-        b,
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60,
-        d.subsec_micros()
-    );
+    PREFIX.with(|p| {
+        let (cached, text) = &mut *p.borrow_mut();
+        if *cached != secs {
+            let (y, m, day) = civil_from_days((secs / 86_400) as i64);
+            let s = secs % 86_400;
+            let mut out = &mut text[..];
+            let _ = write!(
+                out,
+                "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.",
+                s / 3600,
+                s / 60 % 60,
+                s % 60
+            );
+            *cached = secs;
+        }
+        b.extend_from_slice(text);
+    });
+    let micros = d.subsec_micros();
+    let mut digits = [b'0'; 6];
+    let mut n = micros;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    b.extend_from_slice(&digits);
+    b.push(b'Z');
 }
 
 /// Days since 1970-01-01 → (year, month, day); Howard Hinnant's algorithm.
@@ -207,7 +227,9 @@ mod tests {
         assert_eq!(v["org_id"], "org\"a\n");
         assert_eq!(v["status"], 200);
         assert_eq!(v["target"], "keyward::access");
-        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+        let ts = v["timestamp"].as_str().unwrap();
+        assert_eq!(ts.len(), 27, "{ts}");
+        assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T' && ts.as_bytes()[19] == b'.');
     }
 
     #[test]
