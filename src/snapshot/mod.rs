@@ -151,9 +151,9 @@ fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
     // No mmap: a snapshot truncated in place (`cp new.db snapshot.db`) would
     // turn a mapped read into SIGBUS and kill the process; read() just fails.
     let _ = conn.pragma_update(None, "mmap_size", 0i64);
-    // Without mmap, a larger page cache keeps hot B-tree pages in memory
-    // (8 MiB per connection; connections = worker threads + 1 per generation).
-    let _ = conn.pragma_update(None, "cache_size", -8192i64);
+    // SQLite's default page cache (~2 MiB per connection) is kept: a larger
+    // one did not shorten cache misses (their time is per-transaction file
+    // locking, see README "Benchmarks") and costs RSS per worker thread.
     Ok(conn)
 }
 
