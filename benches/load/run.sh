@@ -37,8 +37,10 @@
 #      ROUNDS rounds; each round runs wrk once against every target in turn.
 #      Every target gets the same path and Authorization header.
 #   5. Prints req/s, p50, p99 per target (median of the rounds, plus the
-#      spread of req/s) and the ratios keyward/nginx_lua and keyward/bare,
-#      and fails if wrk saw any non-2xx response or socket error.
+#      spread of req/s, the CPU other processes used meanwhile, and how many
+#      connections the upstream accepted) and the ratios keyward/nginx_lua
+#      and keyward/bare, and fails if wrk saw any non-2xx response or socket
+#      error.
 #      Raw results (one line per wrk run) and the wrk outputs go to
 #      target/load-bench/<timestamp>/.
 #
@@ -142,6 +144,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Run private copies of the binaries, so that a rebuild during the run cannot
+# change what is measured halfway; note what they were built from.
+REV="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo '+dirty')"
+BUILT=$(date -r "$KEYWARD" +%Y-%m-%dT%H:%M:%S)
+mkdir -p "$TMP/bin"
+cp -p "$KEYWARD" "$BARE" "$TMP/bin/"
+KEYWARD=$TMP/bin/keyward
+BARE=$TMP/bin/bare_proxy
+
 # Stop the processes started for one thread count (nginx: QUIT = graceful,
 # INT/TERM = fast; pingora: INT = fast).
 stop_pids() {
@@ -239,6 +250,8 @@ $(nginx_http_common upstream)
             add_header X-Upstream-Org \$http_x_org_id;
             return 200 "ok\n";
         }
+        # connections the upstream accepted: read between runs only
+        location = /__upstream_status { stub_status; }
     }
 }
 EOF
@@ -465,7 +478,13 @@ UPSTREAM_PID=$LAST_PID
 wait_port "$UPSTREAM_PORT" "$UPSTREAM_PID" upstream
 
 RAW=$OUT/results.tsv
-printf 'threads\tround\ttarget\treq_per_s\tp50_ms\tp99_ms\tnon2xx\tsocket_errors\tother_cpu_pct\n' >"$RAW"
+printf 'threads\tround\ttarget\treq_per_s\tp50_ms\tp99_ms\tnon2xx\tsocket_errors\tother_cpu_pct\tupstream_conns\n' >"$RAW"
+
+# Connections the upstream has accepted so far (stub_status): the difference
+# over a run shows whether a proxy kept its upstream connections alive.
+upstream_accepts() {
+    curl -s "http://127.0.0.1:$UPSTREAM_PORT/__upstream_status" | awk 'NR==3{print $1}'
+}
 
 # CPU accounting, so that a run disturbed by other work on the machine shows.
 # cpu_mark prints "monotonic_s machine_busy_jiffies our_jiffies", where ours
@@ -590,18 +609,21 @@ for N in $THREADS_LIST; do
         for t in $TARGETS; do
             f=$OUT/wrk-$N-$r-$t.txt
             if [ "$QUIET_WAIT" -gt 0 ]; then wait_quiet; fi
+            a1=$(upstream_accepts)
             m1=$(cpu_mark)
             wrk_run "$t" "${PORT[$t]}" "$DURATION" "$f"
             m2=$(cpu_mark)
+            a2=$(upstream_accepts)
             other=$(other_cpu "$m1" "$m2")
+            upconn=$((a2 - a1 - 1))   # minus the status request itself
             parsed=$(parse_wrk "$f") || { cat "$f" >&2; die "cannot parse $f"; }
             read -r rps p50 p99 non2xx sock <<<"$parsed"
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$N" "$r" "$t" "$rps" "$p50" "$p99" "$non2xx" "$sock" "$other" >>"$RAW"
-            log "threads=$N round=$r $t: $rps req/s p50 ${p50} ms p99 ${p99} ms non2xx=$non2xx socket_errors=$sock other_cpu=${other}%"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$N" "$r" "$t" "$rps" "$p50" "$p99" "$non2xx" "$sock" "$other" "$upconn" >>"$RAW"
+            log "threads=$N round=$r $t: $rps req/s p50 ${p50} ms p99 ${p99} ms non2xx=$non2xx socket_errors=$sock other_cpu=${other}% upstream_conns=$upconn"
         done
     done
     if [ -f "$TMP/keyward/access-$N.log" ]; then
-        log "keyward log (threads=$N): $(wc -l <"$TMP/keyward/access-$N.log") lines"
+        log "keyward log (threads=$N): $(wc -l <"$TMP/keyward/access-$N.log") lines, of which pingora's 'failed to acquire reusable stream' (a pooled upstream connection not reused): $(grep -c 'failed to acquire reusable stream' "$TMP/keyward/access-$N.log" || true)"
     fi
     stop_pids "${started[@]}"
     unset PORT
@@ -610,7 +632,7 @@ done
 # ------------------------------------------------------------------ report
 report() {
     echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -srm), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
-    echo "# $("$NGINX" -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), keyward $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo '+dirty') (binary built $(date -r "$KEYWARD" +%Y-%m-%dT%H:%M))"
+    echo "# $("$NGINX" -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), keyward $REV at start (binary built $BUILT)"
     echo "# load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "# wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, $ROUNDS round(s), ACCESS_LOG=$ACCESS_LOG, LUA_HASH=$LUA_HASH, path $BENCH_PATH"
     python3 - "$RAW" <<'EOF'
@@ -620,7 +642,7 @@ threads = list(dict.fromkeys(r['threads'] for r in rows))
 targets = list(dict.fromkeys(r['target'] for r in rows))
 med = {}
 bad = []
-print(f"{'target':<10} {'threads':>7} {'req/s':>9} {'min':>9} {'max':>9} {'p50 ms':>8} {'p99 ms':>8} {'other%':>6}")
+print(f"{'target':<10} {'threads':>7} {'req/s':>9} {'min':>9} {'max':>9} {'p50 ms':>8} {'p99 ms':>8} {'other%':>6} {'up conns':>8}")
 for n in threads:
     for t in targets:
         rs = [r for r in rows if r['threads'] == n and r['target'] == t]
@@ -629,12 +651,15 @@ for n in threads:
         p99 = st.median(float(r['p99_ms']) for r in rs)
         med[(n, t)] = (st.median(rps), p99)
         other = max(int(r['other_cpu_pct']) for r in rs)
-        print(f"{t:<10} {n:>7} {st.median(rps):>9.0f} {min(rps):>9.0f} {max(rps):>9.0f} {p50:>8.3f} {p99:>8.3f} {other:>6}")
+        upc = st.median(int(r['upstream_conns']) for r in rs)
+        print(f"{t:<10} {n:>7} {st.median(rps):>9.0f} {min(rps):>9.0f} {max(rps):>9.0f} {p50:>8.3f} {p99:>8.3f} {other:>6} {upc:>8.0f}")
         for r in rs:
             if int(r['non2xx']) or int(r['socket_errors']):
                 bad.append(f"threads={n} round={r['round']} {t}: non2xx={r['non2xx']} socket_errors={r['socket_errors']}")
 print("(req/s, p50, p99: median of the rounds; min/max: spread of req/s;")
-print(" other%: most CPU, in % of one core, that processes not started by this run used during a round)")
+print(" other%: most CPU, in % of one core, that processes not started by this run used during a round;")
+print(" up conns: connections the upstream accepted during a round, median: 33 for direct (wrk's 32")
+print(" and its probe); a proxy that keeps its upstream connections alive opens few or none)")
 for n in threads:
     def ratio(a, b):
         if (n, a) in med and (n, b) in med:

@@ -28,8 +28,9 @@
 #      rename until /metrics keyward_snapshot_generation changes. This
 #      includes waiting for the watcher's next poll (0..POLL_MS); POLL_MS=50
 #      shows the load-and-swap cost itself.
-#   6. Reload under load, twice: wrk for RELOADS*RELOAD_EVERY+4 s while a new
-#      snapshot is published every RELOAD_EVERY s, first with the one
+#   6. Reload under load, twice: wrk for RELOADS*(RELOAD_EVERY+1)+4 s while a
+#      new snapshot is published every RELOAD_EVERY s (plus up to 0.9 s of
+#      jitter, to sample the whole poll cycle), first with the one
 #      benchmark key, then over LOAD_KEYS distinct keys (each swap empties the
 #      verdict cache, so every key goes back to SQLite). Reports req/s, p50,
 #      p99, wrk's non-2xx and socket errors, and keyward's own counters
@@ -44,7 +45,7 @@
 #   POLL_MS=1000       snapshot.poll_interval_ms (keyward's default)
 #   DURATION=10        seconds per warm run
 #   RELOADS=5          reloads measured idle, and in each run under load
-#   RELOAD_EVERY=3     seconds between reloads under load
+#   RELOAD_EVERY=3     seconds between reloads under load (+ 0..0.9 s jitter)
 #   CONNECTIONS=32     wrk -c (wrk -t1)
 #   SKIP_BUILD=0       1: use target/release/keyward as it is
 #   KEEP_TMP=0         1: keep the temp dir (snapshot, config, log)
@@ -121,6 +122,12 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# A private copy of the binary: a rebuild during the run cannot change it.
+REV="$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml || echo '+dirty')"
+BUILT=$(date -r "$KEYWARD" +%Y-%m-%dT%H:%M:%S)
+cp -p "$KEYWARD" "$TMP/keyward"
+KEYWARD=$TMP/keyward
 
 RESULTS=()
 # result LABEL VALUE: collected for the report at the end, echoed now.
@@ -360,7 +367,7 @@ while True:
         break
     if time.monotonic() - t0 > 30:
         sys.exit("no new generation within 30 s")
-    time.sleep(0.002)
+    time.sleep(0.01)  # 10 ms resolution; polling harder would load the machine
 print(f"{(time.monotonic() - t0) * 1000:.0f}")
 EOF
 }
@@ -376,8 +383,8 @@ done
 result "reload idle, rename → served (poll ${POLL_MS} ms)" "${idle[*]} ms → $(stats "${idle[@]}")"
 result "RSS after idle reloads" "$(rss)"
 
-# Reloads under load: wrk for RELOADS*RELOAD_EVERY+4 s, a publish every
-# RELOAD_EVERY s from the 2nd second. MODE: single (the one benchmark key,
+# Reloads under load: wrk for RELOADS*(RELOAD_EVERY+1)+4 s, a publish every
+# RELOAD_EVERY s (+ jitter) from the 2nd second. MODE: single (the one benchmark key,
 # refilled in the cache after each swap) or multi (LOAD_KEYS keys: after each
 # swap every key goes back to SQLite).
 WRK_ERRORS=0
@@ -392,7 +399,7 @@ reload_under_load() {
     failed0=$(metric 'keyward_snapshot_reloads_total\{result="failed"\}')
     fwd0=$(metric 'keyward_requests_total\{.*outcome="forwarded"')
     all0=$(metric 'keyward_requests_total\{')
-    local secs=$((RELOADS * RELOAD_EVERY + 4)) out=$TMP/reload-$mode.txt
+    local secs=$((RELOADS * (RELOAD_EVERY + 1) + 4)) out=$TMP/reload-$mode.txt
     wrk_run "$secs" "$out" "$mode" 9>&- &
     local wrk_pid=$!
     sleep 2
@@ -400,7 +407,9 @@ reload_under_load() {
         t0=$(now)
         times+=("$(publish "$f")")
         t1=$(now)
-        rest=$(python3 -c "print(max(0.0, $RELOAD_EVERY - ($t1 - $t0)))")
+        # up to 0.9 s of jitter so the renames land at different points of
+        # the watcher's poll cycle
+        rest=$(python3 -c "import random; print(max(0.0, $RELOAD_EVERY - ($t1 - $t0)) + random.random() * 0.9)")
         sleep "$rest"
     done
     wait "$wrk_pid"
@@ -428,9 +437,27 @@ WRK_ERRORS=$(( $(wrk_errors "$TMP/warm1.txt") + $(wrk_errors "$TMP/warm2.txt") )
 reload_under_load single
 reload_under_load multi
 result "RSS after reloads under load" "$(rss)"
+# From keyward's own log: how long requests took inside keyward (access log
+# total_us / auth_us), to tell its own stalls from queueing in front of it,
+# and pingora's pooled-connection races.
+result "inside keyward, whole run" "$(python3 - "$TMP/keyward.log" <<'EOF'
+import re, sys
+tot, auth, races = [], [], 0
+for line in open(sys.argv[1], errors="replace"):
+    m = re.search(r'auth_us=(\d+) total_us=(\d+)', line)
+    if m:
+        auth.append(int(m.group(1))); tot.append(int(m.group(2)))
+    elif "failed to acquire reusable stream" in line:
+        races += 1
+tot.sort(); auth.sort()
+q = lambda v, p: v[min(len(v) - 1, int(len(v) * p))] / 1000
+print(f"{len(tot)} requests logged; total p99 {q(tot, .99):.2f} ms, max {tot[-1] / 1000:.1f} ms, {sum(t >= 50000 for t in tot)} ≥ 50 ms; "
+      f"auth p99 {q(auth, .99):.2f} ms, max {auth[-1] / 1000:.1f} ms; pingora 'failed to acquire reusable stream': {races}")
+EOF
+)"
 
 {
-    echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -srm), $(nproc) cores; keyward $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml || echo '+dirty'); binary built $(date -r "$KEYWARD" +%Y-%m-%dT%H:%M); THREADS=$THREADS POLL_MS=$POLL_MS CONNECTIONS=$CONNECTIONS"
+    echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -srm), $(nproc) cores; keyward $REV at start; binary built $BUILT; THREADS=$THREADS POLL_MS=$POLL_MS CONNECTIONS=$CONNECTIONS"
     echo "# load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg)"
     printf '%s\n' "${RESULTS[@]}"
 } | tee "$REPORT"
