@@ -205,6 +205,19 @@ async fn write_denial(
     session.write_response_body(Some(body), true).await
 }
 
+/// The request as the decision core sees it (built again after an inspected
+/// body was read, because reading it needs the session mutably).
+fn request_facts(h: &RequestHeader, client_ip: std::net::IpAddr, https: bool) -> Request<'_> {
+    Request {
+        method: &h.method,
+        path: h.uri.path(),
+        query: h.uri.query(),
+        headers: &h.headers,
+        client_ip,
+        https,
+    }
+}
+
 fn rate_headers(h: &mut ResponseHeader, r: &RateState) -> Result<()> {
     h.insert_header("x-ratelimit-limit", r.limit)?;
     h.insert_header("x-ratelimit-remaining", r.remaining)?;
@@ -317,14 +330,7 @@ impl ProxyHttp for KeywardProxy {
                 .collect();
             client_ip(peer_ip, &xff, &cfg.server.trusted_proxies)
         };
-        let req = Request {
-            method: &req_header.method,
-            path: req_header.uri.path(),
-            query: req_header.uri.query(),
-            headers: &req_header.headers,
-            client_ip: ip,
-            https: self.https,
-        };
+        let req = request_facts(req_header, ip, self.https);
         let caller = match engine.authenticate(&req, route, &captures, now) {
             Authenticated::Caller(c) => c,
             Authenticated::Denied(d, rate) => {
@@ -355,15 +361,7 @@ impl ProxyHttp for KeywardProxy {
                 return self.deny(session, ctx, Denial::PayloadTooLarge, None).await;
             }
             let body = buf.freeze();
-            let req_header = session.req_header();
-            let req = Request {
-                method: &req_header.method,
-                path: req_header.uri.path(),
-                query: req_header.uri.query(),
-                headers: &req_header.headers,
-                client_ip: ip,
-                https: self.https,
-            };
+            let req = request_facts(session.req_header(), ip, self.https);
             let d = engine.authorize(&req, route, &captures, &caller, Some(&body), now);
             ctx.body = Some(body);
             d
