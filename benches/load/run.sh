@@ -130,14 +130,10 @@ TMP=$(mktemp -d /tmp/keyward-load.XXXXXX)
 OUT=$ROOT/target/load-bench/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 PIDS=()
+# shellcheck source=lib.sh
+source "$ROOT/benches/load/lib.sh"
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    kill_and_wait "${PIDS[@]}"
     PIDS=()
     if [ "$KEEP_TMP" = 1 ]; then echo "temp dir kept: $TMP" >&2; else rm -rf "$TMP"; fi
 }
@@ -157,12 +153,7 @@ BARE=$TMP/bin/bare_proxy
 # INT/TERM = fast; pingora: INT = fast).
 stop_pids() {
     local pid keep=()
-    for pid in "$@"; do kill -INT "$pid" 2>/dev/null || true; done
-    for pid in "$@"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    kill_and_wait "$@"
     for pid in "${PIDS[@]}"; do
         [[ " $* " == *" $pid "* ]] || keep+=("$pid")
     done

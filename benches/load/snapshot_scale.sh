@@ -110,14 +110,10 @@ TMP=$(mktemp -d /tmp/keyward-snapshot.XXXXXX)
 mkdir -p "$ROOT/target/load-bench"
 REPORT=$ROOT/target/load-bench/snapshot-$(date +%Y%m%d-%H%M%S).txt
 PIDS=()
+# shellcheck source=lib.sh
+source "$ROOT/benches/load/lib.sh"
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    kill_and_wait "${PIDS[@]}"
     if [ "$KEEP_TMP" = 1 ]; then echo "temp dir kept: $TMP" >&2; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT

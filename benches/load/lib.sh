@@ -1,0 +1,13 @@
+# Shared by benches/load/*.sh (sourced, not run).
+
+# Stop processes: SIGINT (fast shutdown for pingora and nginx), up to 5 s to
+# exit, then SIGKILL; reap them.
+kill_and_wait() {
+    local pid
+    for pid in "$@"; do kill -INT "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+}
