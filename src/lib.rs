@@ -15,6 +15,8 @@ pub mod decision;
 pub mod demo;
 pub mod denial;
 pub mod echo;
+#[cfg(feature = "server")]
+pub mod forward;
 pub mod metrics;
 pub mod principal;
 #[cfg(feature = "server")]

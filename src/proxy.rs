@@ -1,24 +1,30 @@
-//! The pingora shell: gathers request facts, calls the decision core,
-//! applies the result (short-circuit response, identity headers, upstream).
-//! Policy lives in `decision`; this module only moves bytes and headers.
+//! The pingora shell: reads a request off pingora-core's HTTP session,
+//! gathers its facts, calls the decision core and applies the result (a
+//! keyward answer, or identity headers and [`forward`](crate::forward) to the
+//! upstream), then writes the access line. Policy lives in `decision`; this
+//! module only wires it to the connection.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::prelude::HttpPeer;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::protocols::http::ServerSession;
+use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
+use pingora::{ErrorType, Result};
 
 use crate::decision::{AuthMethod, Authenticated, Engine, Identity, Request};
 use crate::denial::Denial;
+use crate::forward::{upstream_request, Failure, Unforwardable, Upstream};
 use crate::ratelimit::{client_ip, RateState};
 use crate::routes::{self, AuthMode};
 
-/// pingora's retry buffer carries inspected bodies to the upstream; it holds
-/// 64 KiB, so that is the most a body-inspecting route can accept.
+/// The most a body-inspecting route buffers, whatever
+/// `server.max_body_inspect_bytes` says: the body is held in memory until
+/// the decision, per request.
 pub const BODY_INSPECT_HARD_CAP: usize = 64 * 1024;
 
 /// Longest a downstream HTTP/1.1 keep-alive connection may sit idle between
@@ -87,7 +93,7 @@ fn is_absolute_http(target: &[u8]) -> bool {
 /// itself, but collapses equal duplicates and drops Content-Length when
 /// Transfer-Encoding is present (RFC 9112 §6.3), so this reads the raw
 /// header lines. Requests with neither header skip the scan.
-fn malformed_framing(session: &Session) -> bool {
+fn malformed_framing(session: &ServerSession) -> bool {
     let headers = &session.req_header().headers;
     if !headers.contains_key(http::header::TRANSFER_ENCODING)
         && !headers.contains_key(http::header::CONTENT_LENGTH)
@@ -127,63 +133,9 @@ fn new_request_id() -> String {
     hex::encode(v.to_be_bytes())
 }
 
-#[derive(Default)]
-pub struct Ctx {
-    start: Option<Instant>,
-    request_id: String,
-    identity: Option<Identity>,
-    rate: Option<RateState>,
-    auth_method: Option<AuthMethod>,
-    key_prefix: Option<Arc<str>>,
-    outcome: &'static str,
-    status: u16,
-    auth_time: Duration,
-    body: Option<Bytes>,
-}
-
-pub struct KeywardProxy {
-    pub engine: Arc<Engine>,
-    peer: HttpPeer,
-    https: bool,
-}
-
-impl KeywardProxy {
-    pub fn new(engine: Arc<Engine>) -> KeywardProxy {
-        let cfg = &engine.policy.load().config;
-        let up = &cfg.upstream;
-        let mut peer = HttpPeer::new(up.address, up.tls, up.sni.clone());
-        peer.options.connection_timeout = Some(up.connect_timeout);
-        peer.options.total_connection_timeout = Some(up.connect_timeout);
-        peer.options.read_timeout = Some(up.read_timeout);
-        peer.options.write_timeout = Some(up.read_timeout);
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
-        // upstream.ca_file is handed to pingora's connector (ServerConf.ca_file).
-        let https = cfg.server.tls.is_some();
-        KeywardProxy {
-            engine,
-            peer,
-            https,
-        }
-    }
-
-    async fn deny(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        denial: Denial,
-        rate: Option<RateState>,
-    ) -> Result<bool> {
-        ctx.outcome = denial.outcome();
-        ctx.status = denial.status();
-        ctx.rate = rate;
-        write_denial(session, &denial, rate.as_ref(), &ctx.request_id).await?;
-        Ok(true)
-    }
-}
-
 /// Write a keyward-made response: contract JSON, Content-Length, extras.
 async fn write_denial(
-    session: &mut Session,
+    session: &mut ServerSession,
     denial: &Denial,
     rate: Option<&RateState>,
     request_id: &str,
@@ -201,8 +153,8 @@ async fn write_denial(
     if !request_id.is_empty() {
         h.insert_header("x-request-id", request_id)?;
     }
-    session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(body), true).await
+    session.write_response_header(Box::new(h)).await?;
+    session.write_response_body(body, true).await
 }
 
 /// The request as the decision core sees it (built again after an inspected
@@ -225,15 +177,114 @@ fn rate_headers(h: &mut ResponseHeader, r: &RateState) -> Result<()> {
     Ok(())
 }
 
-#[async_trait]
-impl ProxyHttp for KeywardProxy {
-    type CTX = Ctx;
+#[derive(Default)]
+struct Ctx {
+    start: Option<Instant>,
+    request_id: String,
+    identity: Option<Identity>,
+    rate: Option<RateState>,
+    auth_method: Option<AuthMethod>,
+    key_prefix: Option<Arc<str>>,
+    outcome: &'static str,
+    status: u16,
+    auth_time: Duration,
+}
 
-    fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+/// What the decision left to do.
+enum Next {
+    /// keyward answered the request itself.
+    Answered,
+    /// Forward this head (identity headers still to add) and, for an
+    /// inspected route, the body read to decide on.
+    Forward(Box<RequestHeader>, Option<Bytes>),
+}
+
+pub struct KeywardApp {
+    pub engine: Arc<Engine>,
+    upstream: Upstream,
+    https: bool,
+}
+
+impl KeywardApp {
+    pub fn new(engine: Arc<Engine>, conf: &ServerConf) -> KeywardApp {
+        let cfg = &engine.policy.load().config;
+        let upstream = Upstream::new(&cfg.upstream, conf);
+        let https = cfg.server.tls.is_some();
+        KeywardApp {
+            engine,
+            upstream,
+            https,
+        }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    /// One request, after its head was read. Returns whether the downstream
+    /// connection may carry another request.
+    async fn handle(&self, session: &mut ServerSession, ctx: &mut Ctx) -> bool {
+        let (mut req, body) = match self.decide(session, ctx).await {
+            Ok(Next::Forward(req, body)) => (req, body),
+            Ok(Next::Answered) => return true,
+            Err(_) => return false,
+        };
+        if let Err(e) = self.add_identity(&mut req, ctx) {
+            tracing::error!(error = %e, "cannot build the upstream request");
+            ctx.outcome = "error";
+            return false;
+        }
+        let rate = ctx.rate;
+        let on_response = |resp: &mut ResponseHeader| {
+            if let Some(r) = &rate {
+                // Valid by construction (numbers): cannot fail.
+                let _ = rate_headers(resp, r);
+            }
+        };
+        match self.upstream.forward(session, req, body, on_response).await {
+            Ok(done) => {
+                ctx.status = done.status;
+                true
+            }
+            Err(Failure::Upstream { timeout, answered }) => {
+                let (denial, kind) = if timeout {
+                    (Denial::UpstreamTimeout, "timeout")
+                } else {
+                    (Denial::UpstreamUnavailable, "unavailable")
+                };
+                self.engine
+                    .metrics
+                    .upstream_errors
+                    .with_label_values(&[kind])
+                    .inc();
+                ctx.outcome = denial.outcome();
+                if !answered {
+                    ctx.status = denial.status();
+                    let _ =
+                        write_denial(session, &denial, ctx.rate.as_ref(), &ctx.request_id).await;
+                }
+                false
+            }
+            Err(Failure::Downstream) => {
+                ctx.outcome = "error";
+                false
+            }
+        }
+    }
+
+    async fn deny(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut Ctx,
+        denial: Denial,
+        rate: Option<RateState>,
+    ) -> Result<Next> {
+        ctx.outcome = denial.outcome();
+        ctx.status = denial.status();
+        ctx.rate = rate;
+        write_denial(session, &denial, rate.as_ref(), &ctx.request_id).await?;
+        Ok(Next::Answered)
+    }
+
+    /// Everything keyward decides about one request; writes the answer when
+    /// it is keyward's, else returns the upstream's copy of the head.
+    async fn decide(&self, session: &mut ServerSession, ctx: &mut Ctx) -> Result<Next> {
         ctx.start = Some(Instant::now());
         // Cap the idle time before the next request on this connection
         // (Some(0) is pingora's "keep alive without limit").
@@ -267,11 +318,10 @@ impl ProxyHttp for KeywardProxy {
         }
 
         // Decide on exactly the path the upstream will act on (SPEC §5).
-        // pingora sends a target that is not origin-form to the upstream
-        // verbatim while its Uri holds only a path ("/" for targets it cannot
-        // classify): absolute-form http(s) targets (whose authority pingora
-        // has checked against Host) are forwarded in origin-form, anything
-        // else is refused.
+        // pingora keeps a target that is not origin-form verbatim while its
+        // Uri holds only a path ("/" for targets it cannot classify):
+        // absolute-form http(s) targets (whose authority pingora has checked
+        // against Host) are forwarded in origin-form, anything else is refused.
         let origin_form = {
             let h = session.req_header();
             let target = h.raw_path();
@@ -299,9 +349,22 @@ impl ProxyHttp for KeywardProxy {
             let uri = http::Uri::builder()
                 .path_and_query(pq)
                 .build()
-                .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "normalized path"))?;
+                .map_err(|_| {
+                    pingora::Error::explain(ErrorType::InvalidHTTPHeader, "normalized path")
+                })?;
             session.req_header_mut().set_uri(uri);
         }
+        // The upstream's copy of the head (hop-by-hop fields out), refused
+        // here when it cannot be forwarded at all.
+        let has_body = !session.is_body_empty();
+        let mut up_req = match upstream_request(session.req_header(), has_body) {
+            Ok(r) => r,
+            Err(Unforwardable(reason)) => {
+                session.set_keepalive(None);
+                let d = Denial::BadRequest(reason);
+                return self.deny(session, ctx, d, None).await;
+            }
+        };
 
         let now = crate::clock::now_unix();
         let auth_start = Instant::now();
@@ -312,7 +375,7 @@ impl ProxyHttp for KeywardProxy {
         let (route, captures) = cfg.routes.find(&req_header.method, req_header.uri.path());
         if route.auth == AuthMode::None {
             ctx.outcome = "forwarded";
-            return Ok(false);
+            return Ok(Next::Forward(up_req, None));
         }
         let peer_ip = session
             .client_addr()
@@ -343,10 +406,14 @@ impl ProxyHttp for KeywardProxy {
 
         let needs_body = route.workspace.as_ref().is_some_and(|w| w.needs_body())
             && matches!(caller.method, AuthMethod::ApiKey | AuthMethod::Session);
-        let decision = if needs_body {
+        let (decision, body) = if needs_body {
             let cap = cfg.server.max_body_inspect_bytes.min(BODY_INSPECT_HARD_CAP);
-            // Kept by pingora and replayed to the upstream after the decision.
-            session.as_mut().enable_retry_buffering();
+            if expects_continue(session.req_header()) {
+                // keyward reads the body before the upstream sees the
+                // request, so it answers the client's Expect itself.
+                session.write_continue_response().await?;
+                up_req.remove_header(&http::header::EXPECT);
+            }
             let mut buf = BytesMut::new();
             let mut too_large = false;
             while let Some(chunk) = session.read_request_body().await? {
@@ -358,15 +425,16 @@ impl ProxyHttp for KeywardProxy {
             }
             if too_large {
                 ctx.auth_time = auth_start.elapsed();
+                session.set_keepalive(None);
                 return self.deny(session, ctx, Denial::PayloadTooLarge, None).await;
             }
             let body = buf.freeze();
             let req = request_facts(session.req_header(), ip, self.https);
             let d = engine.authorize(&req, route, &captures, &caller, Some(&body), now);
-            ctx.body = Some(body);
-            d
+            (d, Some(body))
         } else {
-            engine.authorize(&req, route, &captures, &caller, None, now)
+            let d = engine.authorize(&req, route, &captures, &caller, None, now);
+            (d, None)
         };
         ctx.auth_time = auth_start.elapsed();
         match decision {
@@ -374,22 +442,14 @@ impl ProxyHttp for KeywardProxy {
                 ctx.identity = Some(identity);
                 ctx.rate = rate;
                 ctx.outcome = "forwarded";
-                Ok(false)
+                Ok(Next::Forward(up_req, body))
             }
             Err((d, rate)) => self.deny(session, ctx, d, rate).await,
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(self.peer.clone()))
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        _session: &mut Session,
-        up: &mut RequestHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
+    /// Identity headers (SPEC §4): every client spelling out, keyward's in.
+    fn add_identity(&self, up: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
         let strip: Vec<http::HeaderName> = up
             .headers
             .keys()
@@ -426,89 +486,8 @@ impl ProxyHttp for KeywardProxy {
         Ok(())
     }
 
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        ctx.status = resp.status.as_u16();
-        if let Some(r) = &ctx.rate {
-            rate_headers(resp, r)?;
-        }
-        Ok(())
-    }
-
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        _ctx: &mut Ctx,
-        e: Box<Error>,
-    ) -> Box<Error> {
-        e
-    }
-
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let denial = match e.etype() {
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
-                if e.esource() == &ErrorSource::Upstream =>
-            {
-                Some(Denial::UpstreamTimeout)
-            }
-            ErrorType::HTTPStatus(_) => None,
-            _ => match e.esource() {
-                ErrorSource::Upstream => Some(Denial::UpstreamUnavailable),
-                ErrorSource::Downstream => None,
-                ErrorSource::Internal | ErrorSource::Unset => Some(Denial::UpstreamUnavailable),
-            },
-        };
-        let code = match &denial {
-            Some(d) => {
-                let kind = if matches!(d, Denial::UpstreamTimeout) {
-                    "timeout"
-                } else {
-                    "unavailable"
-                };
-                self.engine
-                    .metrics
-                    .upstream_errors
-                    .with_label_values(&[kind])
-                    .inc();
-                ctx.outcome = d.outcome();
-                ctx.status = d.status();
-                if session.response_written().is_none() {
-                    let _ = write_denial(session, d, ctx.rate.as_ref(), &ctx.request_id).await;
-                }
-                d.status()
-            }
-            None => match e.etype() {
-                ErrorType::HTTPStatus(c) => *c,
-                _ => 0,
-            },
-        };
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
-    }
-
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        _eos: bool,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        // Inspected bodies were consumed in request_filter; pingora replays
-        // them from its retry buffer, so nothing to do but drop our copy.
-        if ctx.body.is_some() && body.is_some() {
-            ctx.body = None;
-        }
-        Ok(())
-    }
-
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    /// Metrics and the access line, once per request.
+    fn log(&self, session: &ServerSession, ctx: &Ctx) {
         let total = ctx.start.map(|s| s.elapsed()).unwrap_or_default();
         let status = session
             .response_written()
@@ -543,6 +522,61 @@ impl ProxyHttp for KeywardProxy {
             auth_us: ctx.auth_time.as_micros() as u64,
             total_us: total.as_micros() as u64,
         });
+    }
+}
+
+/// `Expect: 100-continue` (RFC 9110 §10.1.1).
+fn expects_continue(h: &RequestHeader) -> bool {
+    h.headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+#[async_trait]
+impl HttpServerApp for KeywardApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        // An idle keep-alive connection is dropped as soon as shutdown starts.
+        let mut shutdown = shutdown.clone();
+        if *shutdown.borrow() {
+            return None;
+        }
+        let read = tokio::select! {
+            biased;
+            r = session.read_request() => r,
+            _ = shutdown.changed() => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    // pingora's parser refused the head: answered in the
+                    // contract's format, and the connection closes.
+                    let d = Denial::BadRequest("malformed_request");
+                    let _ = write_denial(&mut session, &d, None, "").await;
+                    self.engine.metrics.request("none", d.outcome());
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        let mut ctx = Ctx::default();
+        let reusable = self.handle(&mut session, &mut ctx).await;
+        self.log(&session, &ctx);
+        if !reusable {
+            session.shutdown().await;
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        let stream = session.finish().await.ok().flatten()?;
+        Some(ReusedHttpStream::from_reusable_stream(stream, settings))
     }
 }
 

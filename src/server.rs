@@ -10,7 +10,7 @@ use pingora::server::{RunArgs, Server};
 use crate::config::{Config, RateLimitBackend};
 use crate::decision::Engine;
 use crate::metrics::Metrics;
-use crate::proxy::KeywardProxy;
+use crate::proxy::KeywardApp;
 use crate::ratelimit::{LocalLimiter, RedisLimiter};
 use crate::snapshot::SnapshotStore;
 
@@ -145,10 +145,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = pingora::proxy::http_proxy_service(
-        &server.configuration,
-        KeywardProxy::new(running.engine.clone()),
-    );
+    let app = KeywardApp::new(running.engine.clone(), &server.configuration);
+    let mut service = pingora::services::listening::Service::new("keyward".into(), app);
     match &tls {
         None => service.add_tcp(&listen.to_string()),
         Some(t) => {

@@ -28,6 +28,9 @@
 #                   response (header_filter_by_lua)
 #        bare       benches/bare_proxy.rs: pingora-proxy with keyward's server
 #                   settings; 401 without Authorization, injects X-Org-ID
+#        bare_core  benches/bare_core.rs: the same job as a direct loop on
+#                   pingora-core's HTTP sessions and connection pool (what
+#                   keyward's proxy is built on since issue 9), no pingora-proxy
 #        keyward    target/release/keyward with the shipped route table
 #                   (config/keyward.toml), a snapshot of 1000 API keys, the
 #                   benchmark key scoped to the path's workspace, plan limit
@@ -48,7 +51,7 @@
 #   DURATION=10        seconds per wrk run
 #   ROUNDS=3           rounds (each round cycles through all targets)
 #   THREADS_LIST="1 2" worker/thread counts to measure, in order
-#   TARGETS="direct nginx nginx_lua bare keyward"   subset / order of targets
+#   TARGETS="direct nginx nginx_lua bare bare_core keyward"   subset / order
 #   CONNECTIONS=32     wrk -c; WRK_THREADS=1 wrk -t
 #   WARMUP=2           seconds of wrk warm-up per target before the rounds
 #   ACCESS_LOG=1       1: nginx proxies and keyward write an access log line
@@ -72,7 +75,7 @@ set -euo pipefail
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 THREADS_LIST=${THREADS_LIST:-"1 2"}
-TARGETS=${TARGETS:-"direct nginx nginx_lua bare keyward"}
+TARGETS=${TARGETS:-"direct nginx nginx_lua bare bare_core keyward"}
 CONNECTIONS=${CONNECTIONS:-32}
 WRK_THREADS=${WRK_THREADS:-1}
 WARMUP=${WARMUP:-2}
@@ -86,6 +89,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)   # other work on the machine skews every figure
 KEYWARD=$ROOT/target/release/keyward
 BARE=$ROOT/target/release/examples/bare_proxy
+BARE_CORE=$ROOT/target/release/examples/bare_core
 NGINX_MODULES=/usr/lib/nginx/modules
 BENCH_PATH=/api/v1/workspaces/ws_bench/connections
 
@@ -110,8 +114,8 @@ done
 case $LUA_HASH in sha256|sha1) ;; *) die "LUA_HASH must be sha256 or sha1" ;; esac
 
 if [ "$SKIP_BUILD" != 1 ]; then
-    log "cargo build --release --bin keyward --example bare_proxy"
-    (cd "$ROOT" && cargo build --release --quiet --bin keyward --example bare_proxy)
+    log "cargo build --release --bin keyward --example bare_proxy --example bare_core"
+    (cd "$ROOT" && cargo build --release --quiet --bin keyward --example bare_proxy --example bare_core)
 fi
 [ -x "$KEYWARD" ] || die "$KEYWARD missing"
 [ -x "$BARE" ] || die "$BARE missing"
@@ -145,9 +149,10 @@ trap 'exit 130' INT TERM
 REV="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo '+dirty')"
 BUILT=$(date -r "$KEYWARD" +%Y-%m-%dT%H:%M:%S)
 mkdir -p "$TMP/bin"
-cp -p "$KEYWARD" "$BARE" "$TMP/bin/"
+cp -p "$KEYWARD" "$BARE" "$BARE_CORE" "$TMP/bin/"
 KEYWARD=$TMP/bin/keyward
 BARE=$TMP/bin/bare_proxy
+BARE_CORE=$TMP/bin/bare_core
 
 # Stop the processes started for one thread count (nginx: QUIT = graceful,
 # INT/TERM = fast; pingora: INT = fast).
@@ -568,13 +573,14 @@ for N in $THREADS_LIST; do
                 write_nginx_lua_conf nginx_lua "$N" "${PORT[nginx_lua]}"
                 start_nginx nginx_lua; started+=("$LAST_PID")
                 wait_port "${PORT[nginx_lua]}" "$LAST_PID" nginx_lua ;;
-            bare)
-                PORT[bare]=$(free_port)
-                mkdir -p "$TMP/bare"
-                "$BARE" "127.0.0.1:${PORT[bare]}" "127.0.0.1:$UPSTREAM_PORT" "$N" \
-                    >"$TMP/bare/stdout-$N.log" 2>&1 9>&- &
+            bare|bare_core)
+                PORT[$t]=$(free_port)
+                mkdir -p "$TMP/$t"
+                bin=$BARE; [ "$t" = bare_core ] && bin=$BARE_CORE
+                "$bin" "127.0.0.1:${PORT[$t]}" "127.0.0.1:$UPSTREAM_PORT" "$N" \
+                    >"$TMP/$t/stdout-$N.log" 2>&1 9>&- &
                 PIDS+=($!); started+=($!)
-                wait_port "${PORT[bare]}" "$!" bare ;;
+                wait_port "${PORT[$t]}" "$!" "$t" ;;
             keyward)
                 PORT[keyward]=$(free_port)
                 admin=$(free_port)
@@ -656,7 +662,7 @@ for n in threads:
         if (n, a) in med and (n, b) in med:
             return f"{a}/{b} = {med[(n, a)][0] / med[(n, b)][0]:.2f}"
         return None
-    parts = [p for p in (ratio('keyward', 'nginx_lua'), ratio('keyward', 'bare'), ratio('bare', 'nginx_lua')) if p]
+    parts = [p for p in (ratio('keyward', 'nginx_lua'), ratio('keyward', 'bare'), ratio('keyward', 'bare_core'), ratio('bare', 'nginx_lua'), ratio('bare_core', 'nginx_lua')) if p]
     p99 = ""
     if (n, 'keyward') in med and (n, 'nginx_lua') in med:
         p99 = f"; p99 keyward {med[(n, 'keyward')][1]:.3f} ms vs nginx_lua {med[(n, 'nginx_lua')][1]:.3f} ms"

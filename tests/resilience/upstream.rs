@@ -139,7 +139,8 @@ fn upstream_that_resets_or_answers_garbage_is_502() {
     });
     for (case, up) in [("reset", reset), ("garbage", garbage)] {
         let (_snap, kw, key) = keyward_for(up, "read_timeout_ms = 1000\n");
-        let r = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5)).expect("hung");
+        let r = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{case}: hung"));
         assert_eq!(r.status, 502, "{case}: {}", r.body_str());
         r.assert_error(502, "UPSTREAM_UNAVAILABLE");
     }
