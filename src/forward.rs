@@ -17,7 +17,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderName, Version};
+use http::request::Parts;
+use http::{header, HeaderName, HeaderValue, Version};
 use pingora::connectors::http::v1::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -78,7 +79,7 @@ impl Upstream {
         session: &mut ServerSession,
         req: Box<RequestHeader>,
         inspected: Option<Bytes>,
-        on_response: impl Fn(&mut ResponseHeader) + Copy,
+        on_response: impl Fn(&mut Box<ResponseHeader>) + Copy,
     ) -> Result<Forwarded, Failure> {
         // The request is replayable when no streamed body byte was consumed.
         let replayable = inspected.is_some() || session.is_body_empty();
@@ -118,7 +119,7 @@ impl Upstream {
         mut up: UpstreamSession,
         req: Box<RequestHeader>,
         inspected: Option<Bytes>,
-        on_response: impl Fn(&mut ResponseHeader),
+        on_response: impl Fn(&mut Box<ResponseHeader>),
     ) -> Result<Forwarded, Exchange> {
         up.read_timeout = self.peer.options.read_timeout;
         up.write_timeout = self.peer.options.write_timeout;
@@ -256,17 +257,17 @@ fn upstream_failure(e: &Error, answered: bool) -> Failure {
 
 /// Standard hop-by-hop request fields (RFC 9110 §7.6.1), never forwarded as
 /// the client sent them.
-const HOP_BY_HOP: [&str; 10] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
+const HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Fields a `Connection` header may not nominate for removal: a client must
@@ -281,50 +282,59 @@ pub struct Unforwardable(pub &'static str);
 /// `Connection`-nominated fields (a WebSocket upgrade is re-stated
 /// normalized), `Host` from the HTTP/2 authority, chunked framing for a body
 /// that has none. Identity headers are the caller's business (after this).
-pub fn upstream_request(
-    down: &RequestHeader,
-    has_body: bool,
-) -> Result<Box<RequestHeader>, Unforwardable> {
-    let mut req = Box::new(down.clone());
+///
+/// Returned as plain `http` parts: the caller edits the header map directly
+/// with static names, which costs a fraction of pingora's case-preserving
+/// `insert_header` (header names go upstream in canonical case).
+pub fn upstream_request(down: &RequestHeader, has_body: bool) -> Result<Parts, Unforwardable> {
+    let mut parts = down.as_owned_parts();
     let websocket = is_websocket_upgrade(down);
-    // Fields nominated by Connection (RFC 9110 §7.6.1).
-    let nominated: Vec<HeaderName> = down
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(|t| t.trim_ascii())
-        .filter(|t| !t.is_empty())
-        .map(|t| {
-            let name = HeaderName::from_bytes(t)
-                .map_err(|_| Unforwardable("malformed_connection_header"))?;
-            if PROTECTED.contains(&name.as_str()) {
-                return Err(Unforwardable("protected_connection_nomination"));
-            }
-            Ok(name)
-        })
-        .collect::<Result<_, _>>()?;
-    for name in &nominated {
-        req.remove_header(name);
-    }
-    for name in HOP_BY_HOP {
-        req.remove_header(name);
-    }
-    if websocket {
-        let _ = req.insert_header(header::CONNECTION, "Upgrade");
-        let _ = req.insert_header(header::UPGRADE, "websocket");
-    }
-    if down.version == Version::HTTP_2 && !req.headers.contains_key(header::HOST) {
-        if let Some(a) = down.uri.authority() {
-            req.insert_header(header::HOST, a.as_str())
-                .map_err(|_| Unforwardable("malformed_authority"))?;
+    let h = &mut parts.headers;
+    if h.contains_key(header::CONNECTION) {
+        // Fields nominated by Connection (RFC 9110 §7.6.1).
+        let nominated: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(|t| t.trim_ascii())
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                let name = HeaderName::from_bytes(t)
+                    .map_err(|_| Unforwardable("malformed_connection_header"))?;
+                if PROTECTED.contains(&name.as_str()) {
+                    return Err(Unforwardable("protected_connection_nomination"));
+                }
+                Ok(name)
+            })
+            .collect::<Result<_, _>>()?;
+        for name in &nominated {
+            h.remove(name);
         }
     }
-    req.set_version(Version::HTTP_11);
-    if has_body && !req.headers.contains_key(header::CONTENT_LENGTH) {
-        let _ = req.insert_header(header::TRANSFER_ENCODING, "chunked");
+    if h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        for name in &HOP_BY_HOP {
+            h.remove(name);
+        }
     }
-    Ok(req)
+    if websocket {
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    if parts.version == Version::HTTP_2 && !h.contains_key(header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            let v = HeaderValue::from_str(a.as_str())
+                .map_err(|_| Unforwardable("malformed_authority"))?;
+            h.insert(header::HOST, v);
+        }
+    }
+    parts.version = Version::HTTP_11;
+    if has_body && !h.contains_key(header::CONTENT_LENGTH) {
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+    Ok(parts)
 }
 
 /// An HTTP/1.1 WebSocket handshake: GET, `Connection: upgrade`,
@@ -366,6 +376,7 @@ mod tests {
             ("x-kept", "1"),
         ]);
         let up = upstream_request(&r, false).unwrap();
+        assert_eq!(up.version, Version::HTTP_11);
         for gone in ["connection", "x-secret", "keep-alive", "te"] {
             assert!(!up.headers.contains_key(gone), "{gone}");
         }
@@ -406,6 +417,9 @@ mod tests {
         let r = req(&[("content-length", "3")]);
         let up = upstream_request(&r, true).unwrap();
         assert!(!up.headers.contains_key("transfer-encoding"));
-        assert_eq!(upstream_request(&req(&[]), false).unwrap().headers.len(), 0);
+        assert!(upstream_request(&req(&[]), false)
+            .unwrap()
+            .headers
+            .is_empty());
     }
 }

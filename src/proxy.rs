@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use http::header::InvalidHeaderValue;
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
@@ -171,11 +174,41 @@ fn request_facts(h: &RequestHeader, client_ip: std::net::IpAddr, https: bool) ->
 }
 
 fn rate_headers(h: &mut ResponseHeader, r: &RateState) -> Result<()> {
-    h.insert_header("x-ratelimit-limit", r.limit)?;
-    h.insert_header("x-ratelimit-remaining", r.remaining)?;
-    h.insert_header("x-ratelimit-reset", r.reset)?;
+    h.insert_header(X_RATELIMIT_LIMIT, r.limit)?;
+    h.insert_header(X_RATELIMIT_REMAINING, r.remaining)?;
+    h.insert_header(X_RATELIMIT_RESET, r.reset)?;
     Ok(())
 }
+
+/// [`rate_headers`] on the upstream's response, through its plain `http`
+/// parts: pingora's case-preserving `insert_header` parses each name and
+/// keeps a second map; this inserts static names (the response then goes
+/// down in canonical header case).
+fn add_rate_headers(resp: &mut Box<ResponseHeader>, r: &RateState) {
+    let mut parts = http::response::Parts::from(std::mem::replace(
+        &mut **resp,
+        ResponseHeader::build_no_case(200, Some(0)).expect("200 is a status"),
+    ));
+    parts.headers.insert(X_RATELIMIT_LIMIT, r.limit.into());
+    parts
+        .headers
+        .insert(X_RATELIMIT_REMAINING, r.remaining.into());
+    parts.headers.insert(X_RATELIMIT_RESET, r.reset.into());
+    **resp = ResponseHeader::from(parts);
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_ORG_ID: HeaderName = HeaderName::from_static("x-org-id");
+const X_AUTH_METHOD: HeaderName = HeaderName::from_static("x-auth-method");
+const X_API_KEY_ID: HeaderName = HeaderName::from_static("x-api-key-id");
+const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+const X_WORKSPACE_ID: HeaderName = HeaderName::from_static("x-workspace-id");
+const X_ALLOWED_WORKSPACES: HeaderName = HeaderName::from_static("x-allowed-workspaces");
+const X_MCP_SERVER_ID: HeaderName = HeaderName::from_static("x-mcp-server-id");
+const X_END_USER_ID: HeaderName = HeaderName::from_static("x-end-user-id");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 #[derive(Default)]
 struct Ctx {
@@ -196,7 +229,7 @@ enum Next {
     Answered,
     /// Forward this head (identity headers still to add) and, for an
     /// inspected route, the body read to decide on.
-    Forward(Box<RequestHeader>, Option<Bytes>),
+    Forward(Box<Parts>, Option<Bytes>),
 }
 
 pub struct KeywardApp {
@@ -220,21 +253,26 @@ impl KeywardApp {
     /// One request, after its head was read. Returns whether the downstream
     /// connection may carry another request.
     async fn handle(&self, session: &mut ServerSession, ctx: &mut Ctx) -> bool {
-        let (mut req, body) = match self.decide(session, ctx).await {
-            Ok(Next::Forward(req, body)) => (req, body),
+        let (mut parts, body) = match self.decide(session, ctx).await {
+            Ok(Next::Forward(parts, body)) => (parts, body),
             Ok(Next::Answered) => return true,
             Err(_) => return false,
         };
-        if let Err(e) = self.add_identity(&mut req, ctx) {
+        if let Err(e) = self.add_identity(&mut parts.headers, ctx) {
+            // An identity value from the snapshot that cannot be a header
+            // value: fail closed.
             tracing::error!(error = %e, "cannot build the upstream request");
-            ctx.outcome = "error";
+            let d = Denial::AuthUnavailable;
+            ctx.outcome = d.outcome();
+            ctx.status = d.status();
+            let _ = write_denial(session, &d, None, &ctx.request_id).await;
             return false;
         }
+        let req = Box::new(RequestHeader::from(*parts));
         let rate = ctx.rate;
-        let on_response = |resp: &mut ResponseHeader| {
+        let on_response = |resp: &mut Box<ResponseHeader>| {
             if let Some(r) = &rate {
-                // Valid by construction (numbers): cannot fail.
-                let _ = rate_headers(resp, r);
+                add_rate_headers(resp, r);
             }
         };
         match self.upstream.forward(session, req, body, on_response).await {
@@ -358,7 +396,7 @@ impl KeywardApp {
         // here when it cannot be forwarded at all.
         let has_body = !session.is_body_empty();
         let mut up_req = match upstream_request(session.req_header(), has_body) {
-            Ok(r) => r,
+            Ok(r) => Box::new(r),
             Err(Unforwardable(reason)) => {
                 session.set_keepalive(None);
                 let d = Denial::BadRequest(reason);
@@ -412,7 +450,7 @@ impl KeywardApp {
                 // keyward reads the body before the upstream sees the
                 // request, so it answers the client's Expect itself.
                 session.write_continue_response().await?;
-                up_req.remove_header(&http::header::EXPECT);
+                up_req.headers.remove(http::header::EXPECT);
             }
             let mut buf = BytesMut::new();
             let mut too_large = false;
@@ -449,39 +487,37 @@ impl KeywardApp {
     }
 
     /// Identity headers (SPEC §4): every client spelling out, keyward's in.
-    fn add_identity(&self, up: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
-        let strip: Vec<http::HeaderName> = up
-            .headers
-            .keys()
-            .filter(|n| is_identity_header(n.as_str()) || is_request_id_header(n.as_str()))
-            .cloned()
-            .collect();
-        for name in &strip {
-            up.remove_header(name);
+    fn add_identity(&self, h: &mut HeaderMap, ctx: &Ctx) -> Result<(), InvalidHeaderValue> {
+        let spoofed =
+            |n: &HeaderName| is_identity_header(n.as_str()) || is_request_id_header(n.as_str());
+        if h.keys().any(spoofed) {
+            let strip: Vec<HeaderName> = h.keys().filter(|n| spoofed(n)).cloned().collect();
+            for name in &strip {
+                h.remove(name);
+            }
         }
-        up.insert_header("x-request-id", ctx.request_id.as_str())?;
+        h.insert(X_REQUEST_ID, HeaderValue::from_str(&ctx.request_id)?);
         if self.engine.policy.load().config.upstream.strip_credentials {
-            up.remove_header(&http::header::AUTHORIZATION);
-            up.remove_header(&http::header::COOKIE);
+            h.remove(http::header::AUTHORIZATION);
+            h.remove(http::header::COOKIE);
         }
         if let Some(id) = &ctx.identity {
-            let set =
-                |up: &mut RequestHeader, name: &'static str, v: &Option<Arc<str>>| -> Result<()> {
-                    if let Some(v) = v {
-                        up.insert_header(name, &**v)?;
-                    }
-                    Ok(())
-                };
-            set(up, "x-org-id", &id.org_id)?;
+            let mut set = |name: HeaderName, v: &Option<Arc<str>>| {
+                if let Some(v) = v {
+                    h.insert(name, HeaderValue::from_str(v)?);
+                }
+                Ok(())
+            };
+            set(X_ORG_ID, &id.org_id)?;
+            set(X_API_KEY_ID, &id.api_key_id)?;
+            set(X_USER_ID, &id.user_id)?;
+            set(X_WORKSPACE_ID, &id.workspace_id)?;
+            set(X_ALLOWED_WORKSPACES, &id.allowed_workspaces)?;
+            set(X_MCP_SERVER_ID, &id.mcp_server_id)?;
+            set(X_END_USER_ID, &id.end_user_id)?;
             if let Some(m) = id.auth_method {
-                up.insert_header("x-auth-method", m)?;
+                h.insert(X_AUTH_METHOD, HeaderValue::from_static(m));
             }
-            set(up, "x-api-key-id", &id.api_key_id)?;
-            set(up, "x-user-id", &id.user_id)?;
-            set(up, "x-workspace-id", &id.workspace_id)?;
-            set(up, "x-allowed-workspaces", &id.allowed_workspaces)?;
-            set(up, "x-mcp-server-id", &id.mcp_server_id)?;
-            set(up, "x-end-user-id", &id.end_user_id)?;
         }
         Ok(())
     }
