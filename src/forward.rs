@@ -14,24 +14,52 @@
 //! fails on a reused pooled connection before the upstream answered is
 //! retried once on another connection when its body can be replayed.
 
-use std::time::Duration;
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderName, HeaderValue, Version};
-use pingora::connectors::http::v1::Connector;
-use pingora::connectors::ConnectorOptions;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::{HttpTask, ServerSession};
+use pingora::protocols::Stream;
 use pingora::server::configuration::ServerConf;
 use pingora::{Error, ErrorType, RetryType};
 
 use crate::config::UpstreamConfig;
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// Idle time of a pooled upstream connection before it is closed.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
+
+/// Idle upstream connections one worker thread keeps.
+const IDLE_PER_THREAD: usize = 128;
+
+/// An upstream connection waiting for its next request.
+struct Idle {
+    upstream: usize,
+    stream: Stream,
+    since: Instant,
+}
+
+thread_local! {
+    /// The keep-alive pool, per worker thread, oldest first. keyward's
+    /// workers are single-threaded runtimes without work stealing, so a
+    /// connection's requests stay on one thread and this pool needs no lock
+    /// (pingora's shared pool took a lock, spawned a watcher task per
+    /// release and checked the socket's peer with a syscall per reuse).
+    /// Closed or expired connections are found and dropped when taken.
+    static IDLE: RefCell<Vec<Idle>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Tells apart the pools of several `Upstream`s in one process (tests).
+static NEXT_UPSTREAM_ID: AtomicUsize = AtomicUsize::new(0);
 
 /// How forwarding failed, for the 502/504 answer, the metric and whether the
 /// downstream connection can be reused.
@@ -51,7 +79,8 @@ pub struct Forwarded {
 }
 
 pub struct Upstream {
-    connector: Connector,
+    id: usize,
+    transport: TransportConnector,
     peer: HttpPeer,
 }
 
@@ -64,10 +93,61 @@ impl Upstream {
         peer.options.write_timeout = Some(cfg.read_timeout);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE);
         Upstream {
+            id: NEXT_UPSTREAM_ID.fetch_add(1, Ordering::Relaxed),
             // upstream.ca_file reaches the TLS connector through ServerConf.ca_file.
-            connector: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
+            transport: TransportConnector::new(Some(ConnectorOptions::from_server_conf(conf))),
             peer,
         }
+    }
+
+    /// An idle pooled connection when one is alive, else a new one; `true`
+    /// when reused.
+    async fn session(&self) -> pingora::Result<(UpstreamSession, bool)> {
+        let (stream, reused) = match self.take_idle() {
+            Some(s) => (s, true),
+            None => (self.transport.new_stream(&self.peer).await?, false),
+        };
+        Ok((
+            UpstreamSession::new_with_options(stream, &self.peer),
+            reused,
+        ))
+    }
+
+    fn take_idle(&self) -> Option<Stream> {
+        IDLE.with_borrow_mut(|idle| {
+            let now = Instant::now();
+            while let Some(pos) = idle.iter().rposition(|c| c.upstream == self.id) {
+                let mut c = idle.remove(pos);
+                if now.duration_since(c.since) < UPSTREAM_IDLE && still_open(&mut c.stream) {
+                    return Some(c.stream);
+                }
+            }
+            None
+        })
+    }
+
+    /// Back to the pool, when the exchange left the connection reusable.
+    async fn release(&self, mut up: UpstreamSession) {
+        up.respect_keepalive();
+        let Some(stream) = up.reuse().await else {
+            return;
+        };
+        IDLE.with_borrow_mut(|idle| {
+            let now = Instant::now();
+            let expired = idle
+                .iter()
+                .take_while(|c| now.duration_since(c.since) >= UPSTREAM_IDLE)
+                .count();
+            idle.drain(..expired);
+            if idle.len() >= IDLE_PER_THREAD {
+                idle.remove(0);
+            }
+            idle.push(Idle {
+                upstream: self.id,
+                stream,
+                since: now,
+            });
+        });
     }
 
     /// Send `req` (already carrying keyward's identity headers) and stream
@@ -86,7 +166,7 @@ impl Upstream {
         let mut req = Some(req);
         let mut retried = false;
         loop {
-            let (up, reused) = match self.connector.get_http_session(&self.peer).await {
+            let (up, reused) = match self.session().await {
                 Ok(s) => s,
                 Err(e) => return Err(upstream_failure(&e, false)),
             };
@@ -224,13 +304,19 @@ impl Upstream {
         }
 
         if !upgraded {
-            up.respect_keepalive();
-            self.connector
-                .release_http_session(up, &self.peer, Some(UPSTREAM_IDLE))
-                .await;
+            self.release(up).await;
         }
         Ok(Forwarded { status })
     }
+}
+
+/// A pooled connection the upstream has not closed and sent nothing on (a
+/// read that would block; the read registers no task: nothing waits on it).
+fn still_open(stream: &mut Stream) -> bool {
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    let mut cx = Context::from_waker(Waker::noop());
+    matches!(Pin::new(stream).poll_read(&mut cx, &mut buf), Poll::Pending)
 }
 
 enum Exchange {
