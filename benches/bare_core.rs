@@ -1,87 +1,87 @@
-//! Bare proxy on pingora-core (no pingora-proxy): the same job as
+//! Bare proxy on keyward's own forwarding (`keyward::forward`, on
+//! pingora-core's HTTP sessions; no pingora-proxy): the job of
 //! `bare_proxy.rs` (401 without Authorization, inject `X-Org-ID: bare`,
-//! forward over a pooled keep-alive connection), written as a direct
-//! `HttpServerApp` loop. Measures what a leaner proxy loop gains.
+//! forward over a pooled keep-alive connection) with everything keyward does
+//! to move a request, and none of its decisions. keyward / bare_core is the
+//! cost of those decisions (credentials, routes, scopes, limits, identity
+//! headers, request id, metrics, access log).
 //!
-//! Arguments: LISTEN_ADDR UPSTREAM_ADDR THREADS.
+//! ```sh
+//! cargo build --release --example bare_core
+//! target/release/examples/bare_core 127.0.0.1:8082 127.0.0.1:3000 1
+//! ```
+//!
+//! Arguments: LISTEN_ADDR UPSTREAM_ADDR THREADS. Runs until SIGINT/SIGTERM.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
-use pingora::connectors::http::v1::Connector;
-use pingora::connectors::ConnectorOptions;
-use pingora::http::ResponseHeader;
-use pingora::prelude::HttpPeer;
+use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::listening::Service;
 
+use keyward::config::UpstreamConfig;
+use keyward::forward::{upstream_request, Upstream};
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-struct Lean {
-    peer: HttpPeer,
-    connector: Connector,
+struct Bare {
+    upstream: Upstream,
 }
 
-impl Lean {
-    async fn serve(&self, session: &mut ServerSession) -> pingora::Result<bool> {
+impl Bare {
+    /// Whether the downstream connection may be reused.
+    async fn serve(&self, session: &mut ServerSession) -> bool {
         if !session
             .req_header()
             .headers
             .contains_key(http::header::AUTHORIZATION)
         {
-            session.respond_error(401).await?;
-            return Ok(true);
+            return session.respond_error(401).await.is_ok();
         }
-        let (mut up, _reused) = self.connector.get_http_session(&self.peer).await?;
-        let mut req = Box::new(session.req_header().clone());
-        req.insert_header("x-org-id", "bare")?;
-        up.write_request_header(req).await?;
-        while let Some(chunk) = session.read_request_body().await? {
-            up.write_body(&chunk).await?;
+        let has_body = !session.is_body_empty();
+        let Ok(mut parts) = upstream_request(session.req_header(), has_body) else {
+            let _ = session.respond_error(400).await;
+            return false;
+        };
+        parts.headers.insert(
+            HeaderName::from_static("x-org-id"),
+            HeaderValue::from_static("bare"),
+        );
+        let req = Box::new(RequestHeader::from(parts));
+        match self.upstream.forward(session, req, None, |_| {}).await {
+            Ok(_) => true,
+            Err(_) => {
+                let _ = session.respond_error(502).await;
+                false
+            }
         }
-        up.finish_body().await?;
-        up.read_response().await?;
-        let resp: Box<ResponseHeader> = Box::new(up.resp_header().unwrap().clone());
-        session.write_response_header(resp).await?;
-        while let Some(chunk) = up.read_body_bytes().await? {
-            session.write_response_body(chunk, false).await?;
-        }
-        session
-            .write_response_body(bytes::Bytes::new(), true)
-            .await?;
-        up.respect_keepalive();
-        self.connector
-            .release_http_session(up, &self.peer, Some(Duration::from_secs(60)))
-            .await;
-        Ok(true)
     }
 }
 
 #[async_trait]
-impl HttpServerApp for Lean {
+impl HttpServerApp for Bare {
     async fn process_new_http(
         self: &Arc<Self>,
         mut session: ServerSession,
         _shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match session.read_request().await {
-            Ok(true) => {}
-            _ => return None,
+        if !matches!(session.read_request().await, Ok(true)) {
+            return None;
         }
-        match self.serve(&mut session).await {
-            Ok(true) => {
-                let settings = HttpPersistentSettings::for_session(&session);
-                let reusable = session.finish().await.ok().flatten()?;
-                Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
-            }
-            _ => None,
+        if !self.serve(&mut session).await {
+            return None;
         }
+        let settings = HttpPersistentSettings::for_session(&session);
+        let reusable = session.finish().await.ok().flatten()?;
+        Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
     }
 }
 
@@ -95,12 +95,16 @@ fn main() {
     let upstream: SocketAddr = args[2].parse().expect("UPSTREAM_ADDR: host:port");
     let threads: usize = args[3].parse().expect("THREADS: a number");
 
-    let mut peer = HttpPeer::new(upstream, false, String::new());
-    peer.options.connection_timeout = Some(Duration::from_millis(1000));
-    peer.options.read_timeout = Some(Duration::from_millis(60000));
-    peer.options.write_timeout = Some(Duration::from_millis(60000));
-    peer.options.idle_timeout = Some(Duration::from_secs(60));
-
+    // keyward's defaults for [upstream] and its ServerConf (src/server.rs).
+    let cfg = UpstreamConfig {
+        address: upstream,
+        tls: false,
+        sni: String::new(),
+        ca_file: None,
+        connect_timeout: Duration::from_millis(1000),
+        read_timeout: Duration::from_millis(60000),
+        strip_credentials: false,
+    };
     let conf = ServerConf {
         threads,
         work_stealing: false,
@@ -111,10 +115,8 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let connector = Connector::new(Some(ConnectorOptions::from_server_conf(
-        &server.configuration,
-    )));
-    let mut service = Service::new("lean".into(), Lean { peer, connector });
+    let upstream = Upstream::new(&cfg, &server.configuration);
+    let mut service = Service::new("bare_core".into(), Bare { upstream });
     service.add_tcp(&listen.to_string());
     server.add_service(service);
     server.run(RunArgs::default());
