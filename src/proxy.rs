@@ -25,11 +25,6 @@ use crate::forward::{upstream_request, Failure, Unforwardable, Upstream};
 use crate::ratelimit::{client_ip, RateState};
 use crate::routes::{self, AuthMode};
 
-/// The most a body-inspecting route buffers, whatever
-/// `server.max_body_inspect_bytes` says: the body is held in memory until
-/// the decision, per request.
-pub const BODY_INSPECT_HARD_CAP: usize = 64 * 1024;
-
 /// Longest a downstream HTTP/1.1 keep-alive connection may sit idle between
 /// requests. pingora's default is no limit at all (and a client's
 /// `Keep-Alive: timeout=N` is taken as asked), so an idle connection would be
@@ -445,7 +440,8 @@ impl KeywardApp {
         let needs_body = route.workspace.as_ref().is_some_and(|w| w.needs_body())
             && matches!(caller.method, AuthMethod::ApiKey | AuthMethod::Session);
         let (decision, body) = if needs_body {
-            let cap = cfg.server.max_body_inspect_bytes.min(BODY_INSPECT_HARD_CAP);
+            // Held in memory until the decision, then forwarded as read.
+            let cap = cfg.server.max_body_inspect_bytes;
             if expects_continue(session.req_header()) {
                 // keyward reads the body before the upstream sees the
                 // request, so it answers the client's Expect itself.

@@ -68,6 +68,15 @@ fn body_workspace_rules_forward_the_identical_body() {
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_eq!(r.json()["body"], body);
     assert_eq!(r.upstream_header("x-workspace-id"), vec!["ws_1"]);
+    // a body well past 64 KiB (under max_body_inspect_bytes, 1 MiB by
+    // default) is decided on and forwarded byte for byte
+    let large = format!(
+        r#"{{"workspaceId":"ws_1","pad":"{}"}}"#,
+        "y".repeat(300 * 1024)
+    );
+    let r = post(&kw, "/api/v1/connections", &scoped, &large);
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(r.json()["body"].as_str(), Some(large.as_str()));
     post(
         &kw,
         "/api/v1/connections",
