@@ -21,7 +21,7 @@ use crate::principal::{self, McpKind, Scope, Verdict};
 use crate::ratelimit::{AuthFailureThrottle, Limiter, LocalLimiter, RateOutcome, RateState};
 use crate::routes::{AuthMode, Captures, Route, WorkspaceSource};
 use crate::scope;
-use crate::snapshot::{OrgRecord, SnapshotStore, StoreError};
+use crate::snapshot::{OrgRecord, Reader, SnapshotStore, StoreError};
 
 /// Facts about one request, borrowed from it.
 pub struct Request<'a> {
@@ -196,23 +196,37 @@ impl Engine {
                 if mcp_route {
                     Err(Denial::unauthenticated("api_key_on_mcp_route"))
                 } else {
-                    self.resolve(req, TokenTable::ApiKey, token.as_bytes(), now)
-                        .and_then(|entry| self.check_api_key(entry, now))
+                    self.resolve(
+                        req,
+                        route,
+                        captures,
+                        TokenTable::ApiKey,
+                        token.as_bytes(),
+                        now,
+                    )
+                    .and_then(|entry| self.check_api_key(entry, now))
                 }
             }
             Credential::Bearer { kind, token } => {
                 if !mcp_route {
                     Err(Denial::unauthenticated("mcp_token_outside_mcp_route"))
                 } else {
-                    self.resolve(req, TokenTable::McpToken, token.as_bytes(), now)
-                        .and_then(|entry| self.check_mcp(entry, kind, req, route, captures, now))
+                    self.resolve(
+                        req,
+                        route,
+                        captures,
+                        TokenTable::McpToken,
+                        token.as_bytes(),
+                        now,
+                    )
+                    .and_then(|entry| self.check_mcp(entry, kind, req, route, captures, now))
                 }
             }
             Credential::ServiceKey(key) => {
                 if mcp_route {
                     Err(Denial::unauthenticated("service_key_on_mcp_route"))
                 } else {
-                    self.resolve(req, TokenTable::ServiceKey, key, now)
+                    self.resolve(req, route, captures, TokenTable::ServiceKey, key, now)
                         .and_then(|entry| self.check_service_key(entry, req))
                 }
             }
@@ -220,8 +234,15 @@ impl Engine {
                 if mcp_route {
                     Err(Denial::unauthenticated("session_on_mcp_route"))
                 } else {
-                    self.resolve(req, TokenTable::Session, token.as_bytes(), now)
-                        .and_then(|entry| self.check_session(entry, req, route, cfg, now))
+                    self.resolve(
+                        req,
+                        route,
+                        captures,
+                        TokenTable::Session,
+                        token.as_bytes(),
+                        now,
+                    )
+                    .and_then(|entry| self.check_session(entry, req, route, cfg, now))
                 }
             }
         };
@@ -299,6 +320,8 @@ impl Engine {
     fn resolve(
         &self,
         req: &Request<'_>,
+        route: &Route,
+        captures: &Captures,
         table: TokenTable,
         token: &[u8],
         now: i64,
@@ -328,14 +351,51 @@ impl Engine {
             });
         }
         let hash_hex = hex::encode(key.1);
-        let verdict = match table {
-            TokenTable::ApiKey => principal::load_api_key(&self.store, &hash_hex),
-            TokenTable::Session => principal::load_session(&self.store, &hash_hex),
-            TokenTable::ServiceKey => principal::load_service_key(&self.store, &hash_hex),
-            TokenTable::McpToken => principal::load_mcp_token(&self.store, &hash_hex),
-        }
-        .map_err(|e| self.store_err(e))?;
+        let verdict = self
+            .store
+            .read(|r| {
+                let verdict = principal::load(r, table, &hash_hex)?;
+                self.prefetch_workspace(r, &verdict, req, route, captures, &cache, gen)?;
+                Ok(verdict)
+            })
+            .map_err(|e| self.store_err(e))?;
         Ok(cache.put_token(key, gen, verdict))
+    }
+
+    /// Within a miss's read transaction, cache the owner of the workspace
+    /// the request names in its path, query or headers (a body is not read
+    /// yet), which `check_route` looks up next: one SQLite transaction per
+    /// miss instead of two, and the transaction's locking is most of a
+    /// miss's cost (see `Generation::read`).
+    #[allow(clippy::too_many_arguments)]
+    fn prefetch_workspace(
+        &self,
+        r: &Reader<'_>,
+        verdict: &Verdict,
+        req: &Request<'_>,
+        route: &Route,
+        captures: &Captures,
+        cache: &AuthCache,
+        gen: u64,
+    ) -> Result<(), StoreError> {
+        if !matches!(verdict, Verdict::ApiKey(_) | Verdict::Session(_)) {
+            return Ok(());
+        }
+        let Some(
+            source @ (WorkspaceSource::Path(_)
+            | WorkspaceSource::Query(_)
+            | WorkspaceSource::Header(_)),
+        ) = &route.workspace
+        else {
+            return Ok(());
+        };
+        if let Ok(Some(ws)) = scope::find(source, req.path, captures, req.query, req.headers, None)
+        {
+            AuthCache::lookup(&cache.workspaces, &ws, gen, || {
+                r.workspace_org(&ws).map(|o| o.map(Arc::from))
+            })?;
+        }
+        Ok(())
     }
 
     fn check_api_key(
