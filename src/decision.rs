@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Method};
@@ -107,6 +107,8 @@ pub struct Engine {
     pub limiter: Arc<dyn Limiter>,
     pub throttle: AuthFailureThrottle,
     pub metrics: Arc<Metrics>,
+    /// The cache refilled for the generation about to be served.
+    next_cache: Mutex<Option<(u64, Arc<AuthCache>)>>,
     warned_unconfigured: AtomicBool,
 }
 
@@ -139,12 +141,29 @@ impl Engine {
             policy: ArcSwap::from_pointee(Policy { config }),
             cache,
             metrics,
+            next_cache: Mutex::new(None),
             warned_unconfigured: AtomicBool::new(false),
         });
+        // A swap replaces the cache with one refilled from the new
+        // generation, prepared before that generation is served. Between the
+        // two stores a request may see the new generation with the old
+        // cache: its entries are tagged with the old generation and ignored.
         let weak = Arc::downgrade(&engine);
-        store.on_swap(move |_| {
+        store.before_swap(move |gen| {
             if let Some(e) = weak.upgrade() {
-                e.cache.load().invalidate_all();
+                let policy = e.policy.load();
+                let next = e.cache.load().refilled(&policy.config.cache, gen);
+                *e.next_cache.lock().unwrap() = Some((gen.id, Arc::new(next)));
+            }
+        });
+        let weak = Arc::downgrade(&engine);
+        store.on_swap(move |gen| {
+            if let Some(e) = weak.upgrade() {
+                let next = match e.next_cache.lock().unwrap().take() {
+                    Some((id, next)) if id == gen.id => next,
+                    _ => Arc::new(AuthCache::new(&e.policy.load().config.cache)),
+                };
+                e.cache.store(next);
             }
         });
         engine
@@ -287,10 +306,11 @@ impl Engine {
         let server_id = captures.get(req.path, route.mcp_server?)?;
         let cache = self.cache.load();
         let gen = self.store.generation_id();
-        let server = AuthCache::lookup(&cache.mcp_servers, server_id, gen, || {
-            self.store.mcp_server(server_id)
-        })
-        .ok()??;
+        let server = cache
+            .lookup(&cache.mcp_servers, server_id, gen, || {
+                self.store.mcp_server(server_id)
+            })
+            .ok()??;
         if !principal::mcp_mode(&server.auth_mode).1 {
             return None;
         }
@@ -391,7 +411,7 @@ impl Engine {
         };
         if let Ok(Some(ws)) = scope::find(source, req.path, captures, req.query, req.headers, None)
         {
-            AuthCache::lookup(&cache.workspaces, &ws, gen, || {
+            cache.lookup(&cache.workspaces, &ws, gen, || {
                 r.workspace_org(&ws).map(|o| o.map(Arc::from))
             })?;
         }
@@ -498,7 +518,8 @@ impl Engine {
                 }
                 let cache = self.cache.load();
                 let gen = self.store.generation_id();
-                let org = AuthCache::lookup(&cache.orgs, id, gen, || self.store.organization(id))
+                let org = cache
+                    .lookup(&cache.orgs, id, gen, || self.store.organization(id))
                     .map_err(|e| self.store_err(e))?
                     .ok_or(Denial::Forbidden("unknown_organization"))?;
                 if org.disabled {
@@ -698,12 +719,13 @@ impl Engine {
         let workspace: Option<Cow<'_, str>> = match found {
             None => None,
             Some((WorkspaceSource::ResourcePath(_) | WorkspaceSource::ResourceBody(_), rid)) => {
-                match AuthCache::lookup(&cache.resources, &rid, gen, || {
-                    self.store
-                        .resource_workspace(&rid)
-                        .map(|o| o.map(Arc::from))
-                })
-                .map_err(|e| self.store_err(e))?
+                match cache
+                    .lookup(&cache.resources, &rid, gen, || {
+                        self.store
+                            .resource_workspace(&rid)
+                            .map(|o| o.map(Arc::from))
+                    })
+                    .map_err(|e| self.store_err(e))?
                 {
                     Some(ws) => Some(Cow::Owned(ws.to_string())),
                     None if scoped => return Err(Denial::ScopeDenied("unknown_resource")),
@@ -718,10 +740,11 @@ impl Engine {
             }
             return Ok(id);
         };
-        let owner = AuthCache::lookup(&cache.workspaces, &ws, gen, || {
-            self.store.workspace_org(&ws).map(|o| o.map(Arc::from))
-        })
-        .map_err(|e| self.store_err(e))?;
+        let owner = cache
+            .lookup(&cache.workspaces, &ws, gen, || {
+                self.store.workspace_org(&ws).map(|o| o.map(Arc::from))
+            })
+            .map_err(|e| self.store_err(e))?;
         if let Some(owner) = owner {
             if caller.org.as_ref().map(|o| &*o.id) != Some(&*owner) {
                 return Err(Denial::ScopeDenied("workspace_of_another_organization"));
