@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, Method};
@@ -21,7 +21,7 @@ use crate::principal::{self, McpKind, Scope, Verdict};
 use crate::ratelimit::{AuthFailureThrottle, Limiter, LocalLimiter, RateOutcome, RateState};
 use crate::routes::{AuthMode, Captures, Route, WorkspaceSource};
 use crate::scope;
-use crate::snapshot::{OrgRecord, SnapshotStore, StoreError};
+use crate::snapshot::{OrgRecord, Reader, SnapshotStore, StoreError};
 
 /// Facts about one request, borrowed from it.
 pub struct Request<'a> {
@@ -107,6 +107,8 @@ pub struct Engine {
     pub limiter: Arc<dyn Limiter>,
     pub throttle: AuthFailureThrottle,
     pub metrics: Arc<Metrics>,
+    /// The cache refilled for the generation about to be served.
+    next_cache: Mutex<Option<(u64, Arc<AuthCache>)>>,
     warned_unconfigured: AtomicBool,
 }
 
@@ -139,12 +141,29 @@ impl Engine {
             policy: ArcSwap::from_pointee(Policy { config }),
             cache,
             metrics,
+            next_cache: Mutex::new(None),
             warned_unconfigured: AtomicBool::new(false),
         });
+        // A swap replaces the cache with one refilled from the new
+        // generation, prepared before that generation is served. Between the
+        // two stores a request may see the new generation with the old
+        // cache: its entries are tagged with the old generation and ignored.
         let weak = Arc::downgrade(&engine);
-        store.on_swap(move |_| {
+        store.before_swap(move |gen| {
             if let Some(e) = weak.upgrade() {
-                e.cache.load().invalidate_all();
+                let policy = e.policy.load();
+                let next = e.cache.load().refilled(&policy.config.cache, gen);
+                *e.next_cache.lock().unwrap() = Some((gen.id, Arc::new(next)));
+            }
+        });
+        let weak = Arc::downgrade(&engine);
+        store.on_swap(move |gen| {
+            if let Some(e) = weak.upgrade() {
+                let next = match e.next_cache.lock().unwrap().take() {
+                    Some((id, next)) if id == gen.id => next,
+                    _ => Arc::new(AuthCache::new(&e.policy.load().config.cache)),
+                };
+                e.cache.store(next);
             }
         });
         engine
@@ -196,23 +215,37 @@ impl Engine {
                 if mcp_route {
                     Err(Denial::unauthenticated("api_key_on_mcp_route"))
                 } else {
-                    self.resolve(req, TokenTable::ApiKey, token.as_bytes(), now)
-                        .and_then(|entry| self.check_api_key(entry, now))
+                    self.resolve(
+                        req,
+                        route,
+                        captures,
+                        TokenTable::ApiKey,
+                        token.as_bytes(),
+                        now,
+                    )
+                    .and_then(|entry| self.check_api_key(entry, now))
                 }
             }
             Credential::Bearer { kind, token } => {
                 if !mcp_route {
                     Err(Denial::unauthenticated("mcp_token_outside_mcp_route"))
                 } else {
-                    self.resolve(req, TokenTable::McpToken, token.as_bytes(), now)
-                        .and_then(|entry| self.check_mcp(entry, kind, req, route, captures, now))
+                    self.resolve(
+                        req,
+                        route,
+                        captures,
+                        TokenTable::McpToken,
+                        token.as_bytes(),
+                        now,
+                    )
+                    .and_then(|entry| self.check_mcp(entry, kind, req, route, captures, now))
                 }
             }
             Credential::ServiceKey(key) => {
                 if mcp_route {
                     Err(Denial::unauthenticated("service_key_on_mcp_route"))
                 } else {
-                    self.resolve(req, TokenTable::ServiceKey, key, now)
+                    self.resolve(req, route, captures, TokenTable::ServiceKey, key, now)
                         .and_then(|entry| self.check_service_key(entry, req))
                 }
             }
@@ -220,8 +253,15 @@ impl Engine {
                 if mcp_route {
                     Err(Denial::unauthenticated("session_on_mcp_route"))
                 } else {
-                    self.resolve(req, TokenTable::Session, token.as_bytes(), now)
-                        .and_then(|entry| self.check_session(entry, req, route, cfg, now))
+                    self.resolve(
+                        req,
+                        route,
+                        captures,
+                        TokenTable::Session,
+                        token.as_bytes(),
+                        now,
+                    )
+                    .and_then(|entry| self.check_session(entry, req, route, cfg, now))
                 }
             }
         };
@@ -266,10 +306,11 @@ impl Engine {
         let server_id = captures.get(req.path, route.mcp_server?)?;
         let cache = self.cache.load();
         let gen = self.store.generation_id();
-        let server = AuthCache::lookup(&cache.mcp_servers, server_id, gen, || {
-            self.store.mcp_server(server_id)
-        })
-        .ok()??;
+        let server = cache
+            .lookup(&cache.mcp_servers, server_id, gen, || {
+                self.store.mcp_server(server_id)
+            })
+            .ok()??;
         if !principal::mcp_mode(&server.auth_mode).1 {
             return None;
         }
@@ -299,6 +340,8 @@ impl Engine {
     fn resolve(
         &self,
         req: &Request<'_>,
+        route: &Route,
+        captures: &Captures,
         table: TokenTable,
         token: &[u8],
         now: i64,
@@ -328,14 +371,51 @@ impl Engine {
             });
         }
         let hash_hex = hex::encode(key.1);
-        let verdict = match table {
-            TokenTable::ApiKey => principal::load_api_key(&self.store, &hash_hex),
-            TokenTable::Session => principal::load_session(&self.store, &hash_hex),
-            TokenTable::ServiceKey => principal::load_service_key(&self.store, &hash_hex),
-            TokenTable::McpToken => principal::load_mcp_token(&self.store, &hash_hex),
-        }
-        .map_err(|e| self.store_err(e))?;
+        let verdict = self
+            .store
+            .read(|r| {
+                let verdict = principal::load(r, table, &hash_hex)?;
+                self.prefetch_workspace(r, &verdict, req, route, captures, &cache, gen)?;
+                Ok(verdict)
+            })
+            .map_err(|e| self.store_err(e))?;
         Ok(cache.put_token(key, gen, verdict))
+    }
+
+    /// Within a miss's read transaction, cache the owner of the workspace
+    /// the request names in its path, query or headers (a body is not read
+    /// yet), which `check_route` looks up next: one SQLite transaction per
+    /// miss instead of two, and the transaction's locking is most of a
+    /// miss's cost (see `Generation::read`).
+    #[allow(clippy::too_many_arguments)]
+    fn prefetch_workspace(
+        &self,
+        r: &Reader<'_>,
+        verdict: &Verdict,
+        req: &Request<'_>,
+        route: &Route,
+        captures: &Captures,
+        cache: &AuthCache,
+        gen: u64,
+    ) -> Result<(), StoreError> {
+        if !matches!(verdict, Verdict::ApiKey(_) | Verdict::Session(_)) {
+            return Ok(());
+        }
+        let Some(
+            source @ (WorkspaceSource::Path(_)
+            | WorkspaceSource::Query(_)
+            | WorkspaceSource::Header(_)),
+        ) = &route.workspace
+        else {
+            return Ok(());
+        };
+        if let Ok(Some(ws)) = scope::find(source, req.path, captures, req.query, req.headers, None)
+        {
+            cache.lookup(&cache.workspaces, &ws, gen, || {
+                r.workspace_org(&ws).map(|o| o.map(Arc::from))
+            })?;
+        }
+        Ok(())
     }
 
     fn check_api_key(
@@ -438,7 +518,8 @@ impl Engine {
                 }
                 let cache = self.cache.load();
                 let gen = self.store.generation_id();
-                let org = AuthCache::lookup(&cache.orgs, id, gen, || self.store.organization(id))
+                let org = cache
+                    .lookup(&cache.orgs, id, gen, || self.store.organization(id))
                     .map_err(|e| self.store_err(e))?
                     .ok_or(Denial::Forbidden("unknown_organization"))?;
                 if org.disabled {
@@ -638,12 +719,13 @@ impl Engine {
         let workspace: Option<Cow<'_, str>> = match found {
             None => None,
             Some((WorkspaceSource::ResourcePath(_) | WorkspaceSource::ResourceBody(_), rid)) => {
-                match AuthCache::lookup(&cache.resources, &rid, gen, || {
-                    self.store
-                        .resource_workspace(&rid)
-                        .map(|o| o.map(Arc::from))
-                })
-                .map_err(|e| self.store_err(e))?
+                match cache
+                    .lookup(&cache.resources, &rid, gen, || {
+                        self.store
+                            .resource_workspace(&rid)
+                            .map(|o| o.map(Arc::from))
+                    })
+                    .map_err(|e| self.store_err(e))?
                 {
                     Some(ws) => Some(Cow::Owned(ws.to_string())),
                     None if scoped => return Err(Denial::ScopeDenied("unknown_resource")),
@@ -658,10 +740,11 @@ impl Engine {
             }
             return Ok(id);
         };
-        let owner = AuthCache::lookup(&cache.workspaces, &ws, gen, || {
-            self.store.workspace_org(&ws).map(|o| o.map(Arc::from))
-        })
-        .map_err(|e| self.store_err(e))?;
+        let owner = cache
+            .lookup(&cache.workspaces, &ws, gen, || {
+                self.store.workspace_org(&ws).map(|o| o.map(Arc::from))
+            })
+            .map_err(|e| self.store_err(e))?;
         if let Some(owner) = owner {
             if caller.org.as_ref().map(|o| &*o.id) != Some(&*owner) {
                 return Err(Denial::ScopeDenied("workspace_of_another_organization"));

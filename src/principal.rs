@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::snapshot::{McpServerRecord, OrgRecord, SnapshotStore, StoreError};
+use crate::cache::TokenTable;
+use crate::snapshot::{McpServerRecord, OrgRecord, Reader, StoreError};
 
 /// What an API key may reach (`api_keys.permissions`).
 #[derive(Debug, Clone)]
@@ -125,18 +126,25 @@ impl Verdict {
     }
 }
 
-fn org(store: &SnapshotStore, id: &str) -> Result<Option<OrgRecord>, StoreError> {
-    store.organization(id)
+/// What the snapshot says the token hashed to `hash_hex` is, read through
+/// `r` (one read transaction for the token's row and the rows it names).
+pub fn load(r: &Reader<'_>, table: TokenTable, hash_hex: &str) -> Result<Verdict, StoreError> {
+    match table {
+        TokenTable::ApiKey => load_api_key(r, hash_hex),
+        TokenTable::Session => load_session(r, hash_hex),
+        TokenTable::ServiceKey => load_service_key(r, hash_hex),
+        TokenTable::McpToken => load_mcp_token(r, hash_hex),
+    }
 }
 
-pub fn load_api_key(store: &SnapshotStore, hash_hex: &str) -> Result<Verdict, StoreError> {
-    let Some(k) = store.api_key(hash_hex)? else {
+fn load_api_key(r: &Reader<'_>, hash_hex: &str) -> Result<Verdict, StoreError> {
+    let Some(k) = r.api_key(hash_hex)? else {
         return Ok(Verdict::Rejected("unknown"));
     };
     if k.revoked_at.is_some() {
         return Ok(Verdict::Rejected("revoked"));
     }
-    let org = org(store, &k.organization_id)?;
+    let org = r.organization(&k.organization_id)?;
     Ok(Verdict::ApiKey(ApiKey {
         id: Arc::from(k.id),
         prefix: Arc::from(k.key_prefix.unwrap_or_default()),
@@ -147,12 +155,12 @@ pub fn load_api_key(store: &SnapshotStore, hash_hex: &str) -> Result<Verdict, St
     }))
 }
 
-pub fn load_session(store: &SnapshotStore, hash_hex: &str) -> Result<Verdict, StoreError> {
-    let Some(s) = store.session(hash_hex)? else {
+fn load_session(r: &Reader<'_>, hash_hex: &str) -> Result<Verdict, StoreError> {
+    let Some(s) = r.session(hash_hex)? else {
         return Ok(Verdict::Rejected("unknown"));
     };
     let org = match &s.active_organization_id {
-        Some(o) => org(store, o)?,
+        Some(o) => r.organization(o)?,
         None => None,
     };
     Ok(Verdict::Session(Session {
@@ -163,8 +171,8 @@ pub fn load_session(store: &SnapshotStore, hash_hex: &str) -> Result<Verdict, St
     }))
 }
 
-pub fn load_service_key(store: &SnapshotStore, hash_hex: &str) -> Result<Verdict, StoreError> {
-    Ok(match store.service_key(hash_hex)? {
+fn load_service_key(r: &Reader<'_>, hash_hex: &str) -> Result<Verdict, StoreError> {
+    Ok(match r.service_key(hash_hex)? {
         None => Verdict::Rejected("unknown"),
         Some(k) if k.revoked_at.is_some() => Verdict::Rejected("revoked"),
         Some(k) => Verdict::ServiceKey(ServiceKey {
@@ -173,16 +181,16 @@ pub fn load_service_key(store: &SnapshotStore, hash_hex: &str) -> Result<Verdict
     })
 }
 
-pub fn load_mcp_token(store: &SnapshotStore, hash_hex: &str) -> Result<Verdict, StoreError> {
-    let Some(t) = store.mcp_token(hash_hex)? else {
+fn load_mcp_token(r: &Reader<'_>, hash_hex: &str) -> Result<Verdict, StoreError> {
+    let Some(t) = r.mcp_token(hash_hex)? else {
         return Ok(Verdict::Rejected("unknown"));
     };
     if t.revoked_at.is_some() {
         return Ok(Verdict::Rejected("revoked"));
     }
-    let server = store.mcp_server(&t.mcp_server_id)?;
+    let server = r.mcp_server(&t.mcp_server_id)?;
     let org = match &server {
-        Some(s) => org(store, &s.organization_id)?,
+        Some(s) => r.organization(&s.organization_id)?,
         None => None,
     };
     Ok(Verdict::Mcp(McpToken {

@@ -164,6 +164,88 @@ fn new_key_by_rename_is_valid_after_the_negative_cache_saw_it() {
         == 200));
 }
 
+/// Waits for the snapshot generation after `before` to be served.
+fn wait_for_generation_after(kw: &Keyward, before: f64) {
+    assert!(
+        wait_until(Duration::from_secs(5), || kw
+            .metric("keyward_snapshot_generation")
+            > before),
+        "the new snapshot was not loaded"
+    );
+}
+
+#[test]
+fn a_swap_never_serves_a_cached_verdict_the_new_snapshot_changed() {
+    let (snap, kw) = setup();
+    snap.org("org_b", "free").workspace("ws_b", "org_b");
+    let (revoked, revoked_id) = snap.api_key_full("org_a", None, None, None);
+    let (expired, expired_id) = snap.api_key_full("org_a", None, None, None);
+    let (rescoped, rescoped_id) = snap.api_key_full("org_a", None, None, None);
+    let of_disabled_org = snap.api_key("org_b");
+    let path = "/api/v1/workspaces/ws_a/connections";
+    let org_b_path = "/api/v1/workspaces/ws_b/connections";
+    std::thread::sleep(Duration::from_millis(400));
+    for _ in 0..2 {
+        // the second round is answered from the verdict cache
+        assert_eq!(kw.get(path, Some(&revoked)).status, 200);
+        assert_eq!(kw.get(path, Some(&expired)).status, 200);
+        assert_eq!(kw.get(path, Some(&rescoped)).status, 200);
+        assert_eq!(kw.get(org_b_path, Some(&of_disabled_org)).status, 200);
+    }
+    assert!(kw.metric("keyward_cache_lookups_total{result=\"hit\"}") >= 4.0);
+    let generation = kw.metric("keyward_snapshot_generation");
+    snap.replace_by_rename(|c| {
+        c.execute_batch(&format!(
+            "UPDATE api_keys SET revoked_at = 1 WHERE id = '{revoked_id}';
+             UPDATE api_keys SET expires_at = 1 WHERE id = '{expired_id}';
+             UPDATE api_keys SET permissions = '{{\"scope\":\"workspace\",\"workspaceIds\":[\"ws_other\"]}}' WHERE id = '{rescoped_id}';
+             UPDATE organizations SET disabled = 1 WHERE id = 'org_b';"
+        ))
+        .unwrap();
+    });
+    wait_for_generation_after(&kw, generation);
+    // The very first request after the swap gets the new snapshot's answer.
+    let r = kw.get(path, Some(&revoked));
+    r.assert_error(401, "UNAUTHENTICATED");
+    assert_eq!(r.json()["details"]["reason"], "revoked");
+    let r = kw.get(path, Some(&expired));
+    r.assert_error(401, "UNAUTHENTICATED");
+    assert_eq!(r.json()["details"]["reason"], "expired");
+    kw.get(path, Some(&rescoped))
+        .assert_error(403, "SCOPE_DENIED");
+    kw.get(org_b_path, Some(&of_disabled_org))
+        .assert_error(403, "FORBIDDEN");
+}
+
+#[test]
+fn a_still_valid_cached_key_stays_a_cache_hit_across_a_swap() {
+    let (snap, kw) = setup();
+    let key = snap.api_key("org_a");
+    let path = "/api/v1/workspaces/ws_a/connections";
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(kw.get(path, Some(&key)).status, 200);
+    assert_eq!(kw.get(path, Some(&key)).status, 200);
+    let generation = kw.metric("keyward_snapshot_generation");
+    snap.replace_by_rename(|c| {
+        c.execute_batch("INSERT INTO organizations (id, plan) VALUES ('org_new', 'free')")
+            .unwrap();
+    });
+    wait_for_generation_after(&kw, generation);
+    let hits = kw.metric("keyward_cache_lookups_total{result=\"hit\"}");
+    let misses = kw.metric("keyward_cache_lookups_total{result=\"miss\"}");
+    let r = kw.get(path, Some(&key));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-workspace-id"), ["ws_a"]);
+    assert_eq!(
+        kw.metric("keyward_cache_lookups_total{result=\"hit\"}"),
+        hits + 1.0
+    );
+    assert_eq!(
+        kw.metric("keyward_cache_lookups_total{result=\"miss\"}"),
+        misses
+    );
+}
+
 #[test]
 fn before_any_snapshot_auth_is_unavailable_then_loads() {
     let snap = Snap::new();

@@ -1,18 +1,18 @@
 //! The snapshot store (SPEC §1–2): a read-only SQLite file published by the
 //! control plane, validated before use, watched for new versions (atomic
 //! rename or in-place change via `PRAGMA data_version`) and swapped
-//! atomically. Lookups run on the calling thread through a per-thread
-//! read-only connection with cached prepared statements: an indexed point
-//! read from the page cache costs a few microseconds, far less than a hop to
-//! a blocking pool would. Never writes the file.
+//! atomically. Lookups run on the calling thread through a read-only
+//! connection the generation lends (cached prepared statements, one read
+//! transaction per cache miss): an indexed point read costs a few
+//! microseconds, far less than a hop to a blocking pool would. Never writes
+//! the file.
 
 pub mod schema;
 
-use std::cell::RefCell;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
@@ -35,10 +35,15 @@ pub struct Generation {
     /// unix seconds when this version was produced (meta.generated_at, else mtime)
     pub produced_at: i64,
     pub counts: Counts,
-    /// The connection that validated this version, kept open: it pins the
-    /// file (inode) even after another file is renamed over the path, and
-    /// serves lookups for threads that cannot open that same file by path.
-    conn: Mutex<Connection>,
+    path: PathBuf,
+    lookups: Arc<Lookups>,
+    /// Connections to this version's file, idle between lookups: as many as
+    /// lookups ever ran at once (one per worker thread). The first is the one
+    /// that validated the version: it pins the file (inode) even after
+    /// another file is renamed over the path. All close when the generation
+    /// is dropped, which the reload thread does (see `SnapshotStore::retired`).
+    idle: Mutex<Vec<Connection>>,
+    returned: Condvar,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -125,20 +130,21 @@ pub struct ReloadStats {
 
 type SwapListener = Box<dyn Fn(&Generation) + Send + Sync>;
 
-static STORE_IDS: AtomicU64 = AtomicU64::new(1);
-
-thread_local! {
-    /// (store id, generation id, connection) per thread.
-    static CONNS: RefCell<Vec<(u64, u64, Connection)>> = const { RefCell::new(Vec::new()) };
-}
+/// Queries per table in [`TABLES`] order.
+type Lookups = [AtomicU64; 8];
 
 pub struct SnapshotStore {
-    store_id: u64,
     path: PathBuf,
     current: ArcSwapOption<Generation>,
+    /// The generation the last swap replaced, dropped by the reload thread
+    /// on its next poll rather than by whichever worker thread happens to
+    /// release it last: closing the last descriptor of a replaced (unlinked)
+    /// file frees all its pages, which took a worker up to 260 ms at 1M keys.
+    retired: Mutex<Option<Arc<Generation>>>,
     next_generation: AtomicU64,
     pub reloads: ReloadStats,
-    lookups: [AtomicU64; 8],
+    lookups: Arc<Lookups>,
+    before_swap: Mutex<Vec<SwapListener>>,
     listeners: Mutex<Vec<SwapListener>>,
 }
 
@@ -182,12 +188,13 @@ fn open_matching(path: &Path, want: (u64, u64)) -> Result<Connection, String> {
 impl SnapshotStore {
     pub fn new(path: impl Into<PathBuf>) -> Arc<SnapshotStore> {
         Arc::new(SnapshotStore {
-            store_id: STORE_IDS.fetch_add(1, Ordering::Relaxed),
             path: path.into(),
             current: ArcSwapOption::empty(),
+            retired: Mutex::new(None),
             next_generation: AtomicU64::new(1),
             reloads: ReloadStats::default(),
             lookups: Default::default(),
+            before_swap: Mutex::new(Vec::new()),
             listeners: Mutex::new(Vec::new()),
         })
     }
@@ -196,7 +203,14 @@ impl SnapshotStore {
         &self.path
     }
 
-    /// Called after every swap (cache invalidation, metrics).
+    /// Called on the reload thread with a validated generation before it is
+    /// served (to prepare what must change with it, e.g. a cache refilled
+    /// from it).
+    pub fn before_swap(&self, f: impl Fn(&Generation) + Send + Sync + 'static) {
+        self.before_swap.lock().unwrap().push(Box::new(f));
+    }
+
+    /// Called right after every swap (cache swap, metrics).
     pub fn on_swap(&self, f: impl Fn(&Generation) + Send + Sync + 'static) {
         self.listeners.lock().unwrap().push(Box::new(f));
     }
@@ -224,7 +238,11 @@ impl SnapshotStore {
         match self.load_candidate() {
             Ok(gen) => {
                 let gen = Arc::new(gen);
-                self.current.store(Some(gen.clone()));
+                for l in self.before_swap.lock().unwrap().iter() {
+                    l(&gen);
+                }
+                let old = self.current.swap(Some(gen.clone()));
+                *self.retired.lock().unwrap() = old;
                 self.reloads.ok.fetch_add(1, Ordering::Relaxed);
                 *self.reloads.last_error.lock().unwrap() = None;
                 for l in self.listeners.lock().unwrap().iter() {
@@ -297,7 +315,10 @@ impl SnapshotStore {
             ino: meta.ino(),
             produced_at: generated_at.unwrap_or(mtime),
             counts,
-            conn: Mutex::new(conn),
+            path: self.path.clone(),
+            lookups: self.lookups.clone(),
+            idle: Mutex::new(vec![conn]),
+            returned: Condvar::new(),
         })
     }
 
@@ -331,6 +352,7 @@ impl SnapshotStore {
         probe: &mut Option<(u64, Connection, i64)>,
         last_failed: &mut Option<(u64, u64, i64, u64)>,
     ) {
+        drop(self.retired.lock().unwrap().take());
         let current = self.current();
         let meta = std::fs::metadata(&self.path).ok();
         let identity = meta.as_ref().map(|m| {
@@ -404,71 +426,199 @@ impl SnapshotStore {
 
     // ------------------------------------------------------------ lookups
 
-    fn with_conn<T>(
+    /// Run `f` in one read transaction on the current generation.
+    pub fn read<T>(
         &self,
-        table: usize,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+        f: impl FnOnce(&Reader<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let gen = self.current.load();
-        let gen = gen.as_ref().ok_or(StoreError::NotLoaded)?;
-        self.lookups[table].fetch_add(1, Ordering::Relaxed);
-        CONNS.with(|cell| {
-            let mut conns = cell.borrow_mut();
-            let pos = conns.iter().position(|(s, _, _)| *s == self.store_id);
-            if pos.map(|p| conns[p].1 != gen.id).unwrap_or(true) {
-                // Never fall back to an older generation's connection: it
-                // would answer from data the current generation replaced.
-                if let Some(p) = pos {
-                    conns.swap_remove(p);
-                }
-                match open_matching(&self.path, (gen.dev, gen.ino)) {
-                    Ok(conn) => conns.push((self.store_id, gen.id, conn)),
-                    // The path names another (newer, or broken) file: ask the
-                    // generation's own connection, which pins the right file.
-                    Err(_) => {
-                        let conn = gen.conn.lock().unwrap_or_else(|p| p.into_inner());
-                        return f(&conn).map_err(|e| StoreError::Query(e.to_string()));
-                    }
-                }
-            }
-            let pos = conns
-                .iter()
-                .position(|(s, _, _)| *s == self.store_id)
-                .unwrap();
-            f(&conns[pos].2).map_err(|e| StoreError::Query(e.to_string()))
-        })
+        gen.as_ref().ok_or(StoreError::NotLoaded)?.read(f)
+    }
+
+    /// One lookup in its own (implicit) read transaction.
+    fn lookup<T>(
+        &self,
+        f: impl FnOnce(&Reader<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let gen = self.current.load();
+        gen.as_ref()
+            .ok_or(StoreError::NotLoaded)?
+            .with_reader(false, f)
     }
 
     pub fn organization(&self, id: &str) -> Result<Option<OrgRecord>, StoreError> {
-        self.with_conn(0, |c| {
-            c.prepare_cached("SELECT id, plan, rate_limit, quota_exceeded, disabled FROM organizations WHERE id = ?1")?
-                .query_row(params![id], |r| {
-                    Ok(OrgRecord {
-                        id: Arc::from(r.get::<_, String>(0)?),
-                        plan: Arc::from(r.get::<_, String>(1)?),
-                        rate_limit: r.get::<_, Option<i64>>(2)?.map(|n| n.max(0) as u64),
-                        quota_exceeded: r.get::<_, Option<i64>>(3)?.unwrap_or(0) != 0,
-                        disabled: r.get::<_, Option<i64>>(4)?.unwrap_or(0) != 0,
-                    })
-                })
-                .optional()
-        })
+        self.lookup(|r| r.organization(id))
     }
 
     pub fn workspace_org(&self, id: &str) -> Result<Option<String>, StoreError> {
-        self.with_conn(1, |c| {
-            c.prepare_cached("SELECT organization_id FROM workspaces WHERE id = ?1")?
-                .query_row(params![id], |r| r.get(0))
-                .optional()
-        })
+        self.lookup(|r| r.workspace_org(id))
+    }
+
+    pub fn mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>, StoreError> {
+        self.lookup(|r| r.mcp_server(id))
+    }
+
+    pub fn resource_workspace(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.lookup(|r| r.resource_workspace(id))
+    }
+}
+
+impl Generation {
+    /// Run `f` in one read transaction on this generation's file.
+    ///
+    /// Why one transaction: every SQLite read transaction takes and drops a
+    /// shared `fcntl` lock and checks for a hot journal (the file may be
+    /// committed in place, so it cannot be opened immutable); a cache miss
+    /// that reads the key, its organization and more in autocommit mode pays
+    /// that once per statement. Inside `BEGIN … COMMIT` it pays it once.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Reader<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with_reader(true, f)
+    }
+
+    fn with_reader<T>(
+        &self,
+        transaction: bool,
+        f: impl FnOnce(&Reader<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.checkout();
+        let reader = Reader {
+            conn: &conn,
+            lookups: &self.lookups,
+        };
+        if !transaction {
+            return f(&reader);
+        }
+        // Cached statements: parsing BEGIN and COMMIT costs about as much as
+        // a point read. A read-only transaction has nothing to undo; the
+        // checkout rolls back whatever an error or a failed COMMIT left open.
+        conn.prepare_cached("BEGIN")
+            .and_then(|mut s| s.execute([]))
+            .map_err(query_error)?;
+        let value = f(&reader)?;
+        if !conn.is_autocommit() {
+            conn.prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]))
+                .map_err(query_error)?;
+        }
+        Ok(value)
+    }
+
+    /// An idle connection to this generation's file; a new one when all are
+    /// busy and the path still names this file; else wait for one.
+    fn checkout(&self) -> Checkout<'_> {
+        let conn = self.idle_conn(false).or_else(|| {
+            open_matching(&self.path, (self.dev, self.ino))
+                .ok()
+                // The path names another (newer, or broken) file: never read
+                // that one for this generation. The connection that
+                // validated it is always returned after use, so this ends.
+                .or_else(|| self.idle_conn(true))
+        });
+        Checkout { gen: self, conn }
+    }
+
+    fn idle_conn(&self, wait: bool) -> Option<Connection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match idle.pop() {
+                Some(conn) => return Some(conn),
+                None if !wait => return None,
+                None => idle = self.returned.wait(idle).unwrap_or_else(|p| p.into_inner()),
+            }
+        }
+    }
+}
+
+/// A connection lent by a generation, given back (outside any transaction)
+/// when dropped, even by a panic.
+struct Checkout<'g> {
+    gen: &'g Generation,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Checkout<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("checked out")
+    }
+}
+
+impl Drop for Checkout<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        if !conn.is_autocommit() && conn.execute_batch("ROLLBACK").is_err() {
+            return; // stuck in a transaction: close it rather than lend it again
+        }
+        self.gen
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+        self.gen.returned.notify_one();
+    }
+}
+
+fn query_error(e: rusqlite::Error) -> StoreError {
+    StoreError::Query(e.to_string())
+}
+
+/// Lookups on one connection of one generation, inside [`Generation::read`]
+/// or alone. Each query is counted in `keyward_snapshot_lookups_total`.
+pub struct Reader<'a> {
+    conn: &'a Connection,
+    lookups: &'a Lookups,
+}
+
+impl Reader<'_> {
+    fn query<T>(
+        &self,
+        table: usize,
+        sql: &str,
+        key: &str,
+        row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        self.lookups[table].fetch_add(1, Ordering::Relaxed);
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.query_row(params![key], row).optional())
+            .map_err(query_error)
+    }
+
+    pub fn organization(&self, id: &str) -> Result<Option<OrgRecord>, StoreError> {
+        self.query(
+            0,
+            "SELECT id, plan, rate_limit, quota_exceeded, disabled FROM organizations WHERE id = ?1",
+            id,
+            |r| {
+                Ok(OrgRecord {
+                    id: Arc::from(r.get::<_, String>(0)?),
+                    plan: Arc::from(r.get::<_, String>(1)?),
+                    rate_limit: r.get::<_, Option<i64>>(2)?.map(|n| n.max(0) as u64),
+                    quota_exceeded: r.get::<_, Option<i64>>(3)?.unwrap_or(0) != 0,
+                    disabled: r.get::<_, Option<i64>>(4)?.unwrap_or(0) != 0,
+                })
+            },
+        )
+    }
+
+    pub fn workspace_org(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.query(
+            1,
+            "SELECT organization_id FROM workspaces WHERE id = ?1",
+            id,
+            |r| r.get(0),
+        )
     }
 
     pub fn api_key(&self, hash_hex: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        self.with_conn(2, |c| {
-            c.prepare_cached(
-                "SELECT id, organization_id, key_prefix, permissions, expires_at, revoked_at FROM api_keys WHERE key_hash = ?1",
-            )?
-            .query_row(params![hash_hex], |r| {
+        self.query(
+            2,
+            "SELECT id, organization_id, key_prefix, permissions, expires_at, revoked_at FROM api_keys WHERE key_hash = ?1",
+            hash_hex,
+            |r| {
                 Ok(ApiKeyRecord {
                     id: r.get(0)?,
                     organization_id: r.get(1)?,
@@ -477,64 +627,62 @@ impl SnapshotStore {
                     expires_at: r.get(4)?,
                     revoked_at: r.get(5)?,
                 })
-            })
-            .optional()
-        })
+            },
+        )
     }
 
     pub fn session(&self, hash_hex: &str) -> Result<Option<SessionRecord>, StoreError> {
-        self.with_conn(3, |c| {
-            c.prepare_cached(
-                "SELECT id, user_id, active_organization_id, expires_at FROM sessions WHERE token_hash = ?1",
-            )?
-            .query_row(params![hash_hex], |r| {
+        self.query(
+            3,
+            "SELECT id, user_id, active_organization_id, expires_at FROM sessions WHERE token_hash = ?1",
+            hash_hex,
+            |r| {
                 Ok(SessionRecord {
                     id: r.get(0)?,
                     user_id: r.get(1)?,
                     active_organization_id: r.get(2)?,
                     expires_at: r.get(3)?,
                 })
-            })
-            .optional()
-        })
+            },
+        )
     }
 
     pub fn service_key(&self, hash_hex: &str) -> Result<Option<ServiceKeyRecord>, StoreError> {
-        self.with_conn(4, |c| {
-            c.prepare_cached("SELECT id, revoked_at FROM service_keys WHERE key_hash = ?1")?
-                .query_row(params![hash_hex], |r| {
-                    Ok(ServiceKeyRecord {
-                        id: r.get(0)?,
-                        revoked_at: r.get(1)?,
-                    })
+        self.query(
+            4,
+            "SELECT id, revoked_at FROM service_keys WHERE key_hash = ?1",
+            hash_hex,
+            |r| {
+                Ok(ServiceKeyRecord {
+                    id: r.get(0)?,
+                    revoked_at: r.get(1)?,
                 })
-                .optional()
-        })
+            },
+        )
     }
 
     pub fn mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>, StoreError> {
-        self.with_conn(5, |c| {
-            c.prepare_cached(
-                "SELECT id, organization_id, workspace_id, auth_mode FROM mcp_servers WHERE id = ?1",
-            )?
-            .query_row(params![id], |r| {
+        self.query(
+            5,
+            "SELECT id, organization_id, workspace_id, auth_mode FROM mcp_servers WHERE id = ?1",
+            id,
+            |r| {
                 Ok(McpServerRecord {
                     id: r.get(0)?,
                     organization_id: r.get(1)?,
                     workspace_id: r.get(2)?,
                     auth_mode: r.get(3)?,
                 })
-            })
-            .optional()
-        })
+            },
+        )
     }
 
     pub fn mcp_token(&self, hash_hex: &str) -> Result<Option<McpTokenRecord>, StoreError> {
-        self.with_conn(6, |c| {
-            c.prepare_cached(
-                "SELECT id, kind, mcp_server_id, end_user_id, expires_at, revoked_at FROM mcp_tokens WHERE token_hash = ?1",
-            )?
-            .query_row(params![hash_hex], |r| {
+        self.query(
+            6,
+            "SELECT id, kind, mcp_server_id, end_user_id, expires_at, revoked_at FROM mcp_tokens WHERE token_hash = ?1",
+            hash_hex,
+            |r| {
                 Ok(McpTokenRecord {
                     id: r.get(0)?,
                     kind: r.get(1)?,
@@ -543,17 +691,17 @@ impl SnapshotStore {
                     expires_at: r.get(4)?,
                     revoked_at: r.get(5)?,
                 })
-            })
-            .optional()
-        })
+            },
+        )
     }
 
     pub fn resource_workspace(&self, id: &str) -> Result<Option<String>, StoreError> {
-        self.with_conn(7, |c| {
-            c.prepare_cached("SELECT workspace_id FROM resources WHERE id = ?1")?
-                .query_row(params![id], |r| r.get(0))
-                .optional()
-        })
+        self.query(
+            7,
+            "SELECT workspace_id FROM resources WHERE id = ?1",
+            id,
+            |r| r.get(0),
+        )
     }
 }
 
