@@ -47,7 +47,7 @@ impl Bare {
             return session.respond_error(401).await.is_ok();
         }
         let has_body = !session.is_body_empty();
-        let Ok(mut parts) = upstream_request(session.req_header(), has_body) else {
+        let Ok(mut parts) = upstream_request(session.req_header(), has_body, |_| false) else {
             let _ = session.respond_error(400).await;
             return false;
         };

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{header, HeaderName, HeaderValue, Version};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Version};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
@@ -365,63 +365,71 @@ const PROTECTED: [&str; 4] = ["host", "x-forwarded-for", "forwarded", "x-real-ip
 pub struct Unforwardable(pub &'static str);
 
 /// The upstream's copy of the request head: HTTP/1.1, no hop-by-hop or
-/// `Connection`-nominated fields (a WebSocket upgrade is re-stated
-/// normalized), `Host` from the HTTP/2 authority, chunked framing for a body
-/// that has none. Identity headers are the caller's business (after this).
+/// `Connection`-nominated fields and none that `drop` names (a WebSocket
+/// upgrade is re-stated normalized), `Host` from the HTTP/2 authority,
+/// chunked framing for a body that has none.
 ///
-/// Returned as plain `http` parts: the caller edits the header map directly
-/// with static names, which costs a fraction of pingora's case-preserving
-/// `insert_header` (header names go upstream in canonical case).
-pub fn upstream_request(down: &RequestHeader, has_body: bool) -> Result<Parts, Unforwardable> {
-    let mut parts = down.as_owned_parts();
-    let websocket = is_websocket_upgrade(down);
-    let h = &mut parts.headers;
-    if h.contains_key(header::CONNECTION) {
-        // Fields nominated by Connection (RFC 9110 §7.6.1).
-        let nominated: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(|t| t.trim_ascii())
-            .filter(|t| !t.is_empty())
-            .map(|t| {
-                let name = HeaderName::from_bytes(t)
-                    .map_err(|_| Unforwardable("malformed_connection_header"))?;
-                if PROTECTED.contains(&name.as_str()) {
-                    return Err(Unforwardable("protected_connection_nomination"));
-                }
-                Ok(name)
-            })
-            .collect::<Result<_, _>>()?;
-        for name in &nominated {
-            h.remove(name);
+/// Returned as plain `http` parts whose header map has room for keyward's
+/// own headers: the caller inserts them with static names, which costs a
+/// fraction of pingora's case-preserving `insert_header` (header names go
+/// upstream in canonical case). The fields are copied once, filtered on the
+/// way, instead of cloned and then removed.
+pub fn upstream_request(
+    down: &RequestHeader,
+    has_body: bool,
+    drop: impl Fn(&HeaderName) -> bool,
+) -> Result<Parts, Unforwardable> {
+    // Fields nominated by Connection (RFC 9110 §7.6.1).
+    let nominated: Vec<HeaderName> = down
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            let name = HeaderName::from_bytes(t)
+                .map_err(|_| Unforwardable("malformed_connection_header"))?;
+            if PROTECTED.contains(&name.as_str()) {
+                return Err(Unforwardable("protected_connection_nomination"));
+            }
+            Ok(name)
+        })
+        .collect::<Result<_, _>>()?;
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = down.method.clone();
+    parts.uri = down.uri.clone();
+    parts.version = Version::HTTP_11;
+    let mut h = HeaderMap::with_capacity(down.headers.len() + ROOM_FOR_KEYWARD);
+    for (name, value) in &down.headers {
+        if !HOP_BY_HOP.contains(name) && !nominated.contains(name) && !drop(name) {
+            h.append(name.clone(), value.clone());
         }
     }
-    if h.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        for name in &HOP_BY_HOP {
-            h.remove(name);
-        }
-    }
-    if websocket {
+    if is_websocket_upgrade(down) {
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    if parts.version == Version::HTTP_2 && !h.contains_key(header::HOST) {
-        if let Some(a) = parts.uri.authority() {
+    if down.version == Version::HTTP_2 && !h.contains_key(header::HOST) {
+        if let Some(a) = down.uri.authority() {
             let v = HeaderValue::from_str(a.as_str())
                 .map_err(|_| Unforwardable("malformed_authority"))?;
             h.insert(header::HOST, v);
         }
     }
-    parts.version = Version::HTTP_11;
     if has_body && !h.contains_key(header::CONTENT_LENGTH) {
         h.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
     }
+    parts.headers = h;
     Ok(parts)
 }
+
+/// Headers keyward may add to the upstream's copy (identity, request id,
+/// framing, upgrade).
+const ROOM_FOR_KEYWARD: usize = 12;
 
 /// An HTTP/1.1 WebSocket handshake: GET, `Connection: upgrade`,
 /// `Upgrade: websocket` (RFC 6455 §4.1).
@@ -461,7 +469,7 @@ mod tests {
             ("te", "trailers"),
             ("x-kept", "1"),
         ]);
-        let up = upstream_request(&r, false).unwrap();
+        let up = upstream_request(&r, false, |_| false).unwrap();
         assert_eq!(up.version, Version::HTTP_11);
         for gone in ["connection", "x-secret", "keep-alive", "te"] {
             assert!(!up.headers.contains_key(gone), "{gone}");
@@ -474,11 +482,11 @@ mod tests {
     fn protected_or_malformed_nominations_are_refused() {
         let r = req(&[("connection", "close, Host")]);
         assert_eq!(
-            upstream_request(&r, false).unwrap_err(),
+            upstream_request(&r, false, |_| false).unwrap_err(),
             Unforwardable("protected_connection_nomination")
         );
         let r = req(&[("connection", "\"x-a\"")]);
-        assert!(upstream_request(&r, false).is_err());
+        assert!(upstream_request(&r, false, |_| false).is_err());
     }
 
     #[test]
@@ -487,23 +495,23 @@ mod tests {
             ("connection", "keep-alive, Upgrade"),
             ("upgrade", "WebSocket"),
         ]);
-        let up = upstream_request(&r, false).unwrap();
+        let up = upstream_request(&r, false, |_| false).unwrap();
         assert_eq!(up.headers["connection"], "Upgrade");
         assert_eq!(up.headers["upgrade"], "websocket");
         let r = req(&[("connection", "upgrade"), ("upgrade", "h2c")]);
-        let up = upstream_request(&r, false).unwrap();
+        let up = upstream_request(&r, false, |_| false).unwrap();
         assert!(!up.headers.contains_key("upgrade") && !up.headers.contains_key("connection"));
     }
 
     #[test]
     fn unframed_body_is_sent_chunked() {
         let r = req(&[("transfer-encoding", "chunked")]);
-        let up = upstream_request(&r, true).unwrap();
+        let up = upstream_request(&r, true, |_| false).unwrap();
         assert_eq!(up.headers["transfer-encoding"], "chunked");
         let r = req(&[("content-length", "3")]);
-        let up = upstream_request(&r, true).unwrap();
+        let up = upstream_request(&r, true, |_| false).unwrap();
         assert!(!up.headers.contains_key("transfer-encoding"));
-        assert!(upstream_request(&req(&[]), false)
+        assert!(upstream_request(&req(&[]), false, |_| false)
             .unwrap()
             .headers
             .is_empty());

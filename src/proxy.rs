@@ -390,7 +390,10 @@ impl KeywardApp {
         // The upstream's copy of the head (hop-by-hop fields out), refused
         // here when it cannot be forwarded at all.
         let has_body = !session.is_body_empty();
-        let mut up_req = match upstream_request(session.req_header(), has_body) {
+        // Every client spelling of keyward's own headers stays behind (SPEC §4).
+        let spoofed =
+            |n: &HeaderName| is_identity_header(n.as_str()) || is_request_id_header(n.as_str());
+        let mut up_req = match upstream_request(session.req_header(), has_body, spoofed) {
             Ok(r) => Box::new(r),
             Err(Unforwardable(reason)) => {
                 session.set_keepalive(None);
@@ -482,16 +485,9 @@ impl KeywardApp {
         }
     }
 
-    /// Identity headers (SPEC §4): every client spelling out, keyward's in.
+    /// keyward's identity headers (SPEC §4; the client's spellings were left
+    /// out of the copy).
     fn add_identity(&self, h: &mut HeaderMap, ctx: &Ctx) -> Result<(), InvalidHeaderValue> {
-        let spoofed =
-            |n: &HeaderName| is_identity_header(n.as_str()) || is_request_id_header(n.as_str());
-        if h.keys().any(spoofed) {
-            let strip: Vec<HeaderName> = h.keys().filter(|n| spoofed(n)).cloned().collect();
-            for name in &strip {
-                h.remove(name);
-            }
-        }
         h.insert(X_REQUEST_ID, HeaderValue::from_str(&ctx.request_id)?);
         if self.engine.policy.load().config.upstream.strip_credentials {
             h.remove(http::header::AUTHORIZATION);
