@@ -56,7 +56,11 @@ impl Bare {
             HeaderValue::from_static("bare"),
         );
         let req = Box::new(RequestHeader::from(parts));
-        match self.upstream.forward(session, req, None, |_| {}).await {
+        match self
+            .upstream
+            .forward(session, req, None, |_| {}, |_| None)
+            .await
+        {
             Ok(_) => true,
             Err(_) => {
                 let _ = session.respond_error(502).await;

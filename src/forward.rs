@@ -154,37 +154,35 @@ impl Upstream {
     /// the exchange: the rest of the downstream body up, the response down.
     /// `inspected` is a body keyward already read in full to decide on.
     /// `on_response` adds keyward's response headers to the final response.
+    /// `rebuild` makes the head again for the one retry (the first copy went
+    /// to the failed connection; building it twice on that rare path is
+    /// cheaper than copying it for every request). `None` gives up.
     pub async fn forward(
         &self,
         session: &mut ServerSession,
         req: Box<RequestHeader>,
         inspected: Option<Bytes>,
         on_response: impl Fn(&mut Box<ResponseHeader>) + Copy,
+        rebuild: impl Fn(&ServerSession) -> Option<Box<RequestHeader>>,
     ) -> Result<Forwarded, Failure> {
         // The request is replayable when no streamed body byte was consumed.
         let replayable = inspected.is_some() || session.is_body_empty();
-        let mut req = Some(req);
+        let mut req = req;
         let mut retried = false;
         loop {
             let (up, reused) = match self.session().await {
                 Ok(s) => s,
                 Err(e) => return Err(upstream_failure(&e, false)),
             };
-            // Keep a copy only while a retry is still possible.
             let retry_possible = reused && replayable && !retried;
-            let header = if retry_possible {
-                req.clone()
-            } else {
-                req.take()
-            }
-            .expect("request kept for the retry");
             match self
-                .exchange(session, up, header, inspected.clone(), on_response)
+                .exchange(session, up, req, inspected.clone(), on_response)
                 .await
             {
                 Err(Exchange::Retry(e)) if retry_possible => {
                     tracing::debug!(error = %e, "reused upstream connection failed; retrying once");
                     retried = true;
+                    req = rebuild(session).ok_or(upstream_failure(&e, false))?;
                 }
                 Err(Exchange::Retry(e)) => return Err(upstream_failure(&e, false)),
                 Err(Exchange::Failed(f)) => return Err(f),

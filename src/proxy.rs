@@ -216,6 +216,7 @@ struct Ctx {
     outcome: &'static str,
     status: u16,
     auth_time: Duration,
+    has_body: bool,
 }
 
 /// What the decision left to do.
@@ -270,7 +271,20 @@ impl KeywardApp {
                 add_rate_headers(resp, r);
             }
         };
-        match self.upstream.forward(session, req, body, on_response).await {
+        let inspected = body.is_some();
+        let rebuild = |s: &ServerSession| {
+            let mut parts = upstream_request(s.req_header(), ctx.has_body, spoofed).ok()?;
+            if inspected {
+                parts.headers.remove(http::header::EXPECT);
+            }
+            self.add_identity(&mut parts.headers, ctx).ok()?;
+            Some(Box::new(RequestHeader::from(parts)))
+        };
+        let forwarded = self
+            .upstream
+            .forward(session, req, body, on_response, rebuild)
+            .await;
+        match forwarded {
             Ok(done) => {
                 ctx.status = done.status;
                 true
@@ -390,9 +404,7 @@ impl KeywardApp {
         // The upstream's copy of the head (hop-by-hop fields out), refused
         // here when it cannot be forwarded at all.
         let has_body = !session.is_body_empty();
-        // Every client spelling of keyward's own headers stays behind (SPEC §4).
-        let spoofed =
-            |n: &HeaderName| is_identity_header(n.as_str()) || is_request_id_header(n.as_str());
+        ctx.has_body = has_body;
         let mut up_req = match upstream_request(session.req_header(), has_body, spoofed) {
             Ok(r) => Box::new(r),
             Err(Unforwardable(reason)) => {
@@ -449,8 +461,8 @@ impl KeywardApp {
                 // keyward reads the body before the upstream sees the
                 // request, so it answers the client's Expect itself.
                 session.write_continue_response().await?;
-                up_req.headers.remove(http::header::EXPECT);
             }
+            up_req.headers.remove(http::header::EXPECT);
             let mut buf = BytesMut::new();
             let mut too_large = false;
             while let Some(chunk) = session.read_request_body().await? {
@@ -551,6 +563,12 @@ impl KeywardApp {
             total_us: total.as_micros() as u64,
         });
     }
+}
+
+/// Every client spelling of keyward's own headers, left out of the
+/// upstream's copy (SPEC §4).
+fn spoofed(n: &HeaderName) -> bool {
+    is_identity_header(n.as_str()) || is_request_id_header(n.as_str())
 }
 
 /// `Expect: 100-continue` (RFC 9110 §10.1.1).

@@ -157,3 +157,33 @@ fn upstream_that_resets_or_answers_garbage_is_502() {
     let r = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5));
     assert!(r.is_some(), "no answer after a truncated body");
 }
+
+#[test]
+fn a_pooled_connection_the_upstream_drops_is_retried_once_on_a_new_one() {
+    // Answers the first request on each connection, then reads the next one
+    // and closes without a word: what an upstream whose keep-alive timeout
+    // fires just as keyward reuses the connection looks like.
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = accepted.clone();
+    let up = fake_upstream(move |mut s| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut b = [0u8; 4096];
+        if s.read(&mut b).unwrap_or(0) == 0 {
+            return;
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let _ = s.read(&mut b);
+    });
+    let (_snap, kw, key) = keyward_for(up, "read_timeout_ms = 2000\n");
+    for i in 0..10 {
+        let r = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("request {i} hung"));
+        assert_eq!(r.status, 200, "request {i}: {}", r.body_str());
+    }
+    // one fresh connection per request: every reuse failed and was retried
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 10);
+    assert_eq!(
+        kw.metric("keyward_upstream_errors_total{kind=\"unavailable\"}"),
+        0.0
+    );
+}
