@@ -4,7 +4,7 @@
 //! resource, MCP server ids). Every entry remembers the snapshot generation it
 //! came from and is ignored once a newer snapshot is loaded. On a swap the
 //! cache is replaced by one refilled from the new generation
-//! ([`AuthCache::refilled`]), so the hot set stays warm and no verdict
+//! ([`AuthCache::refill`]), so the hot set stays warm and no verdict
 //! outlives the snapshot it was read from. Capacity-bounded: clients cannot
 //! grow it.
 

@@ -118,7 +118,7 @@ pub struct Engine {
 type NextCache = (u64, Arc<AuthCache>, Option<Refill>);
 
 /// How long a swap may refill the verdict cache before the new generation is
-/// served (~40,000 keys on a 1M-key snapshot; the rest miss until refilled
+/// served (15,000–35,000 keys on a 1M-key snapshot; the rest miss until refilled
 /// after the swap, within [`REFILL_AFTER_SWAP`], or by requests).
 const REFILL_BEFORE_SWAP: Duration = Duration::from_millis(250);
 const REFILL_AFTER_SWAP: Duration = Duration::from_millis(750);
