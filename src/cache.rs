@@ -4,7 +4,7 @@
 //! resource, MCP server ids). Every entry remembers the snapshot generation it
 //! came from and is ignored once a newer snapshot is loaded. On a swap the
 //! cache is replaced by one refilled from the new generation
-//! ([`AuthCache::refilled`]), so the hot set stays warm and no verdict
+//! ([`AuthCache::refill`]), so the hot set stays warm and no verdict
 //! outlives the snapshot it was read from. Capacity-bounded: clients cannot
 //! grow it.
 
@@ -72,11 +72,6 @@ where
         .expire_after(EntryExpiry)
         .build()
 }
-
-/// How long a swap may spend refilling the cache before the new generation
-/// is served (keys not re-read by then just miss once): keeps a reload well
-/// under a second with 100,000 cached keys.
-const REFILL_BUDGET: Duration = Duration::from_millis(400);
 
 /// Keys re-read per read transaction during a refill: amortizes the locking
 /// without holding a shared lock (which would stall an in-place writer) for
@@ -153,57 +148,78 @@ impl AuthCache {
         Ok(value)
     }
 
-    /// A new cache for `gen` holding the positive entries of `self`, each
-    /// re-read from `gen` (never copied: a key revoked, expired or changed in
-    /// `gen` gets `gen`'s answer), within [`REFILL_BUDGET`]. Negative entries
-    /// are not carried: they live seconds and may be a client's junk. Runs on
-    /// the reload thread before `gen` is served.
-    pub fn refilled(&self, cfg: &CacheConfig, gen: &Generation) -> AuthCache {
-        let fresh = AuthCache::new(cfg);
-        let deadline = Instant::now() + REFILL_BUDGET;
-        // Sorted by hash, neighbouring keys share index pages.
-        let mut tokens: Vec<_> = self
-            .tokens
-            .iter()
-            .filter(|(_, e)| !e.negative)
-            .map(|(k, e)| (*k, e.expires))
-            .collect();
-        tokens.sort_unstable_by_key(|&((_, hash), _)| hash);
-        let refill = |r: &Reader<'_>, &((table, hash), expires): &(TokenKey, Instant)| {
-            let verdict = principal::load(r, table, &hex::encode(hash))?;
-            let negative = verdict.is_negative();
-            let entry = Entry::new(gen.id, negative, expires, verdict);
-            fresh.tokens.insert((table, hash), entry);
-            Ok(())
-        };
-        let done = refill_batches(gen, &tokens, deadline, refill)
-            && refill_lookups(&self.orgs, &fresh.orgs, gen, deadline, |r, id| {
-                r.organization(id)
-            })
-            && refill_lookups(
-                &self.workspaces,
-                &fresh.workspaces,
-                gen,
-                deadline,
-                |r, id| Ok(r.workspace_org(id)?.map(Arc::from)),
-            )
-            && refill_lookups(&self.resources, &fresh.resources, gen, deadline, |r, id| {
-                Ok(r.resource_workspace(id)?.map(Arc::from))
-            })
-            && refill_lookups(
-                &self.mcp_servers,
-                &fresh.mcp_servers,
-                gen,
-                deadline,
-                |r, id| r.mcp_server(id),
-            );
-        if !done {
-            tracing::warn!(
-                generation = gen.id,
-                "verdict cache refill stopped early (time budget or SQLite error); the rest will miss once"
-            );
+    /// What a swap must carry over from this cache: its positive entries'
+    /// keys (negative ones live seconds and may be a client's junk), with
+    /// their TTL deadlines. Holding this instead of the old cache lets the
+    /// old cache be freed at the swap while the refill continues.
+    pub fn refill_plan(&self) -> Refill {
+        fn keys<K, V>(c: &Cache<K, Arc<Entry<V>>>) -> Vec<(K, Instant)>
+        where
+            K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+            V: Send + Sync + 'static,
+        {
+            c.iter()
+                .filter(|(_, e)| !e.negative)
+                .map(|(k, e)| ((*k).clone(), e.expires))
+                .collect()
         }
-        fresh
+        let mut tokens = keys(&self.tokens);
+        // Sorted by hash, neighbouring keys share index pages.
+        tokens.sort_unstable_by_key(|&((_, hash), _)| hash);
+        Refill {
+            tokens,
+            orgs: keys(&self.orgs),
+            workspaces: keys(&self.workspaces),
+            resources: keys(&self.resources),
+            mcp_servers: keys(&self.mcp_servers),
+        }
+    }
+
+    /// Fill this (new) cache for `gen` with the entries `plan` names, each
+    /// re-read from `gen` (never copied: a key revoked, expired or changed
+    /// in `gen` gets `gen`'s answer), for at most `budget`; what is done
+    /// leaves `plan`, so a second call continues the first. True when
+    /// `plan` is empty.
+    pub fn refill(&self, plan: &mut Refill, gen: &Generation, budget: Duration) -> bool {
+        let started = Instant::now();
+        let deadline = started + budget;
+        let before = plan.tokens.len();
+        let done = refill_keys(
+            &mut plan.tokens,
+            &self.tokens,
+            gen,
+            deadline,
+            |r, &(t, h)| principal::load(r, t, &hex::encode(h)).map(|v| (v.is_negative(), v)),
+        ) && refill_keys(&mut plan.orgs, &self.orgs, gen, deadline, |r, id| {
+            lookup_entry(r.organization(id)?)
+        }) && refill_keys(
+            &mut plan.workspaces,
+            &self.workspaces,
+            gen,
+            deadline,
+            |r, id| lookup_entry(r.workspace_org(id)?.map(Arc::from)),
+        ) && refill_keys(
+            &mut plan.resources,
+            &self.resources,
+            gen,
+            deadline,
+            |r, id| lookup_entry(r.resource_workspace(id)?.map(Arc::from)),
+        ) && refill_keys(
+            &mut plan.mcp_servers,
+            &self.mcp_servers,
+            gen,
+            deadline,
+            |r, id| lookup_entry(r.mcp_server(id)?),
+        );
+        tracing::info!(
+            generation = gen.id,
+            carried = before - plan.tokens.len(),
+            left = plan.tokens.len(),
+            done,
+            ms = started.elapsed().as_millis() as u64,
+            "verdict cache refill"
+        );
+        done
     }
 
     pub fn invalidate_all(&self) {
@@ -225,43 +241,56 @@ impl<V> Entry<V> {
     }
 }
 
-/// `refill` each item in read transactions of [`REFILL_BATCH`] until
-/// `deadline`. False when stopped early (deadline, or an error: the item
-/// then just misses later, where an error fails closed).
-fn refill_batches<T>(
-    gen: &Generation,
-    items: &[T],
-    deadline: Instant,
-    refill: impl Fn(&Reader<'_>, &T) -> Result<(), StoreError>,
-) -> bool {
-    for batch in items.chunks(REFILL_BATCH) {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        if let Err(e) = gen.read(|r| batch.iter().try_for_each(|item| refill(r, item))) {
-            tracing::warn!(generation = gen.id, error = %e, "verdict cache refill failed");
-            return false;
-        }
-    }
-    true
+/// Keys a swap carries over to the next cache ([`AuthCache::refill_plan`]).
+pub struct Refill {
+    tokens: Vec<(TokenKey, Instant)>,
+    orgs: Vec<(Arc<str>, Instant)>,
+    workspaces: Vec<(Arc<str>, Instant)>,
+    resources: Vec<(Arc<str>, Instant)>,
+    mcp_servers: Vec<(Arc<str>, Instant)>,
 }
 
-fn refill_lookups<V: Clone + Send + Sync + 'static>(
-    from: &LookupCache<V>,
-    to: &LookupCache<V>,
+fn lookup_entry<V>(value: Option<V>) -> Result<(bool, Option<V>), StoreError> {
+    Ok((value.is_none(), value))
+}
+
+/// Re-read `keys` with `load` into `to`, tagged with `gen`, in read
+/// transactions of [`REFILL_BATCH`], until `deadline`; the keys done (and
+/// any already in `to`, which requests filled) leave `keys`. Stops early at
+/// the deadline or on an error (the rest then just miss, where an error
+/// fails closed). True when `keys` is empty.
+fn refill_keys<K, V>(
+    keys: &mut Vec<(K, Instant)>,
+    to: &Cache<K, Arc<Entry<V>>>,
     gen: &Generation,
     deadline: Instant,
-    load: impl Fn(&Reader<'_>, &str) -> Result<Option<V>, StoreError>,
-) -> bool {
-    let keys: Vec<_> = from
-        .iter()
-        .filter(|(_, e)| !e.negative)
-        .map(|(k, e)| (Arc::clone(&*k), e.expires))
-        .collect();
-    refill_batches(gen, &keys, deadline, |r, (key, expires)| {
-        let value = load(r, key)?;
-        let entry = Entry::new(gen.id, value.is_none(), *expires, value);
-        to.insert(Arc::clone(key), entry);
-        Ok(())
-    })
+    load: impl Fn(&Reader<'_>, &K) -> Result<(bool, V), StoreError>,
+) -> bool
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    let mut done = 0;
+    for batch in keys.chunks(REFILL_BATCH) {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let read = gen.read(|r| {
+            batch
+                .iter()
+                .filter(|(key, _)| !to.contains_key(key))
+                .try_for_each(|(key, expires)| {
+                    let (negative, value) = load(r, key)?;
+                    to.insert(key.clone(), Entry::new(gen.id, negative, *expires, value));
+                    Ok(())
+                })
+        });
+        if let Err(e) = read {
+            tracing::warn!(generation = gen.id, error = %e, "verdict cache refill failed");
+            break;
+        }
+        done += batch.len();
+    }
+    keys.drain(..done);
+    keys.is_empty()
 }

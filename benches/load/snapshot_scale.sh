@@ -18,8 +18,8 @@
 #   4. Starts keyward (shipped route table, THREADS threads, every plan at 1e9
 #      requests/window, poll interval POLL_MS, access log at info to a file)
 #      and reports startup time and RSS (/proc/PID/status: VmRSS split into
-#      RssAnon and RssFile — the snapshot is mmapped, its touched pages count
-#      as RssFile — and VmHWM) after startup, after a warm run with one key,
+#      RssAnon and RssFile — mmap is off, so "snapshot mmap" should stay 0 —
+#      and VmHWM) after startup, after a warm run with one key,
 #      and after a warm run over LOAD_KEYS distinct keys (fills the verdict
 #      cache; every first use of a key is a SQLite lookup).
 #   5. Reload time, idle: RELOADS times, republish the snapshot the way a
@@ -31,8 +31,8 @@
 #   6. Reload under load, twice: wrk for RELOADS*(RELOAD_EVERY+1)+4 s while a
 #      new snapshot is published every RELOAD_EVERY s (plus up to 0.9 s of
 #      jitter, to sample the whole poll cycle), first with the one
-#      benchmark key, then over LOAD_KEYS distinct keys (each swap empties the
-#      verdict cache, so every key goes back to SQLite). Reports req/s, p50,
+#      benchmark key, then over LOAD_KEYS distinct keys (each swap refills the
+#      verdict cache from the new snapshot, within a time budget). Reports req/s, p50,
 #      p99, wrk's non-2xx and socket errors, and keyward's own counters
 #      (requests forwarded or not, snapshot reloads ok/failed). Exits 3 when
 #      any request failed or a reload failed.
@@ -381,8 +381,9 @@ result "RSS after idle reloads" "$(rss)"
 
 # Reloads under load: wrk for RELOADS*(RELOAD_EVERY+1)+4 s, a publish every
 # RELOAD_EVERY s (+ jitter) from the 2nd second. MODE: single (the one benchmark key,
-# refilled in the cache after each swap) or multi (LOAD_KEYS keys: after each
-# swap every key goes back to SQLite).
+# refilled in the cache after each swap) or multi (LOAD_KEYS keys: each swap
+# re-reads the cached keys from the new snapshot; those not re-read in time
+# go back to SQLite).
 WRK_ERRORS=0
 RELOADS_FAILED=0
 NOT_FORWARDED=0
