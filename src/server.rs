@@ -161,6 +161,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     server.add_service(service);
     server.run(RunArgs::default());
-    drop(running);
+    // pingora has stopped serving (after the grace period, or at once on
+    // SIGINT); the admin listener and background tasks get a bounded moment,
+    // never a wait on a task that does not end.
+    running
+        ._admin_rt
+        .shutdown_timeout(std::time::Duration::from_millis(500));
     Ok(())
 }

@@ -164,6 +164,37 @@ fn new_key_by_rename_is_valid_after_the_negative_cache_saw_it() {
         == 200));
 }
 
+#[test]
+fn a_renamed_in_snapshot_is_served_at_once_not_at_the_next_poll() {
+    // A poll interval far longer than the test: only the file-change
+    // notification can make the revocation visible in time.
+    let snap = Snap::new();
+    snap.org("org_a", "free");
+    let (key, id) = snap.api_key_full("org_a", None, None, None);
+    let mut opts = Opts::new(echo());
+    opts.poll_ms = 600_000;
+    let kw = Keyward::start(&snap, opts);
+    assert_eq!(kw.get("/api/v1/x", Some(&key)).status, 200);
+    // served from the verdict cache from now on
+    let hits = kw.metric("keyward_cache_lookups_total{result=\"hit\"}");
+    assert_eq!(kw.get("/api/v1/x", Some(&key)).status, 200);
+    assert!(kw.metric("keyward_cache_lookups_total{result=\"hit\"}") > hits);
+    let generation = kw.metric("keyward_snapshot_generation");
+    snap.replace_by_rename(|c| {
+        c.execute("DELETE FROM api_keys WHERE id = ?1", [&id])
+            .unwrap();
+    });
+
+    assert!(
+        wait_until(Duration::from_secs(3), || kw
+            .get("/api/v1/x", Some(&key))
+            .status
+            == 401),
+        "the revocation was not served within 3 s (poll interval 600 s)"
+    );
+    assert!(kw.metric("keyward_snapshot_generation") > generation);
+}
+
 /// Waits for the snapshot generation after `before` to be served.
 fn wait_for_generation_after(kw: &Keyward, before: f64) {
     assert!(

@@ -148,6 +148,40 @@ pub struct SnapshotStore {
     listeners: Mutex<Vec<SwapListener>>,
 }
 
+/// inotify on the snapshot's directory, reporting events that name the
+/// snapshot file itself (a rename over it, a write to it) on `changed`;
+/// bursts collapse into one wake-up. `None` (logged) when inotify is
+/// unavailable: the watcher then polls only.
+fn file_notifier(
+    path: &Path,
+    changed: std::sync::mpsc::SyncSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let name = path.file_name()?.to_owned();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let started = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if event.paths.iter().any(|p| p.file_name() == Some(&name)) {
+                let _ = changed.try_send(());
+            }
+        }
+    })
+    .and_then(|mut w| {
+        w.watch(&dir, notify::RecursiveMode::NonRecursive)
+            .map(|()| w)
+    });
+    match started {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "no change notifications for the snapshot; polling only");
+            None
+        }
+    }
+}
+
 fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
@@ -328,20 +362,32 @@ impl SnapshotStore {
             .map(|g| (crate::clock::now_unix() - g.produced_at).max(0))
     }
 
-    /// Start the watcher thread: polls every `interval` for a renamed-in file
-    /// (inode change) or an in-place commit (`PRAGMA data_version`).
+    /// Start the watcher thread: checks for a renamed-in file (inode change)
+    /// or an in-place commit (`PRAGMA data_version`) as soon as inotify
+    /// reports a change to the snapshot file, and every `interval` whatever
+    /// it reports (the fallback where inotify is missing or blind, e.g. on
+    /// network file systems).
     pub fn watch(self: &Arc<Self>, interval: Duration) -> std::thread::JoinHandle<()> {
         let weak = Arc::downgrade(self);
+        let (changed, wake) = std::sync::mpsc::sync_channel::<()>(1);
+        let notifier = file_notifier(&self.path, changed);
         std::thread::Builder::new()
             .name("keyward-snapshot".into())
             .spawn(move || {
+                let _notifier = notifier; // watches as long as this thread runs
                 let mut probe: Option<(u64, Connection, i64)> = None; // (gen, conn, data_version)
                 let mut last_failed_identity: Option<(u64, u64, i64, u64)> = None;
                 loop {
                     let Some(store) = weak.upgrade() else { return };
                     store.poll_once(&mut probe, &mut last_failed_identity);
                     drop(store);
-                    std::thread::sleep(interval);
+                    // A change event, or the poll interval, whichever first
+                    // (without notifications, the interval alone).
+                    if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+                        wake.recv_timeout(interval)
+                    {
+                        std::thread::sleep(interval);
+                    }
                 }
             })
             .expect("spawn snapshot watcher")

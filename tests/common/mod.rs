@@ -180,6 +180,8 @@ pub struct Opts {
     pub routes: String,
     pub env: Vec<(String, String)>,
     pub wait_ready: bool,
+    /// `snapshot.poll_interval_ms`
+    pub poll_ms: u64,
 }
 
 impl Opts {
@@ -190,6 +192,7 @@ impl Opts {
             routes: DEFAULT_ROUTES.into(),
             env: vec![("BETTER_AUTH_SECRET".into(), SECRET.into())],
             wait_ready: true,
+            poll_ms: 100,
         }
     }
 }
@@ -264,7 +267,11 @@ impl Keyward {
                 format!("{server}\n[upstream]\n{upstream_addr}\n")
             };
             let has_snapshot = server.contains("[snapshot]");
-            let snapshot = format!("path = \"{}\"\npoll_interval_ms = 100", snap.path.display());
+            let snapshot = format!(
+                "path = \"{}\"\npoll_interval_ms = {}",
+                snap.path.display(),
+                opts.poll_ms
+            );
             let server = if has_snapshot {
                 server.replace("[snapshot]", &format!("[snapshot]\n{snapshot}"))
             } else {
