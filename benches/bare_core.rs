@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::apps::{HttpServerApp, ReusedHttpStream};
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
@@ -27,7 +27,7 @@ use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::listening::Service;
 
 use keyward::config::UpstreamConfig;
-use keyward::forward::{upstream_request, Upstream};
+use keyward::forward::{keep_alive, upstream_request, Upstream};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -83,9 +83,7 @@ impl HttpServerApp for Bare {
         if !self.serve(&mut session).await {
             return None;
         }
-        let settings = HttpPersistentSettings::for_session(&session);
-        let reusable = session.finish().await.ok().flatten()?;
-        Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
+        keep_alive(session).await
     }
 }
 

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Version};
+use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
@@ -315,6 +316,14 @@ fn still_open(stream: &mut Stream) -> bool {
     let mut buf = ReadBuf::new(&mut byte);
     let mut cx = Context::from_waker(Waker::noop());
     matches!(Pin::new(stream).poll_read(&mut cx, &mut buf), Poll::Pending)
+}
+
+/// The downstream connection handed back to pingora for its next request,
+/// when the exchange left it reusable (body done, keep-alive on).
+pub async fn keep_alive(session: ServerSession) -> Option<ReusedHttpStream> {
+    let settings = HttpPersistentSettings::for_session(&session);
+    let stream = session.finish().await.ok().flatten()?;
+    Some(ReusedHttpStream::from_reusable_stream(stream, settings))
 }
 
 enum Exchange {

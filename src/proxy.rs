@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::InvalidHeaderValue;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::apps::{HttpServerApp, ReusedHttpStream};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
@@ -620,9 +620,7 @@ impl HttpServerApp for KeywardApp {
             session.shutdown().await;
             return None;
         }
-        let settings = HttpPersistentSettings::for_session(&session);
-        let stream = session.finish().await.ok().flatten()?;
-        Some(ReusedHttpStream::from_reusable_stream(stream, settings))
+        crate::forward::keep_alive(session).await
     }
 }
 
