@@ -229,6 +229,9 @@ impl Upstream {
         let mut answered = false;
         let mut response_done = false;
         let mut upgraded = false;
+        // The request body was not sent to its end (the upstream answered
+        // early): pingora's reuse check looks only at the response.
+        let mut request_cut = false;
         // Duplex: the request body goes up while the response may already
         // come down (pingora's reads here are cancel-safe; writes are awaited
         // inside the branch, never cancelled).
@@ -294,15 +297,20 @@ impl Upstream {
                     }
                     if response_done && !upgraded && !request_done {
                         // The upstream answered before the request body ended:
-                        // stop reading it; the downstream connection closes.
+                        // stop reading it; both connections close (each is
+                        // mid-message and must never carry another request).
                         session.set_keepalive(None);
                         request_done = true;
+                        request_cut = true;
                     }
                 }
             }
         }
 
-        if !upgraded {
+        if upgraded || request_cut {
+            // Not reusable: dropping the session closes the connection.
+            drop(up);
+        } else {
             self.release(up).await;
         }
         Ok(Forwarded { status })

@@ -182,6 +182,8 @@ pub struct Opts {
     pub wait_ready: bool,
     /// `snapshot.poll_interval_ms`
     pub poll_ms: u64,
+    /// `server.threads`
+    pub threads: usize,
 }
 
 impl Opts {
@@ -193,6 +195,7 @@ impl Opts {
             env: vec![("BETTER_AUTH_SECRET".into(), SECRET.into())],
             wait_ready: true,
             poll_ms: 100,
+            threads: 2,
         }
     }
 }
@@ -250,13 +253,14 @@ impl Keyward {
                 opts.extra.replace(
                     "[server]",
                     &format!(
-                        "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\nthreads = 2"
+                        "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\nthreads = {}",
+                        opts.threads
                     ),
                 )
             } else {
                 format!(
-                    "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\nthreads = 2\n{}",
-                    opts.extra
+                    "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\nthreads = {}\n{}",
+                    opts.threads, opts.extra
                 )
             };
             let has_upstream = server.contains("[upstream]");

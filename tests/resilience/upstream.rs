@@ -6,10 +6,20 @@ use super::*;
 use std::io::{Read, Write};
 
 fn keyward_for(upstream: std::net::SocketAddr, extra: &str) -> (Snap, Keyward, String) {
+    keyward_with_threads(upstream, extra, 2)
+}
+
+fn keyward_with_threads(
+    upstream: std::net::SocketAddr,
+    extra: &str,
+    threads: usize,
+) -> (Snap, Keyward, String) {
     let snap = Snap::new();
     snap.org("org_a", "free");
     let key = snap.api_key("org_a");
     let mut opts = Opts::new(upstream);
+    // one worker: one upstream pool, so a wrongly pooled connection is reused
+    opts.threads = threads;
     opts.extra = format!(
         "[plans.free]\nrequests_per_window = 1000000\n[upstream]\nconnect_timeout_ms = 300\n{extra}"
     );
@@ -186,4 +196,49 @@ fn a_pooled_connection_the_upstream_drops_is_retried_once_on_a_new_one() {
         kw.metric("keyward_upstream_errors_total{kind=\"unavailable\"}"),
         0.0
     );
+}
+
+#[test]
+fn an_upstream_that_answers_mid_upload_never_gets_another_request_on_that_connection() {
+    // Answers as soon as the head is in, without reading the body, and then
+    // only listens: a connection whose request body was cut off must be
+    // closed, never pooled (the next request would land inside the body).
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = accepted.clone();
+    let up = fake_upstream(move |mut s| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match s.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                _ => return,
+            }
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let mut rest = [0u8; 4096];
+        while matches!(s.read(&mut rest), Ok(n) if n > 0) {}
+    });
+    let (_snap, kw, key) = keyward_with_threads(up, "read_timeout_ms = 2000\n", 1);
+    let mut c = std::net::TcpStream::connect(kw.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(format!("POST /api/v1/x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 1024];
+    while !got.ends_with(b"ok") {
+        match c.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+        }
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let _ = c.write_all(b"0\r\n\r\n");
+    // the next request goes to a new upstream connection and is answered
+    let r = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5)).expect("hung");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
