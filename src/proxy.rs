@@ -325,6 +325,12 @@ impl KeywardApp {
         ctx.outcome = denial.outcome();
         ctx.status = denial.status();
         ctx.rate = rate;
+        if !session.is_body_done() {
+            // A refused request's body is not read to its end (reusing the
+            // connection would mean draining whatever the client sends):
+            // the connection closes after the answer.
+            session.set_keepalive(None);
+        }
         write_denial(session, &denial, rate.as_ref(), &ctx.request_id).await?;
         Ok(Next::Answered)
     }
