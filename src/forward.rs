@@ -166,8 +166,10 @@ impl Upstream {
         on_response: impl Fn(&mut Box<ResponseHeader>) + Copy,
         rebuild: impl Fn(&ServerSession) -> Option<Box<RequestHeader>>,
     ) -> Result<Forwarded, Failure> {
-        // The request is replayable when no streamed body byte was consumed.
-        let replayable = inspected.is_some() || session.is_body_empty();
+        // Replayable: an idempotent method (RFC 9110 §9.2.2: the upstream
+        // may have acted on the lost attempt) whose body is not streamed.
+        let replayable =
+            req.method.is_idempotent() && (inspected.is_some() || session.is_body_empty());
         let mut req = req;
         let mut retried = false;
         loop {
@@ -433,10 +435,20 @@ pub fn upstream_request(
         }
     }
     if has_body && !h.contains_key(header::CONTENT_LENGTH) {
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
+        // The client's transfer codings are kept (pingora checked that
+        // chunked is the last and de-chunked the body; it is chunked again on
+        // the way up), so `gzip, chunked` stays gzip. Without any, chunked.
+        let codings = down.headers.get_all(header::TRANSFER_ENCODING);
+        if codings.iter().next().is_some() {
+            for v in codings {
+                h.append(header::TRANSFER_ENCODING, v.clone());
+            }
+        } else {
+            h.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
     }
     parts.headers = h;
     Ok(parts)
@@ -516,6 +528,15 @@ mod tests {
         let r = req(&[("connection", "upgrade"), ("upgrade", "h2c")]);
         let up = upstream_request(&r, false, |_| false).unwrap();
         assert!(!up.headers.contains_key("upgrade") && !up.headers.contains_key("connection"));
+    }
+
+    #[test]
+    fn transfer_codings_are_kept_for_a_body() {
+        let r = req(&[("transfer-encoding", "gzip, chunked")]);
+        let up = upstream_request(&r, true, |_| false).unwrap();
+        assert_eq!(up.headers["transfer-encoding"], "gzip, chunked");
+        let up = upstream_request(&r, false, |_| false).unwrap();
+        assert!(!up.headers.contains_key("transfer-encoding"));
     }
 
     #[test]

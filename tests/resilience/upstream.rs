@@ -242,3 +242,44 @@ fn an_upstream_that_answers_mid_upload_never_gets_another_request_on_that_connec
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+#[test]
+fn a_post_that_failed_on_a_reused_connection_is_not_replayed() {
+    // Every connection: answer one request, then read the next and close
+    // without answering. A GET on the dead reuse is retried (idempotent); a
+    // POST may already have been acted on, so it is 502, sent once.
+    let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = posts.clone();
+    let up = fake_upstream(move |mut s| {
+        let mut b = [0u8; 4096];
+        let n = s.read(&mut b).unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        if b.starts_with(b"POST") {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        if let Ok(n) = s.read(&mut b) {
+            if b[..n].starts_with(b"POST") {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let (_snap, kw, key) = keyward_with_threads(up, "read_timeout_ms = 2000\n", 1);
+    // leaves one pooled connection the upstream will drop on its next request
+    let r = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5)).expect("hung");
+    assert_eq!(r.status, 200);
+    let mut c = std::net::TcpStream::connect(kw.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(format!("POST /api/v1/x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert_eq!(
+        posts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the POST was replayed"
+    );
+}
