@@ -11,3 +11,15 @@ kill_and_wait() {
         wait "$pid" 2>/dev/null || true
     done
 }
+
+# One benchmark at a time (run.sh and snapshot_scale.sh share this lock on
+# fd 9, held until the script exits): two runs at once would each measure
+# the other. Needs ROOT and log() from the caller.
+bench_lock() {
+    mkdir -p "$ROOT/target/load-bench"
+    exec 9>"$ROOT/target/load-bench/.lock"
+    if ! flock -n 9; then
+        log "another load benchmark is running; waiting for it"
+        flock 9
+    fi
+}

@@ -121,21 +121,14 @@ fi
 [ -x "$BARE" ] || die "$BARE missing"
 
 # ------------------------------------------------------------------ processes
-# One benchmark at a time (run.sh and snapshot_scale.sh share this lock):
-# two runs at once would each measure the other.
-mkdir -p "$ROOT/target/load-bench"
-exec 9>"$ROOT/target/load-bench/.lock"
-if ! flock -n 9; then
-    log "another load benchmark is running; waiting for it"
-    flock 9
-fi
+# shellcheck source=lib.sh
+source "$ROOT/benches/load/lib.sh"
+bench_lock
 
 TMP=$(mktemp -d /tmp/keyward-load.XXXXXX)
 OUT=$ROOT/target/load-bench/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 PIDS=()
-# shellcheck source=lib.sh
-source "$ROOT/benches/load/lib.sh"
 cleanup() {
     kill_and_wait "${PIDS[@]}"
     PIDS=()

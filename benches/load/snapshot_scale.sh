@@ -97,21 +97,14 @@ fi
 [ -x "$KEYWARD" ] || die "$KEYWARD missing"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-# One benchmark at a time (run.sh and snapshot_scale.sh share this lock):
-# two runs at once would each measure the other.
-mkdir -p "$ROOT/target/load-bench"
-exec 9>"$ROOT/target/load-bench/.lock"
-if ! flock -n 9; then
-    log "another load benchmark is running; waiting for it"
-    flock 9
-fi
+# shellcheck source=lib.sh
+source "$ROOT/benches/load/lib.sh"
+bench_lock
 
 TMP=$(mktemp -d /tmp/keyward-snapshot.XXXXXX)
 mkdir -p "$ROOT/target/load-bench"
 REPORT=$ROOT/target/load-bench/snapshot-$(date +%Y%m%d-%H%M%S).txt
 PIDS=()
-# shellcheck source=lib.sh
-source "$ROOT/benches/load/lib.sh"
 cleanup() {
     kill_and_wait "${PIDS[@]}"
     if [ "$KEEP_TMP" = 1 ]; then echo "temp dir kept: $TMP" >&2; else rm -rf "$TMP"; fi
