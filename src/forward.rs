@@ -161,16 +161,15 @@ impl Upstream {
     pub async fn forward(
         &self,
         session: &mut ServerSession,
-        req: Box<RequestHeader>,
+        mut req: Box<RequestHeader>,
         inspected: Option<Bytes>,
-        on_response: impl Fn(&mut Box<ResponseHeader>) + Copy,
+        on_response: impl Fn(&mut ResponseHeader) + Copy,
         rebuild: impl Fn(&ServerSession) -> Option<Box<RequestHeader>>,
     ) -> Result<Forwarded, Failure> {
         // Replayable: an idempotent method (RFC 9110 §9.2.2: the upstream
         // may have acted on the lost attempt) whose body is not streamed.
         let replayable =
             req.method.is_idempotent() && (inspected.is_some() || session.is_body_empty());
-        let mut req = req;
         let mut retried = false;
         loop {
             let (up, reused) = match self.session().await {
@@ -200,7 +199,7 @@ impl Upstream {
         mut up: UpstreamSession,
         req: Box<RequestHeader>,
         inspected: Option<Bytes>,
-        on_response: impl Fn(&mut Box<ResponseHeader>),
+        on_response: impl Fn(&mut ResponseHeader),
     ) -> Result<Forwarded, Exchange> {
         up.read_timeout = self.peer.options.read_timeout;
         up.write_timeout = self.peer.options.write_timeout;

@@ -179,9 +179,9 @@ fn rate_headers(h: &mut ResponseHeader, r: &RateState) -> Result<()> {
 /// parts: pingora's case-preserving `insert_header` parses each name and
 /// keeps a second map; this inserts static names (the response then goes
 /// down in canonical header case).
-fn add_rate_headers(resp: &mut Box<ResponseHeader>, r: &RateState) {
+fn add_rate_headers(resp: &mut ResponseHeader, r: &RateState) {
     let mut parts = http::response::Parts::from(std::mem::replace(
-        &mut **resp,
+        resp,
         ResponseHeader::build_no_case(200, Some(0)).expect("200 is a status"),
     ));
     parts.headers.insert(X_RATELIMIT_LIMIT, r.limit.into());
@@ -189,7 +189,7 @@ fn add_rate_headers(resp: &mut Box<ResponseHeader>, r: &RateState) {
         .headers
         .insert(X_RATELIMIT_REMAINING, r.remaining.into());
     parts.headers.insert(X_RATELIMIT_RESET, r.reset.into());
-    **resp = ResponseHeader::from(parts);
+    *resp = ResponseHeader::from(parts);
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -266,7 +266,7 @@ impl KeywardApp {
         }
         let req = Box::new(RequestHeader::from(*parts));
         let rate = ctx.rate;
-        let on_response = |resp: &mut Box<ResponseHeader>| {
+        let on_response = |resp: &mut ResponseHeader| {
             if let Some(r) = &rate {
                 add_rate_headers(resp, r);
             }
