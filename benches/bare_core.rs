@@ -22,12 +22,14 @@ use http::{HeaderName, HeaderValue};
 use pingora::apps::{HttpServerApp, ReusedHttpStream};
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
-use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::listening::Service;
 
 use keyward::config::UpstreamConfig;
 use keyward::forward::{keep_alive, upstream_request, Upstream};
+
+/// keyward's default `server.shutdown_grace_s`.
+const GRACE_S: u64 = 5;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -97,7 +99,7 @@ fn main() {
     let upstream: SocketAddr = args[2].parse().expect("UPSTREAM_ADDR: host:port");
     let threads: usize = args[3].parse().expect("THREADS: a number");
 
-    // keyward's defaults for [upstream] and its ServerConf (src/server.rs).
+    // keyward's defaults for [upstream], and its pingora settings.
     let cfg = UpstreamConfig {
         address: upstream,
         tls: false,
@@ -107,14 +109,7 @@ fn main() {
         read_timeout: Duration::from_millis(60000),
         strip_credentials: false,
     };
-    let conf = ServerConf {
-        threads,
-        work_stealing: false,
-        grace_period_seconds: Some(5),
-        graceful_shutdown_timeout_seconds: Some(1),
-        upstream_keepalive_pool_size: 256,
-        ..ServerConf::default()
-    };
+    let conf = keyward::server::server_conf(threads, GRACE_S, None);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let upstream = Upstream::new(&cfg, &server.configuration);

@@ -22,7 +22,6 @@ use async_trait::async_trait;
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
-use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::Result;
 
@@ -86,15 +85,8 @@ fn main() {
     peer.options.write_timeout = Some(Duration::from_millis(60000));
     peer.options.idle_timeout = Some(Duration::from_secs(60));
 
-    // The same ServerConf keyward builds in src/server.rs.
-    let conf = ServerConf {
-        threads,
-        work_stealing: false,
-        grace_period_seconds: Some(GRACE_S),
-        graceful_shutdown_timeout_seconds: Some(1),
-        upstream_keepalive_pool_size: 256,
-        ..ServerConf::default()
-    };
+    // The pingora settings keyward runs with (src/server.rs).
+    let conf = keyward::server::server_conf(threads, GRACE_S, None);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, BareProxy { peer });

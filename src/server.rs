@@ -120,6 +120,25 @@ pub fn start_support(config: Config) -> anyhow::Result<Running> {
     })
 }
 
+/// keyward's pingora settings (also what the bare proxies in `benches/` run
+/// with, so that keyward / bare measures only keyward's decisions): worker
+/// threads each on their own runtime without work stealing (a connection's
+/// requests stay on one thread, which keyward's per-thread upstream pool
+/// relies on), `grace_s` for in-flight requests on SIGTERM.
+/// `upstream_keepalive_pool_size` sizes pingora's shared pool, which only
+/// pingora-proxy (`benches/bare_proxy.rs`) uses.
+pub fn server_conf(threads: usize, grace_s: u64, ca_file: Option<String>) -> ServerConf {
+    ServerConf {
+        threads,
+        work_stealing: false,
+        grace_period_seconds: Some(grace_s),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: 256,
+        ca_file,
+        ..ServerConf::default()
+    }
+}
+
 /// Run keyward until SIGTERM (graceful, `server.shutdown_grace_s`) or SIGINT (fast).
 pub fn run(config: Config) -> anyhow::Result<()> {
     let listen = config.server.listen;
@@ -134,16 +153,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let running = start_support(config)?;
     tracing::info!(%listen, admin = %running.admin_addr, "keyward starting");
 
-    let conf = ServerConf {
-        threads,
-        work_stealing: false,
-        grace_period_seconds: Some(grace),
-        graceful_shutdown_timeout_seconds: Some(1),
-        upstream_keepalive_pool_size: 256,
-        ca_file,
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(threads, grace, ca_file));
     server.bootstrap();
     let app = KeywardApp::new(running.engine.clone(), &server.configuration);
     let mut service = pingora::services::listening::Service::new("keyward".into(), app);
