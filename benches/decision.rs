@@ -72,8 +72,12 @@ fn decide(engine: &Engine, headers: &HeaderMap, path: &str) -> bool {
         path,
         query: None,
         headers,
-        client_ip: IpAddr::from([127, 0, 0, 1]),
-        https: false,
+        client: keyward::forwarding::Client::resolve(
+            IpAddr::from([127, 0, 0, 1]),
+            false,
+            headers,
+            &[],
+        ),
     };
     let now = keyward::clock::now_unix();
     match engine.authenticate(&req, route, &caps, now) {

@@ -9,10 +9,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::decision::Engine;
+
+/// Longest wait for a complete request head on the admin listener.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     Response::builder()
@@ -93,7 +96,12 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>) {
         let engine = engine.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(engine.clone(), req));
+            // A request head must be complete within HEADER_TIMEOUT of the
+            // connection's start or of the previous response (SPEC §8.2), so
+            // a half-sent head cannot hold a descriptor forever.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });

@@ -51,6 +51,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub rate_limit: RawRateLimit,
     #[serde(default)]
+    pub scopes: RawScopes,
+    #[serde(default)]
+    pub mcp: RawMcp,
+    #[serde(default)]
     pub plans: HashMap<String, RawPlan>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RawRoute>,
@@ -194,7 +198,8 @@ pub struct RawRateLimit {
     pub backend: String,
     pub redis_url: String,
     pub redis_timeout_ms: u64,
-    pub expected_replicas: u64,
+    /// Required with `backend = "redis"` (SPEC §6): no default.
+    pub expected_replicas: Option<u64>,
     pub redis_batch: u64,
     pub redis_sync_interval_ms: u64,
 }
@@ -208,11 +213,31 @@ impl Default for RawRateLimit {
             backend: "local".into(),
             redis_url: "redis://127.0.0.1:6379/0".into(),
             redis_timeout_ms: 5,
-            expected_replicas: 1,
+            expected_replicas: None,
             redis_batch: 16,
             redis_sync_interval_ms: 10,
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawScopes {
+    pub unknown_workspaces: String,
+}
+
+impl Default for RawScopes {
+    fn default() -> Self {
+        Self {
+            unknown_workspaces: "deny".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMcp {
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -315,6 +340,21 @@ pub struct RateLimitConfig {
     pub backend: RateLimitBackend,
 }
 
+/// What a workspace id the snapshot lacks gets (SPEC §5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownWorkspaces {
+    /// 403 SCOPE_DENIED `unknown_workspace` (the default)
+    Deny,
+    /// scoped keys by their list alone, others pass: the upstream decides
+    Pass,
+}
+
+#[derive(Debug, Clone)]
+pub struct McpConfig {
+    /// `Origin` values allowed on `auth = "mcp"` routes, compared exactly.
+    pub allowed_origins: Vec<String>,
+}
+
 /// The validated configuration.
 #[derive(Clone)]
 pub struct Config {
@@ -325,6 +365,8 @@ pub struct Config {
     pub cache: CacheConfig,
     pub session: SessionConfig,
     pub rate_limit: RateLimitConfig,
+    pub unknown_workspaces: UnknownWorkspaces,
+    pub mcp: McpConfig,
     /// plan name → requests per window
     pub plans: HashMap<String, u64>,
     pub routes: RouteTable,
@@ -521,7 +563,7 @@ impl Config {
         if r.window_s == 0 {
             return Err(invalid("rate_limit.window_s", "must be positive"));
         }
-        if r.expected_replicas == 0 {
+        if r.expected_replicas == Some(0) {
             return Err(invalid(
                 "rate_limit.expected_replicas",
                 "must be at least 1",
@@ -545,10 +587,18 @@ impl Config {
                 if let Err(e) = redis::Client::open(r.redis_url.as_str()) {
                     return Err(invalid("rate_limit.redis_url", e.to_string()));
                 }
+                // Without it every replica would fall back to the full
+                // limit during an outage: replicas × limit (SPEC §6).
+                let Some(expected_replicas) = r.expected_replicas else {
+                    return Err(invalid(
+                        "rate_limit.expected_replicas",
+                        "required with backend = \"redis\" (the number of replicas sharing the limit; each admits limit / expected_replicas while Redis is unreachable)",
+                    ));
+                };
                 RateLimitBackend::Redis(RedisConfig {
                     url: r.redis_url,
                     timeout: Duration::from_millis(r.redis_timeout_ms),
-                    expected_replicas: r.expected_replicas,
+                    expected_replicas,
                     batch: r.redis_batch,
                     sync_interval: Duration::from_millis(r.redis_sync_interval_ms),
                 })
@@ -565,6 +615,31 @@ impl Config {
             auth_failures_per_ip: r.auth_failures_per_ip,
             service_keys_limited: r.service_keys_limited,
             backend,
+        };
+
+        let unknown_workspaces = match raw.scopes.unknown_workspaces.as_str() {
+            "deny" => UnknownWorkspaces::Deny,
+            "pass" => UnknownWorkspaces::Pass,
+            other => {
+                return Err(invalid(
+                    "scopes.unknown_workspaces",
+                    format!("`{other}`: expected \"deny\" or \"pass\""),
+                ))
+            }
+        };
+        if let Some(o) = raw
+            .mcp
+            .allowed_origins
+            .iter()
+            .find(|o| o.is_empty() || !o.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(invalid(
+                "mcp.allowed_origins",
+                format!("`{o}` is not an Origin (scheme://host[:port])"),
+            ));
+        }
+        let mcp = McpConfig {
+            allowed_origins: raw.mcp.allowed_origins,
         };
 
         let plans = raw
@@ -584,6 +659,8 @@ impl Config {
             cache,
             session,
             rate_limit,
+            unknown_workspaces,
+            mcp,
             plans,
             routes,
         })
@@ -634,6 +711,36 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("server.trusted_proxies"), "{err}");
+    }
+
+    #[test]
+    fn redis_needs_expected_replicas() {
+        let err = parse("[rate_limit]\nbackend = \"redis\"\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("rate_limit.expected_replicas"), "{err}");
+        let c = parse("[rate_limit]\nbackend = \"redis\"\nexpected_replicas = 3\n").unwrap();
+        assert!(
+            matches!(c.rate_limit.backend, RateLimitBackend::Redis(ref r) if r.expected_replicas == 3)
+        );
+        // ignored with the local backend
+        assert!(parse("[rate_limit]\nexpected_replicas = 3\n").is_ok());
+    }
+
+    #[test]
+    fn scopes_and_mcp_sections() {
+        let c = parse("").unwrap();
+        assert_eq!(c.unknown_workspaces, UnknownWorkspaces::Deny);
+        assert!(c.mcp.allowed_origins.is_empty());
+        let c = parse("[scopes]\nunknown_workspaces = \"pass\"\n[mcp]\nallowed_origins = [\"https://a.example\"]\n").unwrap();
+        assert_eq!(c.unknown_workspaces, UnknownWorkspaces::Pass);
+        assert_eq!(c.mcp.allowed_origins, ["https://a.example"]);
+        let err = parse("[scopes]\nunknown_workspaces = \"maybe\"\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("scopes.unknown_workspaces"), "{err}");
     }
 
     #[test]

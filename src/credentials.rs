@@ -117,43 +117,45 @@ enum CookieLookup<'a> {
     Found(&'a str),
 }
 
-/// The first configured cookie name present wins. The same name twice with
-/// different values is refused: the upstream might read the other one. Cookie
-/// headers are read as bytes, so a header holding non-ASCII bytes elsewhere
-/// can neither hide a copy of the session cookie nor drop it.
+/// The session cookie under any configured name (SPEC §5.1). Pairs are split
+/// on `;` with spaces and tabs trimmed, as Hono and better-call read them; the
+/// cookie under two configured names, or twice under one, with different
+/// values is refused: the upstream might read the other copy. Cookie headers
+/// are read as bytes, so a header holding non-ASCII bytes elsewhere can
+/// neither hide a copy of the session cookie nor drop it.
 fn find_cookie<'a>(headers: &'a HeaderMap, names: &[String]) -> CookieLookup<'a> {
-    for name in names {
-        let mut found: Option<&'a str> = None;
-        for header in headers.get_all(http::header::COOKIE) {
-            for pair in header.as_bytes().split(|&b| b == b';') {
-                let pair = trim_spaces(pair);
-                let Some(eq) = pair.iter().position(|&b| b == b'=') else {
-                    continue;
-                };
-                if &pair[..eq] != name.as_bytes() {
-                    continue;
-                }
-                let Ok(v) = std::str::from_utf8(&pair[eq + 1..]) else {
-                    return CookieLookup::Malformed;
-                };
-                match found {
-                    Some(prev) if prev != v => return CookieLookup::Ambiguous,
-                    _ => found = Some(v),
-                }
+    let mut found: Option<&'a str> = None;
+    for header in headers.get_all(http::header::COOKIE) {
+        for pair in header.as_bytes().split(|&b| b == b';') {
+            let pair = trim_spaces(pair);
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            let name = trim_spaces(&pair[..eq]);
+            if !names.iter().any(|n| n.as_bytes() == name) {
+                continue;
+            }
+            let Ok(v) = std::str::from_utf8(trim_spaces(&pair[eq + 1..])) else {
+                return CookieLookup::Malformed;
+            };
+            match found {
+                Some(prev) if prev != v => return CookieLookup::Ambiguous,
+                _ => found = Some(v),
             }
         }
-        if let Some(v) = found {
-            return CookieLookup::Found(v);
-        }
     }
-    CookieLookup::Absent
+    match found {
+        Some(v) => CookieLookup::Found(v),
+        None => CookieLookup::Absent,
+    }
 }
 
+/// Spaces and horizontal tabs off both ends.
 fn trim_spaces(mut s: &[u8]) -> &[u8] {
-    while let [b' ', rest @ ..] = s {
+    while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
     }
-    while let [rest @ .., b' '] = s {
+    while let [rest @ .., b' ' | b'\t'] = s {
         s = rest;
     }
     s
@@ -287,6 +289,55 @@ mod tests {
         assert_eq!(
             reason(&[b"better-auth.session_token=\xff.sig"]),
             Err("malformed_session_cookie")
+        );
+    }
+
+    #[test]
+    fn cookie_pairs_trim_tabs_and_every_name_counts() {
+        let names = [
+            "__Secure-better-auth.session_token".to_string(),
+            "better-auth.session_token".to_string(),
+        ];
+        let secret = secret();
+        let settings = SessionSettings {
+            secret: Some(&secret),
+            cookie_names: &names,
+        };
+        let a = signed_cookie_value("tok_a", &secret);
+        let b = signed_cookie_value("tok_b", &secret);
+        let read = |cookie: String| {
+            let mut h = HeaderMap::new();
+            h.append(
+                http::header::COOKIE,
+                http::HeaderValue::from_bytes(cookie.as_bytes()).unwrap(),
+            );
+            match extract(&h, &settings) {
+                Credential::Session { token } => Ok(token),
+                Credential::Invalid(r) => Err(r),
+                _ => Err("none"),
+            }
+        };
+        assert_eq!(
+            read(format!("x=1;\tbetter-auth.session_token={a}\t")),
+            Ok("tok_a".into())
+        );
+        assert_eq!(
+            read(format!(
+                "__Secure-better-auth.session_token={a}; better-auth.session_token={b}"
+            )),
+            Err("ambiguous_session_cookie")
+        );
+        assert_eq!(
+            read(format!(
+                "__Secure-better-auth.session_token={a}; better-auth.session_token={a}"
+            )),
+            Ok("tok_a".into())
+        );
+        assert_eq!(
+            read(format!(
+                "better-auth.session_token={a};\tbetter-auth.session_token={b}"
+            )),
+            Err("ambiguous_session_cookie")
         );
     }
 

@@ -5,7 +5,6 @@
 //! (cached) → route + scope → limit.
 
 use std::borrow::Cow;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,9 +13,10 @@ use arc_swap::ArcSwap;
 use http::{HeaderMap, Method};
 
 use crate::cache::{AuthCache, CacheResult, Refill, TokenKey, TokenTable};
-use crate::config::Config;
+use crate::config::{Config, UnknownWorkspaces};
 use crate::credentials::{self, BearerKind, Credential, SessionSettings};
 use crate::denial::Denial;
+use crate::forwarding::Client;
 use crate::metrics::Metrics;
 use crate::principal::{self, McpKind, Scope, Verdict};
 use crate::ratelimit::{AuthFailureThrottle, Limiter, LocalLimiter, RateOutcome, RateState};
@@ -31,8 +31,8 @@ pub struct Request<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
-    pub client_ip: IpAddr,
-    pub https: bool,
+    /// the client as SPEC §4.1 resolves it (peer, trusted proxies, scheme)
+    pub client: Client,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,10 +74,11 @@ impl Caller {
     fn is_scoped(&self) -> bool {
         self.scope().is_some_and(Scope::is_scoped)
     }
-    /// For logs: at most the stored 8-character prefix.
+    /// For logs: the stored prefix, cut to 8 characters whatever the
+    /// control plane stored (a longer one may be most of the secret).
     pub fn key_prefix(&self) -> Option<&str> {
         match &self.verdict.value {
-            Verdict::ApiKey(k) => Some(&k.prefix),
+            Verdict::ApiKey(k) => Some(log_prefix(&k.prefix)),
             _ => None,
         }
     }
@@ -258,8 +259,20 @@ impl Engine {
             secret: cfg.session.secret.as_ref(),
             cookie_names: &cfg.session.cookie_names,
         };
-        let credential = credentials::extract(req.headers, &settings);
         let mcp_route = route.auth == AuthMode::Mcp;
+        if mcp_route {
+            // SPEC §3.1 MCP transport: before any token lookup.
+            if let Err(d) = self.check_mcp_origin(req, cfg) {
+                return Authenticated::Denied(d, None);
+            }
+            if let Err(e) = self.mcp_server_id(req, route, captures) {
+                return Authenticated::Denied(Denial::BadRequest(e.reason()), None);
+            }
+        }
+        let credential = credentials::extract(req.headers, &settings);
+        // Only a presented credential counts toward the per-IP throttle
+        // (SPEC §6): a request with none keeps getting 401.
+        let presented = !matches!(credential, Credential::None);
         let result = match credential {
             Credential::None => Err(Denial::unauthenticated("missing_credential")),
             Credential::Invalid(reason) => Err(Denial::unauthenticated(reason)),
@@ -323,7 +336,19 @@ impl Engine {
         match result {
             Ok(caller) => Authenticated::Caller(caller),
             Err(Denial::Unauthenticated { reason, .. }) => {
-                if let Some(retry_after) = self.throttle.blocked(req.client_ip, now) {
+                let www = if mcp_route {
+                    self.mcp_challenge(req, route, captures, cfg)
+                } else {
+                    None
+                };
+                let unauthenticated = Denial::Unauthenticated {
+                    reason,
+                    www_authenticate: www,
+                };
+                if !presented {
+                    return Authenticated::Denied(unauthenticated, None);
+                }
+                if let Some(retry_after) = self.throttle.blocked(req.client.ip, now) {
                     return Authenticated::Denied(
                         Denial::RateLimited {
                             retry_after,
@@ -332,25 +357,48 @@ impl Engine {
                         None,
                     );
                 }
-                self.throttle.record_failure(req.client_ip, now);
-                let www = if mcp_route {
-                    self.mcp_challenge(req, route, captures, cfg)
-                } else {
-                    None
-                };
-                Authenticated::Denied(
-                    Denial::Unauthenticated {
-                        reason,
-                        www_authenticate: www,
-                    },
-                    None,
-                )
+                self.throttle.record_failure(req.client.ip, now);
+                Authenticated::Denied(unauthenticated, None)
             }
             Err(d) => Authenticated::Denied(d, None),
         }
     }
 
-    /// `WWW-Authenticate` for a 401 on an MCP route of a server with OAuth.
+    /// `Origin` on an `auth = "mcp"` route (SPEC §3.1): absent, or one value
+    /// listed in `mcp.allowed_origins` exactly (DNS-rebinding guard).
+    fn check_mcp_origin(&self, req: &Request<'_>, cfg: &Config) -> Result<(), Denial> {
+        let mut origins = req.headers.get_all(http::header::ORIGIN).iter();
+        match (origins.next(), origins.next()) {
+            (None, _) => Ok(()),
+            (Some(o), None)
+                if cfg
+                    .mcp
+                    .allowed_origins
+                    .iter()
+                    .any(|a| a.as_bytes() == o.as_bytes()) =>
+            {
+                Ok(())
+            }
+            _ => Err(Denial::Forbidden("origin_not_allowed")),
+        }
+    }
+
+    /// The MCP server the path names, decoded and checked as an id (SPEC §5.1).
+    fn mcp_server_id<'p>(
+        &self,
+        req: &Request<'p>,
+        route: &Route,
+        captures: &Captures,
+    ) -> Result<Option<Cow<'p, str>>, scope::SourceError> {
+        match route.mcp_server.and_then(|i| captures.get(req.path, i)) {
+            Some(seg) => scope::path_id(seg),
+            None => Ok(None),
+        }
+    }
+
+    /// `WWW-Authenticate` for a 401 on an MCP route (SPEC §3.1, §7):
+    /// `resource_metadata` for a server with OAuth enabled, and
+    /// `error="invalid_token"` when the request carried `Authorization`.
     fn mcp_challenge(
         &self,
         req: &Request<'_>,
@@ -358,36 +406,51 @@ impl Engine {
         captures: &Captures,
         cfg: &Config,
     ) -> Option<String> {
-        let server_id = captures.get(req.path, route.mcp_server?)?;
+        let metadata = self.resource_metadata(req, route, captures, cfg);
+        let invalid_token = req.headers.contains_key(http::header::AUTHORIZATION);
+        match (metadata, invalid_token) {
+            (Some(m), true) => Some(format!("Bearer {m}, error=\"invalid_token\"")),
+            (Some(m), false) => Some(format!("Bearer {m}")),
+            (None, true) => Some("Bearer error=\"invalid_token\"".to_string()),
+            (None, false) => None,
+        }
+    }
+
+    /// `resource_metadata="<base>/.well-known/oauth-protected-resource/mcp/<server>"`
+    /// for a server with OAuth enabled; the base is `server.public_url`, else
+    /// the scheme and host of SPEC §4.1 (a client's `X-Forwarded-Host` only
+    /// from a trusted proxy).
+    fn resource_metadata(
+        &self,
+        req: &Request<'_>,
+        route: &Route,
+        captures: &Captures,
+        cfg: &Config,
+    ) -> Option<String> {
+        let server_id = self.mcp_server_id(req, route, captures).ok()??;
         let cache = self.cache.load();
         let gen = self.store.generation_id();
         let server = cache
-            .lookup(&cache.mcp_servers, server_id, gen, || {
-                self.store.mcp_server(server_id)
+            .lookup(&cache.mcp_servers, &server_id, gen, || {
+                self.store.mcp_server(&server_id)
             })
             .ok()??;
         if !principal::mcp_mode(&server.auth_mode).1 {
             return None;
         }
         let base = if cfg.server.public_url.is_empty() {
-            let host = req.headers.get(http::header::HOST)?.to_str().ok()?;
-            if host.is_empty()
-                || !host
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-            {
-                return None;
-            }
-            format!("{}://{host}", if req.https { "https" } else { "http" })
+            let host = req.client.host(req.headers)?;
+            format!("{}://{host}", req.client.scheme)
         } else {
             cfg.server.public_url.clone()
         };
+        // a valid id is visible ASCII; quotes and backslashes stay out of the quoted string
         let server_id: String = server_id
             .chars()
-            .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
+            .filter(|c| *c != '"' && *c != '\\')
             .collect();
         Some(format!(
-            "Bearer resource_metadata=\"{base}/.well-known/oauth-protected-resource/mcp/{server_id}\""
+            "resource_metadata=\"{base}/.well-known/oauth-protected-resource/mcp/{server_id}\""
         ))
     }
 
@@ -410,7 +473,7 @@ impl Engine {
                 return Ok(entry);
             }
             self.metrics.cache(CacheResult::NegativeHit);
-            if let Some(retry_after) = self.throttle.blocked(req.client_ip, now) {
+            if let Some(retry_after) = self.throttle.blocked(req.client.ip, now) {
                 return Err(Denial::RateLimited {
                     retry_after,
                     per_ip: true,
@@ -419,7 +482,7 @@ impl Engine {
             return Ok(entry);
         }
         self.metrics.cache(CacheResult::Miss);
-        if let Some(retry_after) = self.throttle.blocked(req.client_ip, now) {
+        if let Some(retry_after) = self.throttle.blocked(req.client.ip, now) {
             return Err(Denial::RateLimited {
                 retry_after,
                 per_ip: true,
@@ -623,8 +686,10 @@ impl Engine {
                 if !allowed {
                     return Err(Denial::unauthenticated("auth_mode_not_allowed"));
                 }
-                let path_server = route.mcp_server.and_then(|i| captures.get(req.path, i));
-                if path_server != Some(&*t.server_id) {
+                let path_server = self
+                    .mcp_server_id(req, route, captures)
+                    .map_err(|e| Denial::BadRequest(e.reason()))?;
+                if path_server.as_deref() != Some(&*t.server_id) {
                     return Err(Denial::Forbidden("wrong_mcp_server"));
                 }
                 let method = if kind == McpKind::OAuth {
@@ -665,7 +730,7 @@ impl Engine {
             (d, state)
         };
         let identity = self
-            .check_route(req, route, captures, caller, body)
+            .check_route(req, route, captures, caller, body, cfg)
             .map_err(deny)?;
         let rate = match (&caller.org, limit) {
             (Some(org), Some((n, plan))) => match self.limiter.admit(&org.id, n, now) {
@@ -725,6 +790,7 @@ impl Engine {
         captures: &Captures,
         caller: &Caller,
         body: Option<&[u8]>,
+        cfg: &Config,
     ) -> Result<Identity, Denial> {
         let mut id = Identity {
             org_id: caller.org.as_ref().map(|o| o.id.clone()),
@@ -763,12 +829,10 @@ impl Engine {
             // Service keys are admin level; MCP tokens act in their server's workspace.
             return Ok(id);
         }
-        let found = match &route.workspace {
-            None => None,
-            Some(source) => scope::find(source, req.path, captures, req.query, req.headers, body)
-                .map_err(|e| Denial::BadRequest(e.reason()))?
-                .map(|raw| (source, raw)),
-        };
+        let found = scope::resolve(route, req.path, captures, req.query, req.headers, body)
+            .map_err(|e| Denial::BadRequest(e.reason()))?
+            .zip(route.workspace.as_ref())
+            .map(|(raw, source)| (source, raw));
         let cache = self.cache.load();
         let gen = self.store.generation_id();
         let workspace: Option<Cow<'_, str>> = match found {
@@ -800,10 +864,18 @@ impl Engine {
                 self.store.workspace_org(&ws).map(|o| o.map(Arc::from))
             })
             .map_err(|e| self.store_err(e))?;
-        if let Some(owner) = owner {
-            if caller.org.as_ref().map(|o| &*o.id) != Some(&*owner) {
-                return Err(Denial::ScopeDenied("workspace_of_another_organization"));
+        match owner {
+            Some(owner) => {
+                if caller.org.as_ref().map(|o| &*o.id) != Some(&*owner) {
+                    return Err(Denial::ScopeDenied("workspace_of_another_organization"));
+                }
             }
+            // X-Workspace-ID always names a workspace keyward verified
+            // (SPEC §5.1), unless the operator lets the upstream judge.
+            None if cfg.unknown_workspaces == UnknownWorkspaces::Deny => {
+                return Err(Denial::ScopeDenied("unknown_workspace"));
+            }
+            None => {}
         }
         if let Some(scope) = caller.scope() {
             if !scope.allows(&ws) {
@@ -815,10 +887,34 @@ impl Engine {
     }
 }
 
+/// At most [`LOG_PREFIX_CHARS`] characters of a stored key prefix.
+pub fn log_prefix(prefix: &str) -> &str {
+    match prefix.char_indices().nth(LOG_PREFIX_CHARS) {
+        Some((i, _)) => &prefix[..i],
+        None => prefix,
+    }
+}
+
+/// Longest key prefix a log line shows.
+pub const LOG_PREFIX_CHARS: usize = 8;
+
 fn usable_org(org: Option<&OrgRecord>) -> Result<OrgRecord, Denial> {
     match org {
         None => Err(Denial::Forbidden("organization_missing")),
         Some(o) if o.disabled => Err(Denial::Forbidden("organization_disabled")),
         Some(o) => Ok(o.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_prefixes_are_at_most_8_characters() {
+        assert_eq!(log_prefix("wvz_abcd"), "wvz_abcd");
+        assert_eq!(log_prefix("wvz_abcdefghijklmnop"), "wvz_abcd");
+        assert_eq!(log_prefix("wvz"), "wvz");
+        assert_eq!(log_prefix("ééééééééé"), "éééééééé");
     }
 }

@@ -19,6 +19,8 @@ pub enum Denial {
         per_ip: bool,
     },
     BadRequest(&'static str),
+    /// 415: a body the route must inspect is not JSON as sent (SPEC §5.1)
+    UnsupportedMediaType(&'static str),
     PayloadTooLarge,
     UpstreamUnavailable,
     AuthUnavailable,
@@ -39,6 +41,7 @@ impl Denial {
             Denial::Forbidden(_) | Denial::ScopeDenied(_) | Denial::QuotaExceeded => 403,
             Denial::RateLimited { .. } => 429,
             Denial::BadRequest(_) => 400,
+            Denial::UnsupportedMediaType(_) => 415,
             Denial::PayloadTooLarge => 413,
             Denial::UpstreamUnavailable => 502,
             Denial::AuthUnavailable => 503,
@@ -54,6 +57,7 @@ impl Denial {
             Denial::QuotaExceeded => "QUOTA_EXCEEDED",
             Denial::RateLimited { .. } => "RATE_LIMIT_EXCEEDED",
             Denial::BadRequest(_) => "BAD_REQUEST",
+            Denial::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             Denial::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Denial::UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
             Denial::AuthUnavailable => "AUTH_UNAVAILABLE",
@@ -70,6 +74,7 @@ impl Denial {
             Denial::QuotaExceeded => "quota_exceeded",
             Denial::RateLimited { .. } => "rate_limited",
             Denial::BadRequest(_) => "bad_request",
+            Denial::UnsupportedMediaType(_) => "unsupported_media_type",
             Denial::PayloadTooLarge => "payload_too_large",
             Denial::UpstreamUnavailable => "upstream_unavailable",
             Denial::AuthUnavailable => "auth_unavailable",
@@ -86,6 +91,9 @@ impl Denial {
             Denial::RateLimited { per_ip: false, .. } => "Rate limit exceeded",
             Denial::RateLimited { per_ip: true, .. } => "Too many failed authentication attempts",
             Denial::BadRequest(_) => "Bad request",
+            Denial::UnsupportedMediaType(_) => {
+                "The route reads the body as JSON: send it as application/json, not content-encoded"
+            }
             Denial::PayloadTooLarge => "Request body too large to inspect",
             Denial::UpstreamUnavailable => "Upstream unavailable",
             Denial::AuthUnavailable => "Authentication data unavailable",
@@ -99,7 +107,8 @@ impl Denial {
             Denial::Unauthenticated { reason, .. }
             | Denial::Forbidden(reason)
             | Denial::ScopeDenied(reason)
-            | Denial::BadRequest(reason) => Some(reason),
+            | Denial::BadRequest(reason)
+            | Denial::UnsupportedMediaType(reason) => Some(reason),
             _ => None,
         }
     }

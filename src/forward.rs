@@ -216,6 +216,10 @@ impl Upstream {
                 Exchange::Failed(upstream_failure(&e, false))
             }
         };
+        // A 101 is relayed only in answer to a forwarded WebSocket handshake
+        // (the only upgrade keyward forwards, and re-states); any other
+        // leaves the connection in neither protocol (SPEC §5.1).
+        let websocket = req.headers.contains_key(header::UPGRADE);
         up.write_request_header(req).await.map_err(early)?;
         let mut request_done = true;
         if let Some(body) = inspected {
@@ -270,6 +274,10 @@ impl Upstream {
                                 response_done = false;
                                 session.write_response_header(resp).await.map_err(|_| down())?;
                                 continue;
+                            }
+                            if code == 101 && !websocket {
+                                tracing::warn!("upstream answered 101 to a request that asked for no upgrade");
+                                return Err(Exchange::Failed(Failure::Upstream { timeout: false, answered: false }));
                             }
                             status = code;
                             on_response(&mut resp);
@@ -437,23 +445,35 @@ pub fn upstream_request(
         }
     }
     if has_body && !h.contains_key(header::CONTENT_LENGTH) {
-        // The client's transfer codings are kept (pingora checked that
-        // chunked is the last and de-chunked the body; it is chunked again on
-        // the way up), so `gzip, chunked` stays gzip. Without any, chunked.
-        let codings = down.headers.get_all(header::TRANSFER_ENCODING);
-        if codings.iter().next().is_some() {
-            for v in codings {
-                h.append(header::TRANSFER_ENCODING, v.clone());
-            }
-        } else {
-            h.insert(
-                header::TRANSFER_ENCODING,
-                HeaderValue::from_static("chunked"),
-            );
-        }
+        // The client's transfer codings are kept in order (pingora checked
+        // that chunked is the last and de-chunked the body; it is chunked
+        // again on the way up), so `gzip, chunked` stays gzip; with exactly
+        // one `chunked`, keyward's own (SPEC §5.1: `chunked, chunked` would
+        // be read as two layers). Without any, chunked.
+        h.insert(header::TRANSFER_ENCODING, transfer_codings(down)?);
     }
     parts.headers = h;
     Ok(parts)
+}
+
+/// The client's transfer codings other than `chunked`, in order, then one
+/// `chunked`.
+fn transfer_codings(down: &RequestHeader) -> Result<HeaderValue, Unforwardable> {
+    let mut out: Vec<u8> = Vec::new();
+    for v in down.headers.get_all(header::TRANSFER_ENCODING) {
+        for coding in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if coding.is_empty() || coding.eq_ignore_ascii_case(b"chunked") {
+                continue;
+            }
+            out.extend_from_slice(coding);
+            out.extend_from_slice(b", ");
+        }
+    }
+    if out.is_empty() {
+        return Ok(HeaderValue::from_static("chunked"));
+    }
+    out.extend_from_slice(b"chunked");
+    HeaderValue::from_bytes(&out).map_err(|_| Unforwardable("malformed_transfer_encoding"))
 }
 
 /// Headers keyward may add to the upstream's copy (identity, request id,
@@ -539,6 +559,16 @@ mod tests {
         assert_eq!(up.headers["transfer-encoding"], "gzip, chunked");
         let up = upstream_request(&r, false, |_| false).unwrap();
         assert!(!up.headers.contains_key("transfer-encoding"));
+        let r = req(&[("transfer-encoding", "chunked, chunked")]);
+        let up = upstream_request(&r, true, |_| false).unwrap();
+        assert_eq!(up.headers["transfer-encoding"], "chunked");
+        let r = req(&[
+            ("transfer-encoding", "gzip, Chunked"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        let up = upstream_request(&r, true, |_| false).unwrap();
+        assert_eq!(up.headers["transfer-encoding"], "gzip, chunked");
+        assert_eq!(up.headers.get_all("transfer-encoding").iter().count(), 1);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod denial;
 pub mod echo;
 #[cfg(feature = "server")]
 pub mod forward;
+pub mod forwarding;
 pub mod metrics;
 pub mod principal;
 #[cfg(feature = "server")]

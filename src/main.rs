@@ -123,6 +123,16 @@ fn check(config: &std::path::Path) -> Result<(), String> {
         .map_err(|e| format!("snapshot {}: {e}", cfg.snapshot.path.display()))?;
     let c = &gen.counts;
     println!("config: {} ok", config.display());
+    let mcp_routes = cfg
+        .routes
+        .routes()
+        .iter()
+        .any(|r| r.auth == keyward::routes::AuthMode::Mcp);
+    if mcp_routes && cfg.server.public_url.is_empty() {
+        println!(
+            "warning: server.public_url is empty: MCP resource_metadata URLs are built from the request's Host (or a trusted proxy's X-Forwarded-Host); set it to the external base URL"
+        );
+    }
     println!("routes: {}", cfg.routes.len());
     println!("plans: {}", cfg.plans.len());
     println!("snapshot: {} ok", cfg.snapshot.path.display());

@@ -22,7 +22,7 @@ const AUTH_METHODS: [&str; 6] = [
     "none",
 ];
 /// Label values of `requests_total{outcome}` known in advance.
-const OUTCOMES: [&str; 12] = [
+const OUTCOMES: [&str; 13] = [
     "forwarded",
     "unauthenticated",
     "forbidden",
@@ -31,6 +31,7 @@ const OUTCOMES: [&str; 12] = [
     "rate_limited",
     "bad_request",
     "payload_too_large",
+    "unsupported_media_type",
     "upstream_unavailable",
     "upstream_timeout",
     "auth_unavailable",

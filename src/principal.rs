@@ -42,7 +42,11 @@ impl Scope {
         match p.scope.as_deref() {
             Some("org") => Scope::OrgWide,
             Some("workspace") => match p.workspace_ids {
-                Some(ids) if ids.iter().all(|i| !i.is_empty() && !i.contains(',')) => {
+                // An empty list would become an empty X-Allowed-Workspaces,
+                // which `if (header)` reads as org-wide (SPEC §5.1).
+                Some(ids)
+                    if !ids.is_empty() && ids.iter().all(|i| !i.is_empty() && !i.contains(',')) =>
+                {
                     Scope::Workspaces {
                         header: Arc::from(ids.join(",")),
                         ids: ids.into_iter().map(Arc::from).collect(),
@@ -237,6 +241,10 @@ mod tests {
         ));
         assert!(s.allows("ws_2") && !s.allows("ws_3") && s.is_scoped());
         assert!(matches!(Scope::parse(Some("{nope")), Scope::Malformed));
+        assert!(matches!(
+            Scope::parse(Some(r#"{"scope":"workspace","workspaceIds":[]}"#)),
+            Scope::Malformed
+        ));
         assert!(matches!(
             Scope::parse(Some(r#"{"scope":"workspace"}"#)),
             Scope::Malformed

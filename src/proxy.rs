@@ -22,7 +22,8 @@ use pingora::{ErrorType, Result};
 use crate::decision::{AuthMethod, Authenticated, Engine, Identity, Request};
 use crate::denial::Denial;
 use crate::forward::{upstream_request, Failure, Unforwardable, Upstream};
-use crate::ratelimit::{client_ip, RateState};
+use crate::forwarding::{is_forwarding_header, spelled_as, Client};
+use crate::ratelimit::RateState;
 use crate::routes::{self, AuthMode};
 
 /// Longest a downstream HTTP/1.1 keep-alive connection may sit idle between
@@ -45,32 +46,11 @@ const IDENTITY_HEADERS: [&str; 9] = [
 ];
 
 fn is_identity_header(name: &str) -> bool {
-    let n = name.as_bytes();
-    IDENTITY_HEADERS.iter().any(|h| {
-        h.len() == n.len()
-            && h.bytes().zip(n).all(|(a, &b)| {
-                let b = if b == b'_' {
-                    b'-'
-                } else {
-                    b.to_ascii_lowercase()
-                };
-                a == b
-            })
-    })
+    IDENTITY_HEADERS.iter().any(|h| spelled_as(name, h))
 }
 
 fn is_request_id_header(name: &str) -> bool {
-    name.len() == 12
-        && name
-            .bytes()
-            .map(|b| {
-                if b == b'_' {
-                    b'-'
-                } else {
-                    b.to_ascii_lowercase()
-                }
-            })
-            .eq(*b"x-request-id")
+    spelled_as(name, "x-request-id")
 }
 
 fn valid_request_id(v: &[u8]) -> bool {
@@ -157,14 +137,13 @@ async fn write_denial(
 
 /// The request as the decision core sees it (built again after an inspected
 /// body was read, because reading it needs the session mutably).
-fn request_facts(h: &RequestHeader, client_ip: std::net::IpAddr, https: bool) -> Request<'_> {
+fn request_facts(h: &RequestHeader, client: Client) -> Request<'_> {
     Request {
         method: &h.method,
         path: h.uri.path(),
         query: h.uri.query(),
         headers: &h.headers,
-        client_ip,
-        https,
+        client,
     }
 }
 
@@ -217,6 +196,8 @@ struct Ctx {
     status: u16,
     auth_time: Duration,
     has_body: bool,
+    /// who the client is (SPEC §4.1), for the forwarding headers
+    client: Option<Client>,
 }
 
 /// What the decision left to do.
@@ -254,7 +235,7 @@ impl KeywardApp {
             Ok(Next::Answered) => return true,
             Err(_) => return false,
         };
-        if let Err(e) = self.add_identity(&mut parts.headers, ctx) {
+        if let Err(e) = self.add_identity(&mut parts.headers, &session.req_header().headers, ctx) {
             // An identity value from the snapshot that cannot be a header
             // value: fail closed.
             tracing::error!(error = %e, "cannot build the upstream request");
@@ -277,7 +258,8 @@ impl KeywardApp {
             if inspected {
                 parts.headers.remove(http::header::EXPECT);
             }
-            self.add_identity(&mut parts.headers, ctx).ok()?;
+            self.add_identity(&mut parts.headers, &s.req_header().headers, ctx)
+                .ok()?;
             Some(Box::new(RequestHeader::from(parts)))
         };
         let forwarded = self
@@ -369,6 +351,11 @@ impl KeywardApp {
             let d = Denial::BadRequest("malformed_framing");
             return self.deny(session, ctx, d, None).await;
         }
+        // `post` would miss POST routes here and hit them upstream (SPEC §5.1).
+        if routes::is_noncanonical_method(&session.req_header().method) {
+            let d = Denial::BadRequest("noncanonical_method");
+            return self.deny(session, ctx, d, None).await;
+        }
 
         // Decide on exactly the path the upstream will act on (SPEC §5).
         // pingora keeps a target that is not origin-form verbatim while its
@@ -426,28 +413,24 @@ impl KeywardApp {
         let policy = engine.policy.load();
         let cfg = &policy.config;
         let req_header = session.req_header();
-        let (route, captures) = cfg.routes.find(&req_header.method, req_header.uri.path());
-        if route.auth == AuthMode::None {
-            ctx.outcome = "forwarded";
-            return Ok(Next::Forward(up_req, None));
-        }
         let peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
             .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-        let ip = if cfg.server.trusted_proxies.is_empty() {
-            peer_ip
-        } else {
-            let xff: Vec<&str> = req_header
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            client_ip(peer_ip, &xff, &cfg.server.trusted_proxies)
-        };
-        let req = request_facts(req_header, ip, self.https);
+        let client = Client::resolve(
+            peer_ip,
+            self.https,
+            &req_header.headers,
+            &cfg.server.trusted_proxies,
+        );
+        ctx.client = Some(client);
+        let (route, captures) = cfg.routes.find(&req_header.method, req_header.uri.path());
+        if route.auth == AuthMode::None {
+            ctx.outcome = "forwarded";
+            return Ok(Next::Forward(up_req, None));
+        }
+        let req = request_facts(req_header, client);
         let caller = match engine.authenticate(&req, route, &captures, now) {
             Authenticated::Caller(c) => c,
             Authenticated::Denied(d, rate) => {
@@ -461,6 +444,13 @@ impl KeywardApp {
         let needs_body = route.workspace.as_ref().is_some_and(|w| w.needs_body())
             && matches!(caller.method, AuthMethod::ApiKey | AuthMethod::Session);
         let (decision, body) = if needs_body {
+            // Only a body keyward and the upstream read the same way is
+            // inspected, judged from the head (415 before 413, SPEC §5.1).
+            if let Err(e) = crate::scope::inspectable_body(&session.req_header().headers) {
+                ctx.auth_time = auth_start.elapsed();
+                let d = Denial::UnsupportedMediaType(e.reason());
+                return self.deny(session, ctx, d, None).await;
+            }
             // Held in memory until the decision, then forwarded as read.
             let cap = cfg.server.max_body_inspect_bytes;
             if expects_continue(session.req_header()) {
@@ -484,7 +474,7 @@ impl KeywardApp {
                 return self.deny(session, ctx, Denial::PayloadTooLarge, None).await;
             }
             let body = buf.freeze();
-            let req = request_facts(session.req_header(), ip, self.https);
+            let req = request_facts(session.req_header(), client);
             let d = engine.authorize(&req, route, &captures, &caller, Some(&body), now);
             (d, Some(body))
         } else {
@@ -503,10 +493,18 @@ impl KeywardApp {
         }
     }
 
-    /// keyward's identity headers (SPEC §4; the client's spellings were left
-    /// out of the copy).
-    fn add_identity(&self, h: &mut HeaderMap, ctx: &Ctx) -> Result<(), InvalidHeaderValue> {
+    /// keyward's identity and forwarding headers (SPEC §4, §4.1; the
+    /// client's spellings were left out of the copy). `down` is the client's head.
+    fn add_identity(
+        &self,
+        h: &mut HeaderMap,
+        down: &HeaderMap,
+        ctx: &Ctx,
+    ) -> Result<(), InvalidHeaderValue> {
         h.insert(X_REQUEST_ID, HeaderValue::from_str(&ctx.request_id)?);
+        if let Some(client) = &ctx.client {
+            client.write(h, down);
+        }
         if self.engine.policy.load().config.upstream.strip_credentials {
             h.remove(http::header::AUTHORIZATION);
             h.remove(http::header::COOKIE);
@@ -574,7 +572,9 @@ impl KeywardApp {
 /// Every client spelling of keyward's own headers, left out of the
 /// upstream's copy (SPEC §4).
 fn spoofed(n: &HeaderName) -> bool {
-    is_identity_header(n.as_str()) || is_request_id_header(n.as_str())
+    is_identity_header(n.as_str())
+        || is_request_id_header(n.as_str())
+        || is_forwarding_header(n.as_str())
 }
 
 /// `Expect: 100-continue` (RFC 9110 §10.1.1).

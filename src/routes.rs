@@ -86,6 +86,48 @@ impl Route {
     pub fn capture_index(&self, name: &str) -> Option<usize> {
         self.capture_names.iter().position(|n| n == name)
     }
+
+    /// NAME of a `path:`, `query:` or `header:` workspace rule: a query
+    /// parameter of that name is a second source (SPEC §5.1).
+    pub fn workspace_name(&self) -> Option<&str> {
+        match self.workspace.as_ref()? {
+            WorkspaceSource::Path(i) => self.capture_names.get(*i).map(String::as_str),
+            WorkspaceSource::Query(n) | WorkspaceSource::Header(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    fn allows(&self, method: &Method) -> bool {
+        match &self.methods {
+            None => true,
+            // A route listing GET also matches HEAD (SPEC §5.1): frameworks
+            // run the GET handler for HEAD.
+            Some(ms) => {
+                ms.contains(method) || (*method == Method::HEAD && ms.contains(&Method::GET))
+            }
+        }
+    }
+}
+
+/// The standard methods (SPEC §5.1).
+const STANDARD_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
+/// A standard method in another letter case (`post`, `Get`): 400
+/// `noncanonical_method` (SPEC §5.1), since routes compare methods exactly
+/// while Werkzeug, Symfony and ASP.NET upper-case them.
+pub fn is_noncanonical_method(method: &Method) -> bool {
+    let m = method.as_str();
+    STANDARD_METHODS
+        .iter()
+        .any(|s| s.as_str() != m && s.as_str().eq_ignore_ascii_case(m))
 }
 
 /// The route every unmatched path gets: auth required, no workspace rule.
@@ -165,10 +207,8 @@ impl RouteTable {
         let mut spans = [(0u32, 0u32); MAX_SEGMENTS];
         let n = split_segments(path, &mut spans);
         for route in &self.routes {
-            if let Some(methods) = &route.methods {
-                if !methods.contains(method) {
-                    continue;
-                }
+            if !route.allows(method) {
+                continue;
             }
             if let Some(c) = match_route(route, path, &spans[..n]) {
                 return (route, c);
@@ -375,6 +415,9 @@ pub enum PathError {
     Nul,
     AboveRoot,
     TooManySegments,
+    /// `;` in the path: servlet containers strip `;…` from segments and read
+    /// `..;` as `..` (SPEC §5.1)
+    Parameter,
 }
 
 impl PathError {
@@ -386,6 +429,7 @@ impl PathError {
             PathError::Nul => "nul_in_path",
             PathError::AboveRoot => "path_above_root",
             PathError::TooManySegments => "too_many_segments",
+            PathError::Parameter => "path_parameter",
         }
     }
 }
@@ -417,6 +461,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     for (i, &b) in bytes.iter().enumerate() {
         match b {
             b'%' | b'\\' | 0 => simple = false,
+            b';' => return Err(PathError::Parameter),
             b'/' => {
                 segments += 1;
                 let next = &bytes[i + 1..];
@@ -523,6 +568,34 @@ mod tests {
     }
 
     #[test]
+    fn methods_are_read_one_way() {
+        for m in ["post", "Get", "hEAD", "Delete", "options", "pATCH", "put"] {
+            assert!(
+                is_noncanonical_method(&Method::from_bytes(m.as_bytes()).unwrap()),
+                "{m}"
+            );
+        }
+        for m in ["GET", "POST", "PROPFIND", "purge", "TRACE"] {
+            assert!(
+                !is_noncanonical_method(&Method::from_bytes(m.as_bytes()).unwrap()),
+                "{m}"
+            );
+        }
+        let t = table(
+            r#"
+            [[route]]
+            path = "/w/{id}"
+            methods = ["GET"]
+            workspace = "path:id"
+            "#,
+        );
+        assert_eq!(t.find(&Method::HEAD, "/w/a").0.index, 0);
+        assert_eq!(t.find(&Method::GET, "/w/a").0.index, 0);
+        assert_eq!(t.find(&Method::POST, "/w/a").0.index, usize::MAX);
+        assert_eq!(t.routes()[0].workspace_name(), Some("id"));
+    }
+
+    #[test]
     fn normalization_follows_the_contract() {
         let ok = |p: &str| normalize(p).unwrap().into_owned();
         assert_eq!(ok("/api/v1/x"), "/api/v1/x");
@@ -536,6 +609,19 @@ mod tests {
         assert_eq!(ok("/"), "/");
         assert_eq!(ok("/a/.."), "/");
         assert_eq!(normalize("/../etc").unwrap_err(), PathError::AboveRoot);
+        assert_eq!(
+            normalize("/api/v1/actions;x/execute").unwrap_err(),
+            PathError::Parameter
+        );
+        assert_eq!(
+            normalize("/w/ws_a/..;/ws_b/x").unwrap_err(),
+            PathError::Parameter
+        );
+        assert_eq!(
+            normalize("/api/%2e%2e;/x").unwrap_err(),
+            PathError::Parameter
+        );
+        assert_eq!(ok("/api/a%3Bb"), "/api/a%3Bb");
         assert_eq!(
             normalize("/a/%2e%2e/%2e%2e/b").unwrap_err(),
             PathError::AboveRoot

@@ -1,19 +1,27 @@
-//! Workspace sources (SPEC §5): find the target workspace (or resource id)
-//! a route names, in the path, query, a header or the JSON body. Ambiguity is
-//! an error (400), absence is "found nothing". Pure: no store, no pingora.
+//! Workspace sources (SPEC §5, §5.1): find the target workspace (or resource
+//! id) a route names, in the path, query, a header or the JSON body, and
+//! refuse wherever the upstream could read another one: ambiguity and a
+//! second source that disagrees are errors (400), absence is "found
+//! nothing", an id keyward could not put in a header is `malformed_id`
+//! before any lookup. Also owns which bodies can be inspected at all (415).
+//! Pure: no store, no pingora.
 
 use std::borrow::Cow;
 
 use http::HeaderMap;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use crate::routes::{Captures, WorkspaceSource};
+use crate::routes::{Captures, Route, WorkspaceSource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceError {
     Ambiguous,
     NotJson,
     NotString,
+    /// not 1–256 bytes of visible ASCII after percent-decoding
+    MalformedId,
+    /// a query parameter of the rule's name names another workspace
+    Conflicting,
 }
 
 impl SourceError {
@@ -22,10 +30,85 @@ impl SourceError {
             SourceError::Ambiguous => "ambiguous_workspace",
             SourceError::NotJson => "body_not_json",
             SourceError::NotString => "workspace_not_a_string",
+            SourceError::MalformedId => "malformed_id",
+            SourceError::Conflicting => "conflicting_workspace",
         }
     }
 }
 
+/// Longest workspace, resource or MCP server id taken from a request.
+pub const MAX_ID_LEN: usize = 256;
+
+/// An id keyward may look up and forward (SPEC §5.1): 1–256 bytes of
+/// visible ASCII, no controls, no spaces.
+pub fn valid_id(id: &[u8]) -> bool {
+    (1..=MAX_ID_LEN).contains(&id.len()) && id.iter().all(u8::is_ascii_graphic)
+}
+
+/// Empty: found nothing; valid: the id; else `MalformedId`.
+fn checked(id: Cow<'_, str>) -> Result<Option<Cow<'_, str>>, SourceError> {
+    if id.is_empty() {
+        Ok(None)
+    } else if valid_id(id.as_bytes()) {
+        Ok(Some(id))
+    } else {
+        Err(SourceError::MalformedId)
+    }
+}
+
+/// An id captured from the (normalized) path, percent-decoded and checked:
+/// a workspace, a resource or an MCP server.
+pub fn path_id(segment: &str) -> Result<Option<Cow<'_, str>>, SourceError> {
+    if !segment.contains('%') {
+        return checked(Cow::Borrowed(segment));
+    }
+    let bytes: Cow<'_, [u8]> = percent_encoding::percent_decode_str(segment).into();
+    if !valid_id(&bytes) {
+        return Err(SourceError::MalformedId);
+    }
+    // visible ASCII is UTF-8
+    Ok(Some(Cow::Owned(
+        String::from_utf8(bytes.into_owned()).expect("ASCII"),
+    )))
+}
+
+/// The workspace (or resource id) a route's rule names, after every rule of
+/// SPEC §5.1 about reading it one way: the id is well formed, and on a
+/// `path:` or `header:` rule no query parameter of the rule's name (plain or
+/// bracketed, any case) names another workspace. Routes without a rule
+/// find nothing.
+pub fn resolve<'a>(
+    route: &Route,
+    path: &'a str,
+    captures: &Captures,
+    query: Option<&'a str>,
+    headers: &'a HeaderMap,
+    body: Option<&[u8]>,
+) -> Result<Option<Cow<'a, str>>, SourceError> {
+    let Some(source) = &route.workspace else {
+        return Ok(None);
+    };
+    let found = find(source, path, captures, query, headers, body)?;
+    if matches!(
+        source,
+        WorkspaceSource::Path(_) | WorkspaceSource::Header(_)
+    ) {
+        if let Some(name) = route.workspace_name() {
+            let scan = QueryScan::of(query.unwrap_or(""), name)?;
+            match scan.count {
+                0 => {}
+                1 => {
+                    let other = form_decode(scan.value.unwrap_or(""))?;
+                    if !other.is_empty() && found.as_deref() != Some(&*other) {
+                        return Err(SourceError::Conflicting);
+                    }
+                }
+                _ => return Err(SourceError::Ambiguous),
+            }
+        }
+    }
+    Ok(found)
+}
 /// What a route's rule found: nothing, or the raw id (a workspace id, or a
 /// resource id for `resource_*` rules).
 pub fn find<'a>(
@@ -38,11 +121,10 @@ pub fn find<'a>(
 ) -> Result<Option<Cow<'a, str>>, SourceError> {
     match source {
         WorkspaceSource::Path(i) | WorkspaceSource::ResourcePath(i) => {
-            Ok(captures.get(path, *i).map(|s| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8()
-                    .unwrap_or(Cow::Borrowed(s))
-            }))
+            match captures.get(path, *i) {
+                Some(s) => path_id(s),
+                None => Ok(None),
+            }
         }
         WorkspaceSource::Query(name) => query_param(query.unwrap_or(""), name),
         WorkspaceSource::Header(name) => {
@@ -62,13 +144,16 @@ pub fn find<'a>(
                     Ok(s) if s.trim().is_empty() => Ok(None),
                     // a list is the same header repeated (RFC 9110 §5.3)
                     Ok(s) if s.contains(',') => Err(SourceError::Ambiguous),
-                    Ok(s) => Ok(Some(Cow::Borrowed(s.trim()))),
-                    Err(_) => Err(SourceError::NotString),
+                    Ok(s) => checked(Cow::Borrowed(s.trim())),
+                    Err(_) => Err(SourceError::MalformedId),
                 },
             }
         }
         WorkspaceSource::Body(field) | WorkspaceSource::ResourceBody(field) => {
-            body_field(body.unwrap_or(&[]), field).map(|o| o.map(Cow::Owned))
+            match body_field(body.unwrap_or(&[]), field)? {
+                Some(v) => checked(Cow::Owned(v)),
+                None => Ok(None),
+            }
         }
     }
 }
@@ -82,22 +167,171 @@ fn same_but_underscores(header: &str, name: &str) -> bool {
             .all(|(a, b)| a == b || (a == b'_' && b == b'-') || (a == b'-' && b == b'_'))
 }
 
-fn query_param<'a>(query: &'a str, name: &str) -> Result<Option<Cow<'a, str>>, SourceError> {
-    let mut found = None;
-    for pair in query.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_encoding::percent_decode_str(k).decode_utf8_lossy();
-        if k == name {
-            if found.is_some() {
-                return Err(SourceError::Ambiguous);
+/// Where a query names a parameter: how often (plain, bracketed `NAME[]` /
+/// `NAME[…]` as Express `qs` reads arrays and objects, or in another letter
+/// case as ASP.NET binds it), whether any was bracketed, and the first raw
+/// value. A `;` that older parsers split pairs on, inside a pair that names
+/// NAME or before a NAME, is a second reading: `Ambiguous`.
+#[derive(Debug, Default)]
+struct QueryScan<'a> {
+    count: usize,
+    bracketed: bool,
+    value: Option<&'a str>,
+}
+
+impl<'a> QueryScan<'a> {
+    fn of(query: &'a str, name: &str) -> Result<QueryScan<'a>, SourceError> {
+        let mut scan = QueryScan::default();
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match key_names(k, name) {
+                Some(bracketed) => {
+                    if v.contains(';') {
+                        return Err(SourceError::Ambiguous);
+                    }
+                    scan.count += 1;
+                    scan.bracketed |= bracketed;
+                    scan.value.get_or_insert(v);
+                }
+                None if pair.contains(';') => {
+                    let split = pair.split(';').skip(1);
+                    if split
+                        .map(|p| p.split_once('=').map_or(p, |(k, _)| k))
+                        .any(|k| key_names(k, name).is_some())
+                    {
+                        return Err(SourceError::Ambiguous);
+                    }
+                }
+                None => {}
             }
-            let v = percent_encoding::percent_decode_str(v)
-                .decode_utf8()
-                .map_err(|_| SourceError::NotString)?;
-            found = Some(v);
+        }
+        Ok(scan)
+    }
+}
+
+/// Whether a raw query key names `name` (`Some(bracketed)`), after
+/// form-decoding, ignoring ASCII case and any `[…]` suffix.
+fn key_names(raw_key: &str, name: &str) -> Option<bool> {
+    let key = form_decode_lossy(raw_key);
+    let (base, bracketed) = match key.find('[') {
+        Some(i) => (&key[..i], true),
+        None => (&key[..], false),
+    };
+    base.eq_ignore_ascii_case(name).then_some(bracketed)
+}
+
+/// `application/x-www-form-urlencoded` decoding (`+` is a space), as every
+/// common query parser reads a value.
+fn form_decode(v: &str) -> Result<Cow<'_, str>, SourceError> {
+    if !v.contains(['%', '+']) {
+        return Ok(Cow::Borrowed(v));
+    }
+    let spaced = v.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|c| Cow::Owned(c.into_owned()))
+        .map_err(|_| SourceError::MalformedId)
+}
+
+fn form_decode_lossy(v: &str) -> Cow<'_, str> {
+    if !v.contains(['%', '+']) {
+        return Cow::Borrowed(v);
+    }
+    let spaced = v.replace('+', " ");
+    Cow::Owned(
+        percent_encoding::percent_decode_str(&spaced)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
+}
+
+/// A `query:` rule's value: the parameter exactly once and not bracketed
+/// (else `Ambiguous`), form-decoded and checked as an id.
+fn query_param<'a>(query: &'a str, name: &str) -> Result<Option<Cow<'a, str>>, SourceError> {
+    let scan = QueryScan::of(query, name)?;
+    if scan.count > 1 || scan.bracketed {
+        return Err(SourceError::Ambiguous);
+    }
+    match scan.value {
+        None => Ok(None),
+        Some(v) => checked(form_decode(v)?),
+    }
+}
+
+/// Why an inspected body is refused (415 UNSUPPORTED_MEDIA_TYPE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaError {
+    /// not `application/json` or `application/*+json`
+    Unsupported,
+    /// a `Content-Encoding` other than `identity`
+    Encoded,
+}
+
+impl MediaError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            MediaError::Unsupported => "unsupported_media_type",
+            MediaError::Encoded => "encoded_body",
         }
     }
-    Ok(found.filter(|v| !v.is_empty()))
+}
+
+/// Whether a body a route inspects can be read one way (SPEC §5.1): judged
+/// from the head before the body is read. An empty body (no
+/// `Transfer-Encoding`, `Content-Length` absent or 0) always can. Otherwise
+/// exactly one `Content-Type` of `application/json` or `application/*+json`
+/// (parameters allowed, no list) and no coding but `identity`: a form parser
+/// reads a JSON/form polyglot another way, and a compressed body (brotli has
+/// no magic bytes) is not what keyward would read.
+pub fn inspectable_body(headers: &HeaderMap) -> Result<(), MediaError> {
+    let non_empty = headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().iter().any(|&b| b != b'0'));
+    if !non_empty {
+        return Ok(());
+    }
+    let encoded = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Err(MediaError::Encoded);
+    }
+    let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let (Some(ct), None) = (types.next(), types.next()) else {
+        return Err(MediaError::Unsupported);
+    };
+    let ct = ct.as_bytes();
+    if ct.contains(&b',') {
+        return Err(MediaError::Unsupported);
+    }
+    let media = ct
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let Some(slash) = media.iter().position(|&b| b == b'/') else {
+        return Err(MediaError::Unsupported);
+    };
+    let (kind, sub) = (&media[..slash], &media[slash + 1..]);
+    let token = |t: &[u8]| {
+        !t.is_empty()
+            && t.iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    let json = sub.eq_ignore_ascii_case(b"json")
+        || (sub.len() > 5
+            && sub[sub.len() - 5..].eq_ignore_ascii_case(b"+json")
+            && token(&sub[..sub.len() - 5]));
+    if kind.eq_ignore_ascii_case(b"application") && json {
+        Ok(())
+    } else {
+        Err(MediaError::Unsupported)
+    }
 }
 
 /// The string value of a top-level JSON field. Empty body or missing field:
@@ -265,5 +499,167 @@ mod tests {
         );
         assert_eq!(query_param("x=1", "workspaceId"), Ok(None));
         assert_eq!(query_param("workspaceId=", "workspaceId"), Ok(None));
+        for q in [
+            "workspaceId=a&workspaceId[]=b",
+            "workspaceId[]=a",
+            "workspaceId[0]=a",
+            "workspaceId=a&WorkspaceID=b",
+            "workspace%49d=a&workspaceId=a",
+            "workspaceId=a;b",
+            "x=1;workspaceId=b&workspaceId=a",
+        ] {
+            assert_eq!(
+                query_param(q, "workspaceId"),
+                Err(SourceError::Ambiguous),
+                "{q}"
+            );
+        }
+        assert_eq!(
+            query_param("workspaceId=a+b", "workspaceId"),
+            Err(SourceError::MalformedId)
+        );
+        assert_eq!(
+            query_param("workspaceId=a%0Ab", "workspaceId"),
+            Err(SourceError::MalformedId)
+        );
+        assert_eq!(
+            query_param("filter=a;b&workspaceId=ws", "workspaceId"),
+            Ok(Some(Cow::Borrowed("ws")))
+        );
+    }
+
+    fn table(toml_routes: &str) -> crate::routes::RouteTable {
+        #[derive(serde::Deserialize)]
+        struct T {
+            route: Vec<crate::routes::RawRoute>,
+        }
+        let t: T = toml::from_str(toml_routes).unwrap();
+        crate::routes::RouteTable::compile(t.route).unwrap()
+    }
+
+    #[test]
+    fn a_second_source_in_the_query_must_agree() {
+        let t =
+            table("[[route]]\npath = \"/w/{workspaceId}/**\"\nworkspace = \"path:workspaceId\"\n");
+        let r = &t.routes()[0];
+        let h = HeaderMap::new();
+        let path = "/w/ws_a/x";
+        let (_, caps) = t.find(&http::Method::GET, path);
+        let res =
+            |q: Option<&str>| resolve(r, path, &caps, q, &h, None).map(|o| o.map(Cow::into_owned));
+        assert_eq!(res(None), Ok(Some("ws_a".into())));
+        assert_eq!(res(Some("workspaceId=ws_a")), Ok(Some("ws_a".into())));
+        assert_eq!(res(Some("workspaceId=")), Ok(Some("ws_a".into())));
+        assert_eq!(res(Some("workspaceId=ws_b")), Err(SourceError::Conflicting));
+        assert_eq!(
+            res(Some("workspaceId[]=ws_b")),
+            Err(SourceError::Conflicting)
+        );
+        assert_eq!(res(Some("WORKSPACEID=ws_b")), Err(SourceError::Conflicting));
+        assert_eq!(
+            res(Some("workspaceId=ws_a&workspaceId[]=ws_a")),
+            Err(SourceError::Ambiguous)
+        );
+        let (_, caps) = t.find(&http::Method::GET, "/w/kw%0Aprobe/x");
+        assert_eq!(
+            resolve(r, "/w/kw%0Aprobe/x", &caps, None, &h, None),
+            Err(SourceError::MalformedId)
+        );
+        let long = format!("/w/{}/x", "a".repeat(300));
+        let (_, caps) = t.find(&http::Method::GET, &long);
+        assert_eq!(
+            resolve(r, &long, &caps, None, &h, None),
+            Err(SourceError::MalformedId)
+        );
+    }
+
+    #[test]
+    fn ids_are_visible_ascii() {
+        assert!(valid_id(b"ws_1") && valid_id(&[b'a'; 256]));
+        assert!(!valid_id(b"") && !valid_id(&[b'a'; 257]));
+        assert!(!valid_id(b"a b") && !valid_id(b"a\nb") && !valid_id("é".as_bytes()));
+        assert_eq!(path_id("ws%5F1"), Ok(Some(Cow::Owned("ws_1".into()))));
+        assert_eq!(path_id("ws%20"), Err(SourceError::MalformedId));
+        assert_eq!(path_id("%FF"), Err(SourceError::MalformedId));
+    }
+
+    #[test]
+    fn only_json_bodies_are_inspected() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            inspectable_body(&h)
+        };
+        let cl = ("content-length", "10");
+        assert_eq!(h(&[cl, ("content-type", "application/json")]), Ok(()));
+        assert_eq!(
+            h(&[cl, ("content-type", "Application/JSON; charset=utf-8")]),
+            Ok(())
+        );
+        assert_eq!(
+            h(&[cl, ("content-type", "application/vnd.api+json")]),
+            Ok(())
+        );
+        assert_eq!(
+            h(&[
+                cl,
+                ("content-type", "application/json"),
+                ("content-encoding", "identity")
+            ]),
+            Ok(())
+        );
+        assert_eq!(
+            h(&[("content-length", "0"), ("content-type", "text/plain")]),
+            Ok(())
+        );
+        assert_eq!(h(&[("content-type", "text/plain")]), Ok(()));
+        let bad = Err(MediaError::Unsupported);
+        assert_eq!(
+            h(&[cl, ("content-type", "application/x-www-form-urlencoded")]),
+            bad
+        );
+        assert_eq!(
+            h(&[
+                ("transfer-encoding", "chunked"),
+                ("content-type", "text/plain")
+            ]),
+            bad
+        );
+        assert_eq!(h(&[cl]), bad);
+        assert_eq!(
+            h(&[cl, ("content-type", "application/json, text/plain")]),
+            bad
+        );
+        assert_eq!(
+            h(&[
+                cl,
+                ("content-type", "application/json"),
+                ("content-type", "application/json")
+            ]),
+            bad
+        );
+        assert_eq!(h(&[cl, ("content-type", "application/+json")]), bad);
+        assert_eq!(h(&[cl, ("content-type", "text/json")]), bad);
+        assert_eq!(
+            h(&[
+                cl,
+                ("content-type", "application/json"),
+                ("content-encoding", "br")
+            ]),
+            Err(MediaError::Encoded)
+        );
+        assert_eq!(
+            h(&[
+                cl,
+                ("content-type", "application/json"),
+                ("content-encoding", "identity, gzip")
+            ]),
+            Err(MediaError::Encoded)
+        );
     }
 }

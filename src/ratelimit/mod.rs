@@ -201,49 +201,59 @@ impl AuthFailureThrottle {
             return None;
         }
         let (w, reset) = self.windows.index(now);
-        let win = self.windows.map.get(&ip)?;
+        let win = self.windows.map.get(&throttle_key(ip))?;
         (win.used(w) >= self.limit).then(|| (reset - now).max(1) as u64)
     }
 
+    /// Count one failed authentication of a presented credential (a request
+    /// with no credential at all is never counted: behind NAT that would
+    /// lock every user of the address out, SPEC §6).
     pub fn record_failure(&self, ip: IpAddr, now: i64) {
         if self.limit == 0 {
             return;
         }
         let (w, _) = self.windows.index(now);
-        let win = self.windows.map.get_with(ip, Default::default);
+        let win = self
+            .windows
+            .map
+            .get_with(throttle_key(ip), Default::default);
         let _ = win.try_take(w, self.limit);
     }
 }
 
-/// The client IP (SPEC §6): the socket peer, or — when the peer is a trusted
-/// proxy — the last hop of `X-Forwarded-For` that is not itself trusted.
-pub fn client_ip(peer: IpAddr, xff: &[&str], trusted: &[ipnet::IpNet]) -> IpAddr {
-    if !trusted.iter().any(|n| n.contains(&peer)) {
-        return peer;
-    }
-    let hops = xff
-        .iter()
-        .flat_map(|h| h.split(','))
-        .map(str::trim)
-        .collect::<Vec<_>>();
-    let mut ip = peer;
-    for hop in hops.iter().rev() {
-        match hop.parse::<IpAddr>() {
-            Ok(h) => {
-                ip = h;
-                if !trusted.iter().any(|n| n.contains(&h)) {
-                    return h;
-                }
-            }
-            Err(_) => return ip,
+/// What the throttle counts under: an IPv4 address, or the /64 of an IPv6
+/// one (one host gets a whole /64 to rotate through). IPv4-mapped IPv6
+/// addresses count as their IPv4 address.
+pub fn throttle_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
         }
+        v4 => v4,
     }
-    ip
 }
+
+pub use crate::forwarding::client_ip;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_throttled_per_slash_64() {
+        let t = AuthFailureThrottle::new(60, 2);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        t.record_failure(a, 1000);
+        assert!(t.blocked(b, 1000).is_none());
+        t.record_failure(b, 1000);
+        assert!(t.blocked(a, 1000).is_some(), "same /64");
+        assert!(t.blocked(other, 1000).is_none(), "another /64");
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(throttle_key(mapped), "192.0.2.1".parse::<IpAddr>().unwrap());
+    }
 
     #[test]
     fn admits_exactly_the_limit_under_contention() {
@@ -292,19 +302,5 @@ mod tests {
             l.admit(&format!("org{i}"), 10, 100);
         }
         assert!(l.tracked() <= 1000, "{}", l.tracked());
-    }
-
-    #[test]
-    fn xff_is_believed_only_from_trusted_peers() {
-        let t: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let peer: IpAddr = "10.1.1.1".parse().unwrap();
-        let other: IpAddr = "8.8.8.8".parse().unwrap();
-        assert_eq!(client_ip(other, &["1.2.3.4"], &t), other);
-        assert_eq!(
-            client_ip(peer, &["1.2.3.4, 5.6.7.8, 10.2.2.2"], &t),
-            "5.6.7.8".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(client_ip(peer, &[], &t), peer);
-        assert_eq!(client_ip(peer, &["garbage"], &t), peer);
     }
 }
