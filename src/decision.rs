@@ -865,11 +865,10 @@ impl Engine {
             })
             .map_err(|e| self.store_err(e))?;
         match owner {
-            Some(owner) => {
-                if caller.org.as_ref().map(|o| &*o.id) != Some(&*owner) {
-                    return Err(Denial::ScopeDenied("workspace_of_another_organization"));
-                }
+            Some(owner) if caller.org.as_ref().map(|o| &*o.id) != Some(&*owner) => {
+                return Err(Denial::ScopeDenied("workspace_of_another_organization"));
             }
+            Some(_) => {}
             // X-Workspace-ID always names a workspace keyward verified
             // (SPEC §5.1), unless the operator lets the upstream judge.
             None if cfg.unknown_workspaces == UnknownWorkspaces::Deny => {

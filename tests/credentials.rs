@@ -36,7 +36,16 @@ fn valid_session_cookie_is_forwarded_as_session() {
     assert_eq!(r.upstream_header("x-auth-method"), vec!["session"]);
     assert_eq!(r.upstream_header("x-user-id"), vec!["user_1"]);
     assert_eq!(r.upstream_header("x-org-id"), vec!["org_a"]);
-    // the __Secure- name is accepted (and preferred)
+    // the __Secure- name is accepted
+    let r = kw.request(
+        "GET",
+        "/api/v1/x",
+        &[("Cookie", &format!("__Secure-better-auth.session_token={c}"))],
+        "",
+    );
+    assert_eq!(r.status, 200);
+    // under both names with different values: the upstream might read the
+    // other one (SPEC §5.1)
     let r = kw.request(
         "GET",
         "/api/v1/x",
@@ -46,7 +55,8 @@ fn valid_session_cookie_is_forwarded_as_session() {
         )],
         "",
     );
-    assert_eq!(r.status, 200);
+    r.assert_error(401, "UNAUTHENTICATED");
+    assert_eq!(r.json()["details"]["reason"], "ambiguous_session_cookie");
 }
 
 #[test]

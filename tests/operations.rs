@@ -117,7 +117,7 @@ fn stale_snapshot_makes_readyz_fail() {
 #[test]
 fn sighup_reloads_routes_and_rejects_invalid_configs_without_failing_requests() {
     let snap = Snap::new();
-    snap.org("org_a", "free");
+    snap.org("org_a", "free").workspace("ws", "org_a");
     let key = snap.api_key("org_a");
     let kw = Keyward::start(&snap, Opts::new(echo()));
     assert_eq!(kw.get("/api/v1/api-keys", Some(&key)).status, 200);

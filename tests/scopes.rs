@@ -47,12 +47,10 @@ fn path_workspace_rules() {
     // another organization's workspace: denied even for an org-wide key
     kw.get("/api/v1/workspaces/ws_b/x", Some(&org_key))
         .assert_error(403, "SCOPE_DENIED");
-    // unknown workspace: org-wide passes, scoped judged by its list
-    assert_eq!(
-        kw.get("/api/v1/workspaces/ws_unknown/x", Some(&org_key))
-            .status,
-        200
-    );
+    // unknown workspace: denied for every key (SPEC §5.1; the
+    // `unknown_workspaces = "pass"` setting is tested in tests/security)
+    kw.get("/api/v1/workspaces/ws_unknown/x", Some(&org_key))
+        .assert_error(403, "SCOPE_DENIED");
     kw.get("/api/v1/workspaces/ws_unknown/x", Some(&scoped))
         .assert_error(403, "SCOPE_DENIED");
     // letter case of literals and a trailing slash do not dodge the rule

@@ -12,6 +12,8 @@ mod identity;
 mod overlong;
 #[path = "security/paths.rs"]
 mod paths;
+#[path = "security/readings.rs"]
+mod readings;
 #[path = "security/smuggling.rs"]
 mod smuggling;
 

@@ -164,12 +164,12 @@ fn non_utf8_bytes_give_a_4xx_never_a_5xx() {
         r.assert_error(*status, code);
         assert_eq!(reason(&r), *why, "{case}");
     }
-    // a workspace taken from a header must be a string
+    // a workspace taken from a header must be a visible-ASCII id
     let mut lines = bearer(&w.org_key).into_bytes();
     lines.extend_from_slice(b"X-Target-Workspace: ws_\xff\r\n");
     let r = head(&kw, "/api/v1/by-header", &lines);
     r.assert_error(400, "BAD_REQUEST");
-    assert_eq!(reason(&r), "workspace_not_a_string");
+    assert_eq!(reason(&r), "malformed_id");
     assert_eq!(up.count(), 0, "{:?}", up.seen());
 
     // A non-UTF-8 Cookie header beside a valid one must not hide a second

@@ -123,10 +123,11 @@ fn overlong_paths_are_refused_or_forwarded_exactly() {
     let r = kw.get(&long, Some(&w.org_key));
     assert_eq!(r.status, 200);
     assert_eq!(up.targets().last().unwrap(), &long);
-    // a 60 KB workspace id never matches a scope
+    // a 60 KB workspace id is refused before any lookup (SPEC §5.1)
     let long_ws = format!("/api/v1/workspaces/{}/x", "w".repeat(60 * 1024));
-    kw.get(&long_ws, Some(&w.scoped_key))
-        .assert_error(403, "SCOPE_DENIED");
+    let r = kw.get(&long_ws, Some(&w.scoped_key));
+    r.assert_error(400, "BAD_REQUEST");
+    assert_eq!(reason(&r), "malformed_id");
     // past 64 KiB the target no longer fits http::Uri: pingora answers a bare
     // 400 before keyward sees the request
     let huge = format!("/api/v1/{}", "p".repeat(100 * 1024));

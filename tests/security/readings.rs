@@ -1,0 +1,959 @@
+//! keyward and the upstream read the same request (SPEC §3.1 MCP transport,
+//! §4.1, §5.1, §6, §8.2): where HTTP allows two readings keyward refuses
+//! instead of guessing, the forwarding headers the upstream trusts come from
+//! keyward, and a few operational guards hold. Every refusal is checked for
+//! status, `code` and `details.reason`, and against the raw upstream's record
+//! of what reached it.
+use super::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// The generous plan of [`World::start`], for configs built here.
+const PLAN: &str = "[plans.free]\nrequests_per_window = 1000000\n";
+/// How long a response may take to start when reading keep-alive answers.
+const QUIET: Duration = Duration::from_millis(400);
+
+/// keyward with `extra` config (a `[server]` table in it gets the listen
+/// lines) and `routes` (None: DEFAULT_ROUTES).
+fn start_with(w: &World, upstream: SocketAddr, extra: &str, routes: Option<&str>) -> Keyward {
+    let mut opts = Opts::new(upstream);
+    opts.extra = format!("{extra}\n{PLAN}");
+    if let Some(r) = routes {
+        opts.routes = r.into();
+    }
+    Keyward::start(&w.snap, opts)
+}
+
+/// One request with `headers` (each line ending in CRLF), a Content-Length
+/// framed `body` and `Connection: close`.
+fn send(kw: &Keyward, method: &str, target: &str, headers: &str, body: &str) -> Resp {
+    raw(
+        kw.addr,
+        &format!(
+            "{method} {target} HTTP/1.1\r\nHost: kw.test\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+/// keyward's own JSON error with this status, code and `details.reason`.
+fn assert_denied(case: &str, r: &Resp, status: u16, code: &str, why: &str) {
+    assert_eq!(r.status, status, "{case}: {}", r.body_str());
+    r.assert_error(status, code);
+    assert_eq!(reason(r), why, "{case}: {}", r.body_str());
+}
+
+fn assert_not_forwarded(case: &str, up: &RawUpstream) {
+    assert_eq!(up.count(), 0, "{case}: forwarded: {:?}", up.seen());
+}
+
+/// The single request the upstream received.
+fn only_seen(up: &RawUpstream) -> Seen {
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    seen[0].clone()
+}
+
+/// Client copies of every forwarding header, in several spellings.
+const SPOOFED_FORWARDING: &str = "X-Forwarded-For: 203.0.113.7\r\n\
+    x-forwarded-for: 203.0.113.8\r\n\
+    X_Forwarded_For: 203.0.113.9\r\n\
+    X-Real-IP: 203.0.113.10\r\n\
+    x_real_ip: 203.0.113.11\r\n\
+    X-Forwarded-Host: evil.example\r\n\
+    X_FORWARDED_HOST: evil2.example\r\n\
+    X-Forwarded-Proto: https\r\n\
+    x_forwarded_proto: https\r\n\
+    Forwarded: for=203.0.113.12;host=evil3.example;proto=https\r\n";
+
+/// Only keyward's values reached the upstream: the peer as address, `http`.
+fn assert_forwarding_is_keywards(case: &str, seen: &Seen) {
+    assert_eq!(seen.header("x-forwarded-for"), vec!["127.0.0.1"], "{case}");
+    assert_eq!(seen.header("x-real-ip"), vec!["127.0.0.1"], "{case}");
+    assert_eq!(seen.header("x-forwarded-proto"), vec!["http"], "{case}");
+    assert!(seen.header("x-forwarded-host").is_empty(), "{case}");
+    assert!(seen.header("forwarded").is_empty(), "{case}");
+    let head = seen.head.to_ascii_lowercase();
+    for spoof in ["203.0.113.", "evil", "x_forwarded", "x_real_ip"] {
+        assert!(
+            !head.contains(spoof),
+            "{case}: `{spoof}` reached the upstream:\n{}",
+            seen.head
+        );
+    }
+}
+
+// ------------------------------------------------ §4.1 forwarding headers
+
+#[test]
+fn client_forwarding_headers_are_replaced_by_keywards_own_on_auth_none_routes() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let r = send(&kw, "GET", "/api/auth/sign-in", SPOOFED_FORWARDING, "");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_forwarding_is_keywards("auth = none", &only_seen(&up));
+}
+
+#[test]
+fn client_forwarding_headers_are_replaced_by_keywards_own_on_authenticated_routes() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let headers = format!("{}{SPOOFED_FORWARDING}", bearer(&w.org_key));
+    let r = send(&kw, "GET", "/api/v1/things", &headers, "");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_forwarding_is_keywards("api key", &only_seen(&up));
+}
+
+const TRUSTED: &str = "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
+
+#[test]
+fn trusted_proxy_forwarding_headers_are_extended_and_kept() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = start_with(&w, up.addr, TRUSTED, None);
+    let headers = format!(
+        "{}X-Forwarded-For: 203.0.113.7\r\nX-Real-IP: 198.51.100.99\r\nX-Forwarded-Proto: https\r\n\
+         X-Forwarded-Host: app.example\r\nForwarded: for=203.0.113.7;proto=https;host=app.example\r\n",
+        bearer(&w.org_key)
+    );
+    let r = send(&kw, "GET", "/api/v1/things", &headers, "");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let seen = only_seen(&up);
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        vec!["203.0.113.7, 127.0.0.1"],
+        "{}",
+        seen.head
+    );
+    assert_eq!(
+        seen.header("x-real-ip"),
+        vec!["203.0.113.7"],
+        "{}",
+        seen.head
+    );
+    assert_eq!(seen.header("x-forwarded-proto"), vec!["https"]);
+    assert_eq!(seen.header("x-forwarded-host"), vec!["app.example"]);
+    assert_eq!(
+        seen.header("forwarded"),
+        vec!["for=203.0.113.7;proto=https;host=app.example"]
+    );
+}
+
+#[test]
+fn trusted_proxy_scheme_other_than_http_or_https_becomes_http() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = start_with(&w, up.addr, TRUSTED, None);
+    let headers = format!(
+        "{}X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: ftp\r\n",
+        bearer(&w.org_key)
+    );
+    let r = send(&kw, "GET", "/api/v1/things", &headers, "");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let seen = only_seen(&up);
+    assert_eq!(
+        seen.header("x-forwarded-proto"),
+        vec!["http"],
+        "{}",
+        seen.head
+    );
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        vec!["203.0.113.7, 127.0.0.1"]
+    );
+}
+
+// ------------------------------------------- §5.1 inspected bodies: 415
+
+/// Reads as `ws_a1` to a JSON parser and as `ws_b` to a form parser.
+const POLYGLOT: &str = r#"{"pad":"&workspaceId=ws_b&","workspaceId":"ws_a1"}"#;
+
+#[test]
+fn form_encoded_body_on_a_body_route_is_unsupported_media_type() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let headers = format!(
+        "{}Content-Type: application/x-www-form-urlencoded\r\n",
+        bearer(&w.scoped_key)
+    );
+    let r = send(&kw, "POST", "/api/v1/connections", &headers, POLYGLOT);
+    assert_denied(
+        "form",
+        &r,
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+        "unsupported_media_type",
+    );
+    assert_not_forwarded("form", &up);
+}
+
+#[test]
+fn body_without_content_type_on_a_body_route_is_unsupported_media_type() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let r = send(
+        &kw,
+        "POST",
+        "/api/v1/connections",
+        &bearer(&w.scoped_key),
+        POLYGLOT,
+    );
+    assert_denied(
+        "no content-type",
+        &r,
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+        "unsupported_media_type",
+    );
+    assert_not_forwarded("no content-type", &up);
+}
+
+#[test]
+fn content_encoded_body_on_a_body_route_is_refused_as_encoded_body() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    for coding in ["br", "gzip"] {
+        let headers = format!(
+            "{}Content-Type: application/json\r\nContent-Encoding: {coding}\r\n",
+            bearer(&w.scoped_key)
+        );
+        let r = send(&kw, "POST", "/api/v1/connections", &headers, POLYGLOT);
+        assert_denied(coding, &r, 415, "UNSUPPORTED_MEDIA_TYPE", "encoded_body");
+    }
+    assert_not_forwarded("encoded", &up);
+}
+
+#[test]
+fn json_content_types_with_parameters_or_a_json_suffix_are_inspected_and_forwarded() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    for ct in [
+        "application/json; charset=utf-8",
+        "application/vnd.api+json",
+    ] {
+        let before = up.count();
+        let headers = format!("{}Content-Type: {ct}\r\n", bearer(&w.scoped_key));
+        let r = send(&kw, "POST", "/api/v1/connections", &headers, POLYGLOT);
+        assert_eq!(r.status, 200, "{ct}: {}", r.body_str());
+        let seen = up.seen();
+        assert_eq!(seen.len(), before + 1, "{ct}");
+        assert_eq!(seen[before].header("x-workspace-id"), vec!["ws_a1"], "{ct}");
+        assert_eq!(seen[before].body, POLYGLOT.as_bytes(), "{ct}: body intact");
+    }
+}
+
+#[test]
+fn empty_body_with_a_form_content_type_is_not_unsupported_media_type() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let headers = format!(
+        "{}Content-Type: application/x-www-form-urlencoded\r\n",
+        bearer(&w.org_key)
+    );
+    let r = send(&kw, "POST", "/api/v1/connections", &headers, "");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(only_seen(&up).target_str(), "/api/v1/connections");
+}
+
+#[test]
+fn unsupported_media_type_is_judged_from_the_head_before_the_size() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    // larger than the default max_body_inspect_bytes (1 MiB); no body follows
+    let head = format!(
+        "POST /api/v1/connections HTTP/1.1\r\nHost: kw.test\r\n{}Content-Type: text/plain\r\nContent-Length: 5000000\r\n\r\n",
+        bearer(&w.scoped_key)
+    );
+    let out = exchange(kw.addr, head.as_bytes(), QUIET);
+    assert!(!out.is_empty(), "no answer before the body");
+    let r = parse_response(&out);
+    assert_denied(
+        "huge text/plain",
+        &r,
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+        "unsupported_media_type",
+    );
+    assert_not_forwarded("huge text/plain", &up);
+}
+
+// ------------------------------------------------------- §5.1 methods
+
+#[test]
+fn noncanonical_method_spelling_is_refused() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let json = format!(
+        "{}Content-Type: application/json\r\n",
+        bearer(&w.scoped_key)
+    );
+    let r = send(
+        &kw,
+        "post",
+        "/api/v1/connections",
+        &json,
+        r#"{"workspaceId":"ws_a1"}"#,
+    );
+    assert_denied("post", &r, 400, "BAD_REQUEST", "noncanonical_method");
+    let r = send(
+        &kw,
+        "Get",
+        "/api/v1/workspaces/ws_a1/x",
+        &bearer(&w.scoped_key),
+        "",
+    );
+    assert_denied("Get", &r, 400, "BAD_REQUEST", "noncanonical_method");
+    assert_not_forwarded("noncanonical", &up);
+}
+
+/// A GET-only workspace route before a catch-all that lets scoped keys pass.
+const GET_ONLY_ROUTES: &str = r#"
+[[route]]
+path = "/api/v1/workspaces/{workspaceId}/**"
+methods = ["GET"]
+workspace = "path:workspaceId"
+[[route]]
+path = "/**"
+scoped_keys = "filter"
+"#;
+
+#[test]
+fn head_is_judged_by_the_get_route_it_matches() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = start_with(&w, up.addr, "", Some(GET_ONLY_ROUTES));
+    let auth = bearer(&w.scoped_key);
+    // another organization's workspace: the GET rule applies, not the catch-all
+    let r = send(&kw, "HEAD", "/api/v1/workspaces/ws_b/x", &auth, "");
+    assert_eq!(r.status, 403, "{:?}", r.headers);
+    if !r.body.is_empty() {
+        r.assert_error(403, "SCOPE_DENIED");
+    }
+    assert_not_forwarded("HEAD ws_b", &up);
+    // its own workspace: forwarded with the workspace the GET rule resolved
+    let r = send(&kw, "HEAD", "/api/v1/workspaces/ws_a1/x", &auth, "");
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    let seen = only_seen(&up);
+    assert!(seen.head.starts_with("HEAD "), "{}", seen.head);
+    assert_eq!(
+        seen.header("x-workspace-id"),
+        vec!["ws_a1"],
+        "{}",
+        seen.head
+    );
+}
+
+// ----------------------------------------------- §5.1 path parameters
+
+#[test]
+fn semicolon_in_the_path_is_refused_as_a_path_parameter() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let json = format!("{}Content-Type: application/json\r\n", bearer(&w.org_key));
+    let r = send(
+        &kw,
+        "POST",
+        "/api/v1/actions;x/execute",
+        &json,
+        r#"{"workspaceId":"ws_b"}"#,
+    );
+    assert_denied("actions;x", &r, 400, "BAD_REQUEST", "path_parameter");
+    let r = send(
+        &kw,
+        "GET",
+        "/api/v1/workspaces/ws_a1/..;/ws_b/x",
+        &bearer(&w.scoped_key),
+        "",
+    );
+    assert_denied("..;", &r, 400, "BAD_REQUEST", "path_parameter");
+    assert_not_forwarded("semicolon", &up);
+}
+
+#[test]
+fn encoded_semicolon_is_not_a_path_parameter() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let r = send(&kw, "GET", "/api/v1/things%3Bx", &bearer(&w.org_key), "");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(only_seen(&up).target_str(), "/api/v1/things%3Bx");
+}
+
+// ------------------------------------- §5.1 one workspace per request
+
+#[test]
+fn query_parameter_naming_another_workspace_than_the_path_conflicts() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    for query in [
+        "workspaceId=ws_b",
+        "workspaceId[]=ws_b",
+        "workspaceId%5B%5D=ws_b",
+    ] {
+        let target = format!("/api/v1/workspaces/ws_a1/x?{query}");
+        let r = send(&kw, "GET", &target, &bearer(&w.scoped_key), "");
+        assert_denied(query, &r, 400, "BAD_REQUEST", "conflicting_workspace");
+    }
+    assert_not_forwarded("conflicting", &up);
+}
+
+#[test]
+fn query_parameter_naming_the_path_workspace_is_forwarded() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let target = "/api/v1/workspaces/ws_a1/x?workspaceId=ws_a1";
+    let r = send(&kw, "GET", target, &bearer(&w.scoped_key), "");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let seen = only_seen(&up);
+    assert_eq!(seen.target_str(), target);
+    assert_eq!(seen.header("x-workspace-id"), vec!["ws_a1"]);
+}
+
+#[test]
+fn bracketed_workspace_parameter_beside_the_plain_one_is_ambiguous() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    for target in [
+        "/api/v1/workspaces/ws_a1/x?workspaceId=ws_a1&workspaceId[]=ws_a1",
+        "/api/v1/triggers?workspaceId=ws_a1&workspaceId[0]=ws_b",
+    ] {
+        let r = send(&kw, "GET", target, &bearer(&w.scoped_key), "");
+        assert_denied(target, &r, 400, "BAD_REQUEST", "ambiguous_workspace");
+    }
+    assert_not_forwarded("ambiguous", &up);
+}
+
+// ------------------------------------------ §5.1 unknown workspaces
+
+#[test]
+fn workspace_missing_from_the_snapshot_is_scope_denied() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let r = send(
+        &kw,
+        "GET",
+        "/api/v1/workspaces/WS_B/x",
+        &bearer(&w.org_key),
+        "",
+    );
+    assert_denied("WS_B", &r, 403, "SCOPE_DENIED", "unknown_workspace");
+    assert_not_forwarded("WS_B", &up);
+}
+
+#[test]
+fn unknown_workspaces_pass_lets_the_upstream_decide() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = start_with(
+        &w,
+        up.addr,
+        "[scopes]\nunknown_workspaces = \"pass\"\n",
+        None,
+    );
+    let r = send(
+        &kw,
+        "GET",
+        "/api/v1/workspaces/WS_B/x",
+        &bearer(&w.org_key),
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(only_seen(&up).header("x-workspace-id"), vec!["WS_B"]);
+}
+
+// ------------------------------------------------------- §5.1 ids
+
+const BAD_REQUEST_METRIC: &str =
+    "keyward_requests_total{auth_method=\"api_key\",outcome=\"bad_request\"}";
+
+#[test]
+fn workspace_id_with_a_control_character_is_malformed() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let before = kw.metric(BAD_REQUEST_METRIC);
+    let r = send(
+        &kw,
+        "GET",
+        "/api/v1/workspaces/kw%0Aprobe/x",
+        &bearer(&w.org_key),
+        "",
+    );
+    assert_denied("%0A", &r, 400, "BAD_REQUEST", "malformed_id");
+    assert!(
+        wait_until(Duration::from_secs(5), || kw.metric(BAD_REQUEST_METRIC)
+            >= before + 1.0),
+        "{}",
+        kw.metrics()
+    );
+    assert_not_forwarded("%0A", &up);
+}
+
+#[test]
+fn workspace_id_longer_than_256_bytes_is_malformed() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let before = kw.metric(BAD_REQUEST_METRIC);
+    let target = format!("/api/v1/workspaces/{}/x", "w".repeat(300));
+    let r = send(&kw, "GET", &target, &bearer(&w.org_key), "");
+    assert_denied("300 bytes", &r, 400, "BAD_REQUEST", "malformed_id");
+    assert!(
+        wait_until(Duration::from_secs(5), || kw.metric(BAD_REQUEST_METRIC)
+            >= before + 1.0),
+        "{}",
+        kw.metrics()
+    );
+    assert_not_forwarded("300 bytes", &up);
+}
+
+#[test]
+fn header_workspace_id_with_a_space_is_malformed() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let headers = format!("{}X-Target-Workspace: ws a1\r\n", bearer(&w.org_key));
+    let r = send(&kw, "GET", "/api/v1/by-header", &headers, "");
+    assert_denied("space", &r, 400, "BAD_REQUEST", "malformed_id");
+    assert_not_forwarded("space", &up);
+}
+
+// ------------------------------------------- §6 auth failure throttle
+
+const THROTTLE: &str = "[rate_limit]\nauth_failures_per_ip = 3\nwindow_s = 3600\n";
+
+#[test]
+fn requests_without_a_credential_are_never_throttled() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = start_with(&w, up.addr, THROTTLE, None);
+    for i in 0..10 {
+        let r = send(&kw, "GET", "/api/v1/things", "", "");
+        assert_eq!(r.status, 401, "request {i}: {}", r.body_str());
+        r.assert_error(401, "UNAUTHENTICATED");
+    }
+    assert_not_forwarded("no credential", &up);
+    // nothing was counted: a key never seen before still works
+    let r = send(&kw, "GET", "/api/v1/things", &bearer(&w.org_key), "");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(up.count(), 1);
+}
+
+#[test]
+fn unknown_keys_past_the_per_ip_limit_are_rate_limited() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = start_with(&w, up.addr, THROTTLE, None);
+    for i in 0..3 {
+        let r = send(
+            &kw,
+            "GET",
+            "/api/v1/things",
+            &bearer(&format!("wvz_unknown_{i}")),
+            "",
+        );
+        r.assert_error(401, "UNAUTHENTICATED");
+    }
+    let r = send(&kw, "GET", "/api/v1/things", &bearer("wvz_unknown_4"), "");
+    r.assert_error(429, "RATE_LIMIT_EXCEEDED");
+    assert_not_forwarded("unknown keys", &up);
+}
+
+// ------------------------------------------------------ §5.1 cookies
+
+#[test]
+fn session_cookie_is_found_across_a_tab_after_the_semicolon() {
+    let w = World::new();
+    let cookie = w.snap.session("user_1", Some("org_a"), now() + 3600);
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    for line in [
+        format!("Cookie: better-auth.session_token={cookie};\tother=1\r\n"),
+        format!("Cookie: other=1;\tbetter-auth.session_token={cookie}\r\n"),
+    ] {
+        let before = up.count();
+        let r = send(&kw, "GET", "/api/v1/things", &line, "");
+        assert_eq!(r.status, 200, "{line:?}: {}", r.body_str());
+        let seen = up.seen();
+        assert_eq!(seen.len(), before + 1);
+        assert_eq!(seen[before].header("x-auth-method"), vec!["session"]);
+        assert_eq!(seen[before].header("x-user-id"), vec!["user_1"]);
+    }
+}
+
+#[test]
+fn session_cookie_with_two_different_values_is_ambiguous() {
+    let w = World::new();
+    let a = w.snap.session("user_a", Some("org_a"), now() + 3600);
+    let b = w.snap.session("user_b", Some("org_b"), now() + 3600);
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    for line in [
+        format!(
+            "Cookie: __Secure-better-auth.session_token={a}; better-auth.session_token={b}\r\n"
+        ),
+        format!("Cookie: better-auth.session_token={a}; better-auth.session_token={b}\r\n"),
+    ] {
+        let r = send(&kw, "GET", "/api/v1/things", &line, "");
+        assert_denied(
+            &line,
+            &r,
+            401,
+            "UNAUTHENTICATED",
+            "ambiguous_session_cookie",
+        );
+    }
+    assert_not_forwarded("ambiguous cookie", &up);
+}
+
+// ------------------------------------------------------ §5.1 framing
+
+#[test]
+fn repeated_chunked_coding_reaches_the_upstream_as_one_chunked() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let req = format!(
+        "POST /api/v1/upload HTTP/1.1\r\nHost: kw.test\r\n{}Transfer-Encoding: chunked, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        bearer(&w.org_key)
+    );
+    let out = exchange(kw.addr, req.as_bytes(), QUIET);
+    assert!(!out.is_empty(), "closed without a response");
+    let r = parse_response(&out);
+    if r.status == 400 {
+        // refused as malformed framing: acceptable, if never forwarded
+        r.assert_error(400, "BAD_REQUEST");
+        assert_not_forwarded("chunked, chunked", &up);
+        return;
+    }
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let seen = only_seen(&up);
+    let chunked = seen
+        .header("transfer-encoding")
+        .iter()
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .filter(|t| t == "chunked")
+        .count();
+    assert_eq!(chunked, 1, "{}", seen.head);
+    assert_eq!(seen.body, b"hello");
+}
+
+/// An upstream that answers every request with `101 Switching Protocols`
+/// and holds the connection open for a while; stops accepting after 30 s.
+fn switching_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    std::thread::spawn(move || answer_101(s));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    addr
+}
+
+fn answer_101(mut s: TcpStream) {
+    s.set_nonblocking(false).ok();
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut head = Vec::new();
+    let mut b = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&b[..n]),
+        }
+    }
+    let _ = s.write_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n",
+    );
+    std::thread::sleep(Duration::from_secs(2));
+}
+
+#[test]
+fn switching_protocols_without_an_upgrade_request_is_bad_gateway() {
+    let w = World::new();
+    let kw = w.start(switching_upstream());
+    let r = send(&kw, "GET", "/api/v1/things", &bearer(&w.org_key), "");
+    r.assert_error(502, "UPSTREAM_UNAVAILABLE");
+}
+
+// ------------------------------------------------- §5.1 empty scopes
+
+#[test]
+fn empty_workspace_scope_list_is_malformed_permissions() {
+    let w = World::new();
+    let (key, _) = w.snap.api_key_full(
+        "org_a",
+        Some(r#"{"scope":"workspace","workspaceIds":[]}"#),
+        None,
+        None,
+    );
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let r = send(&kw, "GET", "/api/v1/list", &bearer(&key), "");
+    assert_denied("[]", &r, 403, "FORBIDDEN", "malformed_permissions");
+    assert_not_forwarded("[]", &up);
+}
+
+// ------------------------------------------------ §3.1 MCP transport
+
+/// `srv_1` (bearer), `srv_oauth` (oauth), `srv_both` (oauth_and_bearer), all
+/// of `org_a` in `ws_a1`; returns a static token of `srv_1`.
+fn mcp_world(w: &World) -> String {
+    w.snap
+        .mcp_server("srv_1", "org_a", "ws_a1", "bearer")
+        .mcp_server("srv_oauth", "org_a", "ws_a1", "oauth")
+        .mcp_server("srv_both", "org_a", "ws_a1", "oauth_and_bearer");
+    w.snap.mcp_token("srv_1", "static", None)
+}
+
+#[test]
+fn mcp_request_from_an_origin_not_allowed_is_forbidden_before_the_token() {
+    let w = World::new();
+    let token = mcp_world(&w);
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    for (case, tok) in [("valid token", token.as_str()), ("unknown", "mcp_unknown")] {
+        let headers = format!("{}Origin: http://evil.example\r\n", bearer(tok));
+        let r = send(&kw, "POST", "/mcp/srv_1/messages", &headers, "{}");
+        assert_denied(case, &r, 403, "FORBIDDEN", "origin_not_allowed");
+    }
+    assert_not_forwarded("evil origin", &up);
+}
+
+#[test]
+fn mcp_request_without_origin_is_not_affected() {
+    let w = World::new();
+    let token = mcp_world(&w);
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let r = send(&kw, "POST", "/mcp/srv_1/messages", &bearer(&token), "{}");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(only_seen(&up).header("x-mcp-server-id"), vec!["srv_1"]);
+}
+
+#[test]
+fn mcp_origin_listed_in_allowed_origins_is_accepted() {
+    let w = World::new();
+    let token = mcp_world(&w);
+    let up = RawUpstream::start();
+    let kw = start_with(
+        &w,
+        up.addr,
+        "[mcp]\nallowed_origins = [\"https://app.example\"]\n",
+        None,
+    );
+    let headers = format!("{}Origin: https://app.example\r\n", bearer(&token));
+    let r = send(&kw, "POST", "/mcp/srv_1/messages", &headers, "{}");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(only_seen(&up).header("x-mcp-server-id"), vec!["srv_1"]);
+}
+
+fn challenge(r: &Resp) -> String {
+    r.header("www-authenticate").unwrap_or("").to_string()
+}
+
+#[test]
+fn mcp_401_for_a_presented_token_says_invalid_token() {
+    let w = World::new();
+    mcp_world(&w);
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    for server in ["srv_oauth", "srv_both"] {
+        let target = format!("/mcp/{server}/sse");
+        let r = send(&kw, "GET", &target, &bearer("mcp_unknown"), "");
+        r.assert_error(401, "UNAUTHENTICATED");
+        let c = challenge(&r);
+        assert!(c.starts_with("Bearer "), "{server}: {c}");
+        assert!(c.contains("error=\"invalid_token\""), "{server}: {c}");
+        let meta = format!(
+            "resource_metadata=\"http://kw.test/.well-known/oauth-protected-resource/mcp/{server}\""
+        );
+        assert!(c.contains(&meta), "{server}: {c}");
+    }
+    assert_not_forwarded("mcp 401", &up);
+}
+
+#[test]
+fn mcp_401_without_a_credential_has_no_error_attribute() {
+    let w = World::new();
+    mcp_world(&w);
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    for server in ["srv_oauth", "srv_both"] {
+        let r = send(&kw, "GET", &format!("/mcp/{server}/sse"), "", "");
+        r.assert_error(401, "UNAUTHENTICATED");
+        let c = challenge(&r);
+        assert!(c.contains("resource_metadata=\""), "{server}: {c}");
+        assert!(!c.contains("error="), "{server}: {c}");
+    }
+    assert_not_forwarded("mcp 401", &up);
+}
+
+#[test]
+fn mcp_resource_metadata_is_based_on_public_url() {
+    let w = World::new();
+    mcp_world(&w);
+    let up = RawUpstream::start();
+    let kw = start_with(
+        &w,
+        up.addr,
+        "[server]\npublic_url = \"https://api.example.com\"\n",
+        None,
+    );
+    let r = send(&kw, "GET", "/mcp/srv_oauth/sse", "", "");
+    r.assert_error(401, "UNAUTHENTICATED");
+    let c = challenge(&r);
+    assert!(
+        c.contains("resource_metadata=\"https://api.example.com/.well-known/oauth-protected-resource/mcp/srv_oauth\""),
+        "{c}"
+    );
+}
+
+#[test]
+fn mcp_resource_metadata_ignores_an_untrusted_forwarded_host() {
+    let w = World::new();
+    mcp_world(&w);
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let headers = "X-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\n";
+    let r = send(&kw, "GET", "/mcp/srv_oauth/sse", headers, "");
+    r.assert_error(401, "UNAUTHENTICATED");
+    let c = challenge(&r);
+    assert!(!c.contains("evil.example"), "{c}");
+    assert!(
+        c.contains("resource_metadata=\"http://kw.test/.well-known/oauth-protected-resource/mcp/srv_oauth\""),
+        "{c}"
+    );
+}
+
+#[test]
+fn mcp_resource_metadata_follows_a_trusted_proxys_host_and_scheme() {
+    let w = World::new();
+    mcp_world(&w);
+    let up = RawUpstream::start();
+    let kw = start_with(&w, up.addr, TRUSTED, None);
+    let headers = "X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Host: api.example.org\r\nX-Forwarded-Proto: https\r\n";
+    let r = send(&kw, "GET", "/mcp/srv_oauth/sse", headers, "");
+    r.assert_error(401, "UNAUTHENTICATED");
+    let c = challenge(&r);
+    assert!(
+        c.contains("resource_metadata=\"https://api.example.org/.well-known/oauth-protected-resource/mcp/srv_oauth\""),
+        "{c}"
+    );
+}
+
+// ------------------------------------------------------ §8 operations
+
+#[test]
+fn admin_listener_drops_a_request_head_not_complete_within_10_s() {
+    let w = World::new();
+    let kw = w.start(echo());
+    let mut s = TcpStream::connect(kw.admin).unwrap();
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let res = s.read(&mut buf);
+    let elapsed = start.elapsed();
+    match &res {
+        Ok(0) => {}
+        Ok(n) => panic!(
+            "answered an incomplete head: {:?}",
+            String::from_utf8_lossy(&buf[..*n])
+        ),
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "still open after {elapsed:?}"
+        ),
+    }
+    assert!(
+        (Duration::from_secs(9)..=Duration::from_secs(13)).contains(&elapsed),
+        "closed after {elapsed:?}"
+    );
+}
+
+#[test]
+fn redis_backend_without_expected_replicas_is_refused_by_check() {
+    let w = World::new();
+    let path = w.snap.dir.path().join("redis.toml");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [upstream]\naddress = \"127.0.0.1:1\"\n\
+         [snapshot]\npath = \"{}\"\n\
+         [rate_limit]\nbackend = \"redis\"\n",
+        w.snap.path.display()
+    );
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("BETTER_AUTH_SECRET")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "accepted: {text}");
+    assert!(text.contains("expected_replicas"), "{text}");
+}
+
+#[test]
+fn access_log_key_prefix_is_at_most_8_characters() {
+    let w = World::new();
+    let token = format!("wvz_{}", "Ab3dEf7hIj".repeat(6));
+    let long_prefix = &token[..40];
+    w.snap
+        .conn()
+        .execute(
+            "INSERT INTO api_keys (id, organization_id, key_hash, key_prefix) VALUES ('key_long', 'org_a', ?1, ?2)",
+            rusqlite::params![hash(&token), long_prefix],
+        )
+        .unwrap();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let r = send(&kw, "GET", "/api/v1/things", &bearer(&token), "");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert!(
+        wait_until(Duration::from_secs(5), || kw.log().lines().any(|l| l
+            .contains("keyward::access")
+            && l.contains("/api/v1/things"))),
+        "no access line: {}",
+        kw.log()
+    );
+    let log = kw.log();
+    for start in 0..=long_prefix.len() - 9 {
+        let run = &long_prefix[start..start + 9];
+        assert!(
+            !log.contains(run),
+            "`{run}`: more than 8 characters of the key prefix in the log: {log}"
+        );
+    }
+}
