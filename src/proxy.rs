@@ -356,6 +356,13 @@ impl KeywardApp {
             let d = Denial::BadRequest("noncanonical_method");
             return self.deny(session, ctx, d, None).await;
         }
+        {
+            let h = session.req_header();
+            if routes::method_override(&h.headers, h.uri.query()) {
+                let d = Denial::BadRequest("method_override");
+                return self.deny(session, ctx, d, None).await;
+            }
+        }
 
         // Decide on exactly the path the upstream will act on (SPEC §5).
         // pingora keeps a target that is not origin-form verbatim while its

@@ -316,6 +316,29 @@ fn noncanonical_method_spelling_is_refused() {
     assert_not_forwarded("noncanonical", &up);
 }
 
+#[test]
+fn a_second_method_named_in_a_header_or_the_query_is_refused() {
+    // A GET matches no POST route here, so the POST route's body rule would
+    // never run, while Express `method-override` or Symfony run the POST
+    // handler upstream.
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let cases = [
+        ("X-HTTP-Method-Override: POST\r\n", "/api/v1/connections"),
+        ("x_http_method: POST\r\n", "/api/v1/connections"),
+        ("X-Method-Override: POST\r\n", "/api/v1/connections"),
+        ("", "/api/v1/connections?_method=POST"),
+        ("", "/api/v1/connections?a=1&%5Fmethod=POST"),
+    ];
+    for (header, target) in cases {
+        let headers = format!("{}{header}", bearer(&w.scoped_key));
+        let r = send(&kw, "GET", target, &headers, "");
+        assert_denied(target, &r, 400, "BAD_REQUEST", "method_override");
+    }
+    assert_not_forwarded("method override", &up);
+}
+
 /// A GET-only workspace route before a catch-all that lets scoped keys pass.
 const GET_ONLY_ROUTES: &str = r#"
 [[route]]
