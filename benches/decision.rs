@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
+use keyward::auth::decide::{Decision, RequestFacts};
 use keyward::config::Config;
-use keyward::decision::{Authenticated, Engine, Request};
+use keyward::engine::Engine;
 use keyward::metrics::Metrics;
 use keyward::snapshot::{schema, SnapshotStore};
 
@@ -63,11 +64,10 @@ fn bearer(key: &str) -> HeaderMap {
     headers
 }
 
-/// The decision alone: the header map is built once, outside the loop.
+/// The decision as the shell makes it (pin the policy and snapshot, then
+/// decide); the header map is built once, outside the loop.
 fn decide(engine: &Engine, headers: &HeaderMap, path: &str) -> bool {
-    let policy = engine.policy.load();
-    let (route, caps) = policy.config.routes.find(&Method::GET, path);
-    let req = Request {
+    let facts = RequestFacts {
         method: &Method::GET,
         path,
         query: None,
@@ -79,11 +79,11 @@ fn decide(engine: &Engine, headers: &HeaderMap, path: &str) -> bool {
             &[],
         ),
     };
-    let now = keyward::clock::now_unix();
-    match engine.authenticate(&req, route, &caps, now) {
-        Authenticated::Caller(c) => engine.authorize(&req, route, &caps, &c, None, now).is_ok(),
-        Authenticated::Denied(..) => false,
-    }
+    let pinned = engine.pin();
+    matches!(
+        pinned.decide(&facts, keyward::clock::now_unix()),
+        Decision::Forward(_)
+    )
 }
 
 fn benches(c: &mut Criterion) {
@@ -110,7 +110,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("decision/cache_miss_sqlite_100k_keys", |b| {
         b.iter(|| {
             i = (i + 1) % headers.len();
-            missing.cache.load().invalidate_all();
+            missing.verdicts.current().invalidate_all();
             black_box(decide(
                 &missing,
                 &headers[i],

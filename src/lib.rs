@@ -1,30 +1,29 @@
 //! keyward: an authentication sidecar on pingora. See README.md and SPEC.md.
 //!
-//! Data flows one way: request bytes → [`credentials`] → [`principal`]
-//! (cached in [`cache`], loaded from [`snapshot`]) → [`routes`] + [`scope`] →
-//! [`ratelimit`] → [`decision`] → [`proxy`] applies it.
+//! Data flows one way: request bytes → [`http`] (hygiene, facts) →
+//! [`auth`] (credential → principal, read through the [`store`] →
+//! route + workspace rules → limit from [`ratelimit`]) → a decision that
+//! [`http`] applies. [`config`] is read at start and on SIGHUP; [`ops`]
+//! observes. The [`engine`] wires them per process and pins one policy and
+//! snapshot generation per request.
 
-pub mod access_log;
-pub mod admin;
-pub mod cache;
-pub mod clock;
+pub mod auth;
 pub mod config;
-pub mod credentials;
-pub mod decision;
-#[cfg(feature = "server")]
-pub mod demo;
-pub mod denial;
-pub mod echo;
-#[cfg(feature = "server")]
-pub mod forward;
-pub mod forwarding;
-pub mod metrics;
-pub mod principal;
-#[cfg(feature = "server")]
-pub mod proxy;
+pub mod engine;
+pub mod http;
+pub mod ops;
 pub mod ratelimit;
-pub mod routes;
-pub mod scope;
 #[cfg(feature = "server")]
 pub mod server;
-pub mod snapshot;
+pub mod store;
+
+// Short paths for the leaf modules (used by tests, benches, fuzz targets
+// and the CLI); the folders above are where they live.
+pub use auth::{credentials, denial, principal, routes, scope};
+#[cfg(feature = "server")]
+pub use http::forward;
+pub use http::forwarding;
+#[cfg(feature = "server")]
+pub use ops::demo;
+pub use ops::{access_log, admin, clock, echo, metrics};
+pub use store::{cache, snapshot};

@@ -8,9 +8,9 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 
 use crate::config::{Config, RateLimitBackend};
-use crate::decision::Engine;
+use crate::engine::Engine;
+use crate::http::app::KeywardApp;
 use crate::metrics::Metrics;
-use crate::proxy::KeywardApp;
 use crate::ratelimit::{LocalLimiter, RedisLimiter};
 use crate::snapshot::SnapshotStore;
 

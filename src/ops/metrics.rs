@@ -9,6 +9,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::auth::denial::Denial;
 use crate::cache::CacheResult;
 use crate::snapshot::{SnapshotStore, TABLES};
 
@@ -21,22 +22,78 @@ const AUTH_METHODS: [&str; 6] = [
     "mcp_oauth",
     "none",
 ];
-/// Label values of `requests_total{outcome}` known in advance.
-const OUTCOMES: [&str; 13] = [
-    "forwarded",
-    "unauthenticated",
-    "forbidden",
-    "scope_denied",
-    "quota_exceeded",
-    "rate_limited",
-    "bad_request",
-    "payload_too_large",
-    "unsupported_media_type",
-    "upstream_unavailable",
-    "upstream_timeout",
-    "auth_unavailable",
-    "error",
-];
+/// `requests_total{outcome}`: how a request ended. One variant per label
+/// value, so the metric and its zero series cannot drift apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Forwarded,
+    Unauthenticated,
+    Forbidden,
+    ScopeDenied,
+    QuotaExceeded,
+    RateLimited,
+    BadRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    AuthUnavailable,
+    /// the client went away or the exchange broke
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 13] = [
+        Outcome::Forwarded,
+        Outcome::Unauthenticated,
+        Outcome::Forbidden,
+        Outcome::ScopeDenied,
+        Outcome::QuotaExceeded,
+        Outcome::RateLimited,
+        Outcome::BadRequest,
+        Outcome::PayloadTooLarge,
+        Outcome::UnsupportedMediaType,
+        Outcome::UpstreamUnavailable,
+        Outcome::UpstreamTimeout,
+        Outcome::AuthUnavailable,
+        Outcome::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::Forbidden => "forbidden",
+            Outcome::ScopeDenied => "scope_denied",
+            Outcome::QuotaExceeded => "quota_exceeded",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::BadRequest => "bad_request",
+            Outcome::PayloadTooLarge => "payload_too_large",
+            Outcome::UnsupportedMediaType => "unsupported_media_type",
+            Outcome::UpstreamUnavailable => "upstream_unavailable",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::AuthUnavailable => "auth_unavailable",
+            Outcome::Error => "error",
+        }
+    }
+
+    /// The outcome of a request keyward answered itself.
+    pub fn of(denial: &Denial) -> Outcome {
+        match denial {
+            Denial::Unauthenticated { .. } => Outcome::Unauthenticated,
+            Denial::Forbidden(_) => Outcome::Forbidden,
+            Denial::ScopeDenied(_) => Outcome::ScopeDenied,
+            Denial::QuotaExceeded => Outcome::QuotaExceeded,
+            Denial::RateLimited { .. } => Outcome::RateLimited,
+            Denial::BadRequest(_) => Outcome::BadRequest,
+            Denial::UnsupportedMediaType(_) => Outcome::UnsupportedMediaType,
+            Denial::PayloadTooLarge => Outcome::PayloadTooLarge,
+            Denial::UpstreamUnavailable => Outcome::UpstreamUnavailable,
+            Denial::AuthUnavailable => Outcome::AuthUnavailable,
+            Denial::UpstreamTimeout => Outcome::UpstreamTimeout,
+        }
+    }
+}
 
 pub struct Metrics {
     pub registry: Registry,
@@ -159,9 +216,9 @@ impl Metrics {
         let request_children = AUTH_METHODS
             .iter()
             .map(|m| {
-                OUTCOMES
+                Outcome::ALL
                     .iter()
-                    .map(|o| requests.with_label_values(&[m, o]))
+                    .map(|o| requests.with_label_values(&[m, o.as_str()]))
                     .collect()
             })
             .collect();
@@ -195,12 +252,15 @@ impl Metrics {
 
     /// One request's `requests_total` (static label sets resolve without
     /// hashing or locking; anything else takes the registry's path).
-    pub fn request(&self, method: &str, outcome: &str) {
-        let m = AUTH_METHODS.iter().position(|x| *x == method);
-        let o = OUTCOMES.iter().position(|x| *x == outcome);
-        match (m, o) {
-            (Some(m), Some(o)) => self.request_children[m][o].inc(),
-            _ => self.requests.with_label_values(&[method, outcome]).inc(),
+    pub fn request(&self, method: &str, outcome: Outcome) {
+        // Outcome::ALL lists the variants in declaration order
+        let o = outcome as usize;
+        match AUTH_METHODS.iter().position(|x| *x == method) {
+            Some(m) => self.request_children[m][o].inc(),
+            None => self
+                .requests
+                .with_label_values(&[method, outcome.as_str()])
+                .inc(),
         }
     }
 
@@ -265,5 +325,17 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("encode");
         String::from_utf8(out).expect("utf8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_listed_in_declaration_order() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o:?}");
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::config::Config;
 
 /// The shipped configuration, embedded so the demo runs anywhere.
-pub const SHIPPED_CONFIG: &str = include_str!("../config/keyward.toml");
+pub const SHIPPED_CONFIG: &str = include_str!("../../config/keyward.toml");
 
 fn free_or(preferred: &str) -> SocketAddr {
     match TcpListener::bind(preferred) {

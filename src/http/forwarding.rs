@@ -8,6 +8,8 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
+use crate::http::headers::{single, spelled_as};
+
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -22,21 +24,6 @@ const NAMES: [&str; 5] = [
     "x-forwarded-host",
     "forwarded",
 ];
-
-/// Whether a header name is `canonical` (lowercase, dashes) in another
-/// spelling: any letter case, `_` for `-` (CGI-style upstreams read
-/// `X_Org_ID` as `X-Org-ID`).
-pub fn spelled_as(name: &str, canonical: &str) -> bool {
-    name.len() == canonical.len()
-        && name.bytes().zip(canonical.bytes()).all(|(a, c)| {
-            let a = if a == b'_' {
-                b'-'
-            } else {
-                a.to_ascii_lowercase()
-            };
-            a == c
-        })
-}
 
 /// A client copy of a forwarding header, in any spelling: never forwarded
 /// as sent.
@@ -147,15 +134,6 @@ impl Client {
 
 fn ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).expect("an IP address is a header value")
-}
-
-/// The one value of a header sent exactly once.
-fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderValue> {
-    let mut all = headers.get_all(name).iter();
-    match (all.next(), all.next()) {
-        (Some(v), None) => Some(v),
-        _ => None,
-    }
 }
 
 /// The client IP (SPEC §4.1, §6): the socket peer, or — when the peer is a

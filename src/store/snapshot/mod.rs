@@ -96,7 +96,38 @@ pub struct McpServerRecord {
     pub id: String,
     pub organization_id: String,
     pub workspace_id: String,
-    pub auth_mode: String,
+    pub auth_mode: McpAuthMode,
+}
+
+/// `mcp_servers.auth_mode` (SPEC §2, §3.1): which MCP tokens a server takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum McpAuthMode {
+    Bearer,
+    OAuth,
+    OAuthAndBearer,
+    /// any other value: the server takes no token (fail closed)
+    Unknown,
+}
+
+impl McpAuthMode {
+    pub fn parse(s: &str) -> McpAuthMode {
+        match s {
+            "bearer" => McpAuthMode::Bearer,
+            "oauth" => McpAuthMode::OAuth,
+            "oauth_and_bearer" => McpAuthMode::OAuthAndBearer,
+            _ => McpAuthMode::Unknown,
+        }
+    }
+
+    /// `static` and `end_user` tokens
+    pub fn allows_bearer(self) -> bool {
+        matches!(self, McpAuthMode::Bearer | McpAuthMode::OAuthAndBearer)
+    }
+
+    /// `oauth` tokens; also whether 401s advertise `resource_metadata`
+    pub fn allows_oauth(self) -> bool {
+        matches!(self, McpAuthMode::OAuth | McpAuthMode::OAuthAndBearer)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -524,6 +555,14 @@ impl Generation {
         self.with_reader(true, f)
     }
 
+    /// One lookup in its own (implicit) read transaction on this generation.
+    pub fn lookup<T>(
+        &self,
+        f: impl FnOnce(&Reader<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with_reader(false, f)
+    }
+
     fn with_reader<T>(
         &self,
         transaction: bool,
@@ -717,7 +756,7 @@ impl Reader<'_> {
                     id: r.get(0)?,
                     organization_id: r.get(1)?,
                     workspace_id: r.get(2)?,
-                    auth_mode: r.get(3)?,
+                    auth_mode: McpAuthMode::parse(&r.get::<_, String>(3)?),
                 })
             },
         )

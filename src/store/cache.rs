@@ -14,17 +14,11 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache;
 
 use crate::config::CacheConfig;
-use crate::principal::{self, Verdict};
+pub use crate::principal::TokenTable;
+use crate::principal::Verdict;
 use crate::snapshot::{Generation, McpServerRecord, OrgRecord, Reader, StoreError};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TokenTable {
-    ApiKey,
-    Session,
-    ServiceKey,
-    McpToken,
-}
-
+/// A token as the cache knows it: its table and `sha256(token)` (never the token).
 pub type TokenKey = (TokenTable, [u8; 32]);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +183,9 @@ impl AuthCache {
             &self.tokens,
             gen,
             deadline,
-            |r, &(t, h)| principal::load(r, t, &hex::encode(h)).map(|v| (v.is_negative(), v)),
+            |r, &(t, h)| {
+                crate::store::principals::load(r, t, &hex::encode(h)).map(|v| (v.is_negative(), v))
+            },
         ) && refill_keys(&mut plan.orgs, &self.orgs, gen, deadline, |r, id| {
             lookup_entry(r.organization(id)?)
         }) && refill_keys(
@@ -238,6 +234,14 @@ impl AuthCache {
 impl<V> Entry<V> {
     pub fn is_negative(&self) -> bool {
         self.negative
+    }
+}
+
+impl Entry<Verdict> {
+    /// A verdict outside any cache (in-memory directories, `keyward explain`).
+    pub fn detached(value: Verdict) -> Arc<Entry<Verdict>> {
+        let negative = value.is_negative();
+        Entry::new(0, negative, Instant::now(), value)
     }
 }
 

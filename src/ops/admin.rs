@@ -12,7 +12,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::decision::Engine;
+use crate::engine::Engine;
 
 /// Longest wait for a complete request head on the admin listener.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

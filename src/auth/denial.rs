@@ -65,23 +65,6 @@ impl Denial {
         }
     }
 
-    /// Label for `keyward_requests_total{outcome}`.
-    pub fn outcome(&self) -> &'static str {
-        match self {
-            Denial::Unauthenticated { .. } => "unauthenticated",
-            Denial::Forbidden(_) => "forbidden",
-            Denial::ScopeDenied(_) => "scope_denied",
-            Denial::QuotaExceeded => "quota_exceeded",
-            Denial::RateLimited { .. } => "rate_limited",
-            Denial::BadRequest(_) => "bad_request",
-            Denial::UnsupportedMediaType(_) => "unsupported_media_type",
-            Denial::PayloadTooLarge => "payload_too_large",
-            Denial::UpstreamUnavailable => "upstream_unavailable",
-            Denial::AuthUnavailable => "auth_unavailable",
-            Denial::UpstreamTimeout => "upstream_timeout",
-        }
-    }
-
     fn message(&self) -> &'static str {
         match self {
             Denial::Unauthenticated { .. } => "Authentication required",

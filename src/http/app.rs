@@ -1,0 +1,520 @@
+//! The connection loop: keyward as a pingora-core `HttpServerApp`. Each
+//! request goes through named phases — read the head, hygiene, the
+//! upstream's copy of the head, decide, read the body when the core asks,
+//! apply (refuse, or add keyward's headers and forward), log — and nothing
+//! here decides: policy is `auth::decide`, reached through the
+//! [`Engine`]'s pinned view.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::header::InvalidHeaderValue;
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue};
+use pingora::apps::{HttpServerApp, ReusedHttpStream};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::ServerSession;
+use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
+use pingora::{ErrorType, Result};
+
+use crate::auth::decide::{AuthMethod, Body, Caller, Decision, Identity, RequestFacts};
+use crate::auth::denial::Denial;
+use crate::engine::Engine;
+use crate::http::forward::{upstream_request, Failure, Unforwardable, Upstream};
+use crate::http::forwarding::Client;
+use crate::http::headers::{self, IdentityHeader, X_REQUEST_ID};
+use crate::http::hygiene;
+use crate::ops::metrics::Outcome;
+use crate::ratelimit::RateState;
+
+/// Longest a downstream HTTP/1.1 keep-alive connection may sit idle between
+/// requests. pingora's default is no limit at all (and a client's
+/// `Keep-Alive: timeout=N` is taken as asked), so an idle connection would be
+/// held forever; 60 s matches pingora's read timeout on a new connection.
+const KEEPALIVE_IDLE_S: u64 = 60;
+
+/// What one request leaves for its metrics and access line.
+struct Ctx {
+    start: Instant,
+    request_id: String,
+    outcome: Outcome,
+    /// keyward's own answer, when it made one
+    status: u16,
+    auth_time: Duration,
+    caller: Option<Caller>,
+    org_id: Option<Arc<str>>,
+}
+
+impl Ctx {
+    fn new() -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            request_id: String::new(),
+            outcome: Outcome::Error,
+            status: 0,
+            auth_time: Duration::ZERO,
+            caller: None,
+            org_id: None,
+        }
+    }
+
+    fn auth_method(&self) -> Option<AuthMethod> {
+        self.caller.as_ref().map(|c| c.method)
+    }
+}
+
+/// How forwarding ended.
+struct Sent {
+    /// the downstream connection may carry another request
+    reusable: bool,
+    /// the upstream's status, or keyward's 502/504 (0: none written)
+    status: u16,
+    outcome: Outcome,
+}
+
+pub struct KeywardApp {
+    pub engine: Arc<Engine>,
+    upstream: Upstream,
+    https: bool,
+}
+
+impl KeywardApp {
+    pub fn new(engine: Arc<Engine>, conf: &ServerConf) -> KeywardApp {
+        let cfg = &engine.policy.load().config;
+        let upstream = Upstream::new(&cfg.upstream, conf);
+        let https = cfg.server.tls.is_some();
+        KeywardApp {
+            engine,
+            upstream,
+            https,
+        }
+    }
+
+    /// One request, after its head was read. Returns whether the downstream
+    /// connection may carry another request.
+    async fn handle(&self, session: &mut ServerSession, ctx: &mut Ctx) -> bool {
+        // phase 1: hygiene — refuse what cannot be read one way
+        cap_keepalive(session);
+        ctx.request_id = hygiene::request_id(session.req_header());
+        match hygiene::check(session) {
+            Ok(None) => {}
+            Ok(Some(path_and_query)) => {
+                if !set_path(session, path_and_query) {
+                    return self
+                        .refuse(session, ctx, Denial::BadRequest("malformed_request"), None)
+                        .await;
+                }
+            }
+            Err(refused) => {
+                if refused.close {
+                    session.set_keepalive(None);
+                }
+                return self.refuse(session, ctx, refused.denial, None).await;
+            }
+        }
+
+        // phase 2: the upstream's copy of the head (hop-by-hop fields and
+        // every client spelling of keyward's headers out)
+        let has_body = !session.is_body_empty();
+        let mut up = match upstream_request(session.req_header(), has_body, |n| {
+            headers::is_keywards(n.as_str())
+        }) {
+            Ok(parts) => parts,
+            Err(Unforwardable(reason)) => {
+                session.set_keepalive(None);
+                return self
+                    .refuse(session, ctx, Denial::BadRequest(reason), None)
+                    .await;
+            }
+        };
+
+        // phase 3: decide on the head, with one pinned policy and snapshot
+        let pinned = self.engine.pin();
+        let client = self.client(session, &pinned.policy.config.server.trusted_proxies);
+        let now = crate::clock::now_unix();
+        let auth_start = Instant::now();
+        let mut decision = pinned.decide(&facts(session.req_header(), client), now);
+
+        // phase 4: the body, when the route inspects it
+        let mut inspected = None;
+        if let Decision::NeedBody(pending) = decision {
+            let Ok(body) = self.read_body(session, pending.cap).await else {
+                return false;
+            };
+            let read = match &body {
+                Some(b) => Body::Read(b),
+                None => Body::TooLarge,
+            };
+            decision = pinned.decide_body(&facts(session.req_header(), client), pending, read, now);
+            up.headers.remove(http::header::EXPECT);
+            inspected = Some(body.unwrap_or_default());
+        }
+
+        // phase 5: apply
+        match decision {
+            Decision::Refuse(r) => {
+                ctx.auth_time = auth_start.elapsed();
+                ctx.caller = r.caller;
+                if matches!(r.denial, Denial::PayloadTooLarge) {
+                    session.set_keepalive(None);
+                }
+                self.refuse(session, ctx, r.denial, r.rate).await
+            }
+            Decision::Forward(grant) => {
+                if grant.caller.is_some() {
+                    ctx.auth_time = auth_start.elapsed();
+                }
+                ctx.caller = grant.caller;
+                ctx.org_id = grant.identity.org_id.clone();
+                ctx.outcome = Outcome::Forwarded;
+                let strip = pinned.policy.config.upstream.strip_credentials;
+                let apply = |up: &mut HeaderMap, down: &HeaderMap| {
+                    upstream_headers(up, down, &ctx.request_id, client, &grant.identity, strip)
+                };
+                if let Err(e) = apply(&mut up.headers, &session.req_header().headers) {
+                    // An identity value from the snapshot that cannot be a
+                    // header value: fail closed.
+                    tracing::error!(error = %e, "cannot build the upstream request");
+                    session.set_keepalive(None);
+                    self.refuse(session, ctx, Denial::AuthUnavailable, None)
+                        .await;
+                    return false;
+                }
+                let rebuild = |s: &ServerSession| {
+                    let mut parts = upstream_request(s.req_header(), has_body, |n| {
+                        headers::is_keywards(n.as_str())
+                    })
+                    .ok()?;
+                    if inspected.is_some() {
+                        parts.headers.remove(http::header::EXPECT);
+                    }
+                    apply(&mut parts.headers, &s.req_header().headers).ok()?;
+                    Some(Box::new(RequestHeader::from(parts)))
+                };
+                let sent = self
+                    .forward(
+                        session,
+                        up,
+                        inspected.clone(),
+                        grant.rate,
+                        &ctx.request_id,
+                        rebuild,
+                    )
+                    .await;
+                ctx.outcome = sent.outcome;
+                ctx.status = sent.status;
+                sent.reusable
+            }
+            Decision::NeedBody(_) => {
+                // decide_body never asks twice
+                self.refuse(session, ctx, Denial::AuthUnavailable, None)
+                    .await;
+                false
+            }
+        }
+    }
+
+    /// The client as SPEC §4.1 resolves it.
+    fn client(&self, session: &ServerSession, trusted: &[ipnet::IpNet]) -> Client {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        Client::resolve(peer, self.https, &session.req_header().headers, trusted)
+    }
+
+    /// Read a body the core inspects, held in memory until the decision and
+    /// then forwarded as read: `None` past `cap` bytes (the rest unread).
+    async fn read_body(&self, session: &mut ServerSession, cap: usize) -> Result<Option<Bytes>> {
+        if hygiene::expects_continue(session.req_header()) {
+            // keyward reads the body before the upstream sees the request,
+            // so it answers the client's Expect itself.
+            session.write_continue_response().await?;
+        }
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if buf.len() + chunk.len() > cap {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Some(buf.freeze()))
+    }
+
+    /// keyward answers the request itself. Returns whether the connection
+    /// may carry another request.
+    async fn refuse(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut Ctx,
+        denial: Denial,
+        rate: Option<RateState>,
+    ) -> bool {
+        ctx.outcome = Outcome::of(&denial);
+        ctx.status = denial.status();
+        if !session.is_body_done() {
+            // A refused request's body is not read to its end (reusing the
+            // connection would mean draining whatever the client sends):
+            // the connection closes after the answer.
+            session.set_keepalive(None);
+        }
+        write_denial(session, &denial, rate.as_ref(), &ctx.request_id)
+            .await
+            .is_ok()
+    }
+
+    /// Send the request upstream and stream the exchange.
+    async fn forward(
+        &self,
+        session: &mut ServerSession,
+        up: Parts,
+        inspected: Option<Bytes>,
+        rate: Option<RateState>,
+        request_id: &str,
+        rebuild: impl Fn(&ServerSession) -> Option<Box<RequestHeader>>,
+    ) -> Sent {
+        let on_response = |resp: &mut ResponseHeader| {
+            if let Some(r) = &rate {
+                add_rate_headers(resp, r);
+            }
+        };
+        let req = Box::new(RequestHeader::from(up));
+        match self
+            .upstream
+            .forward(session, req, inspected, on_response, rebuild)
+            .await
+        {
+            Ok(done) => Sent {
+                reusable: true,
+                status: done.status,
+                outcome: Outcome::Forwarded,
+            },
+            Err(Failure::Upstream { timeout, answered }) => {
+                let (denial, kind) = if timeout {
+                    (Denial::UpstreamTimeout, "timeout")
+                } else {
+                    (Denial::UpstreamUnavailable, "unavailable")
+                };
+                self.engine
+                    .metrics
+                    .upstream_errors
+                    .with_label_values(&[kind])
+                    .inc();
+                if !answered {
+                    let _ = write_denial(session, &denial, rate.as_ref(), request_id).await;
+                }
+                Sent {
+                    reusable: false,
+                    status: if answered { 0 } else { denial.status() },
+                    outcome: Outcome::of(&denial),
+                }
+            }
+            Err(Failure::Downstream) => Sent {
+                reusable: false,
+                status: 0,
+                outcome: Outcome::Error,
+            },
+        }
+    }
+
+    /// Metrics and the access line, once per request.
+    fn log(&self, session: &ServerSession, ctx: &Ctx) {
+        let total = ctx.start.elapsed();
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(ctx.status);
+        let method = ctx.auth_method().map(AuthMethod::as_str).unwrap_or("none");
+        let m = &self.engine.metrics;
+        m.request(method, ctx.outcome);
+        m.request_duration.observe(total.as_secs_f64());
+        if ctx.caller.is_some() || ctx.auth_time > Duration::ZERO {
+            m.auth_duration.observe(ctx.auth_time.as_secs_f64());
+        }
+        let req = session.req_header();
+        crate::access_log::write(&crate::access_log::Line {
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status,
+            auth_method: method,
+            outcome: ctx.outcome.as_str(),
+            org_id: ctx.org_id.as_deref().unwrap_or(""),
+            key_prefix: ctx
+                .caller
+                .as_ref()
+                .and_then(Caller::key_prefix)
+                .unwrap_or(""),
+            request_id: &ctx.request_id,
+            auth_us: ctx.auth_time.as_micros() as u64,
+            total_us: total.as_micros() as u64,
+        });
+    }
+}
+
+/// The facts the core reads, from the (normalized) head.
+fn facts(h: &RequestHeader, client: Client) -> RequestFacts<'_> {
+    RequestFacts {
+        method: &h.method,
+        path: h.uri.path(),
+        query: h.uri.query(),
+        headers: &h.headers,
+        client,
+    }
+}
+
+/// Cap the idle time before the next request on this connection
+/// (Some(0) is pingora's "keep alive without limit").
+fn cap_keepalive(session: &mut ServerSession) {
+    if session
+        .get_keepalive()
+        .is_some_and(|t| t == 0 || t > KEEPALIVE_IDLE_S)
+    {
+        session.set_keepalive(Some(KEEPALIVE_IDLE_S));
+    }
+}
+
+/// Rewrite the head's target to the normalized path, so the upstream acts
+/// on the path keyward decided on (SPEC §5).
+fn set_path(session: &mut ServerSession, path_and_query: String) -> bool {
+    match http::Uri::builder().path_and_query(path_and_query).build() {
+        Ok(uri) => {
+            session.req_header_mut().set_uri(uri);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// keyward's headers on the upstream's copy of the head, the one place
+/// SPEC §4 and §4.1 are applied: the request id, the forwarding headers,
+/// the identity headers, and `strip_credentials`. `down` is the client's
+/// head (the client's spellings were left out of `up`).
+fn upstream_headers(
+    up: &mut HeaderMap,
+    down: &HeaderMap,
+    request_id: &str,
+    client: Client,
+    identity: &Identity,
+    strip_credentials: bool,
+) -> std::result::Result<(), InvalidHeaderValue> {
+    up.insert(X_REQUEST_ID, HeaderValue::from_str(request_id)?);
+    client.write(up, down);
+    if strip_credentials {
+        up.remove(http::header::AUTHORIZATION);
+        up.remove(http::header::COOKIE);
+    }
+    let values = [
+        (IdentityHeader::OrgId, &identity.org_id),
+        (IdentityHeader::ApiKeyId, &identity.api_key_id),
+        (IdentityHeader::UserId, &identity.user_id),
+        (IdentityHeader::WorkspaceId, &identity.workspace_id),
+        (
+            IdentityHeader::AllowedWorkspaces,
+            &identity.allowed_workspaces,
+        ),
+        (IdentityHeader::McpServerId, &identity.mcp_server_id),
+        (IdentityHeader::EndUserId, &identity.end_user_id),
+    ];
+    for (header, value) in values {
+        if let Some(v) = value {
+            up.insert(header.name(), HeaderValue::from_str(v)?);
+        }
+    }
+    if let Some(m) = identity.auth_method {
+        up.insert(
+            IdentityHeader::AuthMethod.name(),
+            HeaderValue::from_static(m.as_str()),
+        );
+    }
+    Ok(())
+}
+
+/// Write a keyward-made response: contract JSON, Content-Length, extras.
+async fn write_denial(
+    session: &mut ServerSession,
+    denial: &Denial,
+    rate: Option<&RateState>,
+    request_id: &str,
+) -> Result<()> {
+    let body = denial.body();
+    let mut h = ResponseHeader::build(denial.status(), Some(6))?;
+    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    h.set_content_length(body.len())?;
+    for (k, v) in denial.headers() {
+        h.insert_header(k, v)?;
+    }
+    if let Some(r) = rate {
+        h.insert_header(headers::X_RATELIMIT_LIMIT, r.limit)?;
+        h.insert_header(headers::X_RATELIMIT_REMAINING, r.remaining)?;
+        h.insert_header(headers::X_RATELIMIT_RESET, r.reset)?;
+    }
+    if !request_id.is_empty() {
+        h.insert_header(X_REQUEST_ID, request_id)?;
+    }
+    session.write_response_header(Box::new(h)).await?;
+    session.write_response_body(body, true).await
+}
+
+/// `X-RateLimit-*` on the upstream's response, through its plain `http`
+/// parts: pingora's case-preserving `insert_header` parses each name and
+/// keeps a second map; this inserts static names (the response then goes
+/// down in canonical header case).
+fn add_rate_headers(resp: &mut ResponseHeader, r: &RateState) {
+    let mut parts = http::response::Parts::from(std::mem::replace(
+        resp,
+        ResponseHeader::build_no_case(200, Some(0)).expect("200 is a status"),
+    ));
+    headers::insert_rate(&mut parts.headers, r);
+    *resp = ResponseHeader::from(parts);
+}
+
+#[async_trait]
+impl HttpServerApp for KeywardApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        // phase 0: read the head. An idle keep-alive connection is dropped
+        // as soon as shutdown starts.
+        let mut shutdown = shutdown.clone();
+        if *shutdown.borrow() {
+            return None;
+        }
+        let read = tokio::select! {
+            biased;
+            r = session.read_request() => r,
+            _ = shutdown.changed() => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    // pingora's parser refused the head: answered in the
+                    // contract's format, and the connection closes.
+                    let d = Denial::BadRequest("malformed_request");
+                    let _ = write_denial(&mut session, &d, None, "").await;
+                    self.engine.metrics.request("none", Outcome::of(&d));
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        let mut ctx = Ctx::new();
+        let reusable = self.handle(&mut session, &mut ctx).await;
+        self.log(&session, &ctx);
+        if !reusable {
+            session.shutdown().await;
+            return None;
+        }
+        crate::http::forward::keep_alive(session).await
+    }
+}

@@ -1,0 +1,138 @@
+//! The [`Directory`]: everything the decision core may ask about the
+//! snapshot, behind one trait, so the core never sees the cache, SQLite or a
+//! generation swap. [`SnapshotDirectory`] is the real one, pinned to one
+//! snapshot generation and one verdict cache for the whole request; the
+//! core's unit tests use an in-memory one.
+
+use std::sync::Arc;
+
+use crate::cache::{AuthCache, CacheResult, Entry};
+use crate::metrics::Metrics;
+use crate::principal::Verdict;
+use crate::snapshot::{Generation, McpServerRecord, OrgRecord, StoreError};
+
+/// A token's verdict as the cache holds it (shared, never copied).
+pub type Held = Arc<Entry<Verdict>>;
+
+pub use crate::cache::TokenKey;
+
+pub trait Directory {
+    /// A snapshot is loaded (else every authenticated request is 503).
+    fn loaded(&self) -> bool;
+    /// The cached verdict for a token, if any (positive or negative),
+    /// without touching the store.
+    fn cached_token(&self, key: &TokenKey) -> Option<Held>;
+    /// Read a token's verdict from the store and cache it. `workspace` is the
+    /// workspace the request names (when known before its body): a store
+    /// that reads in transactions may read its owner in the same one.
+    fn load_token(&self, key: TokenKey, workspace: Option<&str>) -> Result<Held, StoreError>;
+    fn organization(&self, id: &str) -> Result<Option<OrgRecord>, StoreError>;
+    /// The organization that owns a workspace.
+    fn workspace_owner(&self, id: &str) -> Result<Option<Arc<str>>, StoreError>;
+    /// The workspace a resource belongs to.
+    fn resource_workspace(&self, id: &str) -> Result<Option<Arc<str>>, StoreError>;
+    fn mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>, StoreError>;
+}
+
+/// The snapshot and its verdict cache, pinned for one request: every lookup
+/// reads the same generation, whatever swaps meanwhile.
+pub struct SnapshotDirectory<'a> {
+    generation: Option<Arc<Generation>>,
+    cache: Arc<AuthCache>,
+    metrics: &'a Metrics,
+}
+
+impl<'a> SnapshotDirectory<'a> {
+    pub fn pin(
+        generation: Option<Arc<Generation>>,
+        cache: Arc<AuthCache>,
+        metrics: &'a Metrics,
+    ) -> SnapshotDirectory<'a> {
+        SnapshotDirectory {
+            generation,
+            cache,
+            metrics,
+        }
+    }
+
+    fn gen_id(&self) -> u64 {
+        self.generation.as_ref().map_or(0, |g| g.id)
+    }
+
+    fn generation(&self) -> Result<&Generation, StoreError> {
+        self.generation.as_deref().ok_or(StoreError::NotLoaded)
+    }
+
+    fn logged<T>(r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &r {
+            tracing::error!(error = %e, "snapshot lookup failed");
+        }
+        r
+    }
+}
+
+impl Directory for SnapshotDirectory<'_> {
+    fn loaded(&self) -> bool {
+        self.generation.is_some()
+    }
+
+    fn cached_token(&self, key: &TokenKey) -> Option<Held> {
+        let entry = self.cache.token(key, self.gen_id());
+        self.metrics.cache(match &entry {
+            Some(e) if e.is_negative() => CacheResult::NegativeHit,
+            Some(_) => CacheResult::Hit,
+            None => CacheResult::Miss,
+        });
+        entry
+    }
+
+    fn load_token(&self, key: TokenKey, workspace: Option<&str>) -> Result<Held, StoreError> {
+        let gen = self.generation()?;
+        let hash_hex = hex::encode(key.1);
+        let cache = &self.cache;
+        let verdict = Self::logged(gen.read(|r| {
+            let verdict = crate::store::principals::load(r, key.0, &hash_hex)?;
+            // One SQLite transaction per miss instead of two: the
+            // transaction's locking is most of a miss's cost.
+            if let (Verdict::ApiKey(_) | Verdict::Session(_), Some(ws)) = (&verdict, workspace) {
+                cache.lookup(&cache.workspaces, ws, gen.id, || {
+                    r.workspace_org(ws).map(|o| o.map(Arc::from))
+                })?;
+            }
+            Ok(verdict)
+        }))?;
+        Ok(cache.put_token(key, gen.id, verdict))
+    }
+
+    fn organization(&self, id: &str) -> Result<Option<OrgRecord>, StoreError> {
+        let c = &self.cache;
+        Self::logged(c.lookup(&c.orgs, id, self.gen_id(), || {
+            self.generation()?.lookup(|r| r.organization(id))
+        }))
+    }
+
+    fn workspace_owner(&self, id: &str) -> Result<Option<Arc<str>>, StoreError> {
+        let c = &self.cache;
+        Self::logged(c.lookup(&c.workspaces, id, self.gen_id(), || {
+            self.generation()?
+                .lookup(|r| r.workspace_org(id))
+                .map(|o| o.map(Arc::from))
+        }))
+    }
+
+    fn resource_workspace(&self, id: &str) -> Result<Option<Arc<str>>, StoreError> {
+        let c = &self.cache;
+        Self::logged(c.lookup(&c.resources, id, self.gen_id(), || {
+            self.generation()?
+                .lookup(|r| r.resource_workspace(id))
+                .map(|o| o.map(Arc::from))
+        }))
+    }
+
+    fn mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>, StoreError> {
+        let c = &self.cache;
+        Self::logged(c.lookup(&c.mcp_servers, id, self.gen_id(), || {
+            self.generation()?.lookup(|r| r.mcp_server(id))
+        }))
+    }
+}

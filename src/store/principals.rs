@@ -1,0 +1,94 @@
+//! Reading principals from a snapshot: one token's row and the rows it
+//! names (organization, MCP server), inside the caller's read transaction,
+//! as the [`Verdict`] the cache keeps. The only place SQLite rows become
+//! principals.
+
+use std::sync::Arc;
+
+use crate::principal::{
+    ApiKey, McpKind, McpToken, Scope, ServiceKey, Session, TokenTable, Verdict,
+};
+use crate::snapshot::{Reader, StoreError};
+
+/// What the snapshot says the token hashed to `hash_hex` is, read through
+/// `r` (one read transaction for the token's row and the rows it names).
+pub fn load(r: &Reader<'_>, table: TokenTable, hash_hex: &str) -> Result<Verdict, StoreError> {
+    match table {
+        TokenTable::ApiKey => load_api_key(r, hash_hex),
+        TokenTable::Session => load_session(r, hash_hex),
+        TokenTable::ServiceKey => load_service_key(r, hash_hex),
+        TokenTable::McpToken => load_mcp_token(r, hash_hex),
+    }
+}
+
+fn load_api_key(r: &Reader<'_>, hash_hex: &str) -> Result<Verdict, StoreError> {
+    let Some(k) = r.api_key(hash_hex)? else {
+        return Ok(Verdict::Rejected("unknown"));
+    };
+    if k.revoked_at.is_some() {
+        return Ok(Verdict::Rejected("revoked"));
+    }
+    let org = r.organization(&k.organization_id)?;
+    Ok(Verdict::ApiKey(ApiKey {
+        id: Arc::from(k.id),
+        prefix: Arc::from(k.key_prefix.unwrap_or_default()),
+        org_id: Arc::from(k.organization_id),
+        org,
+        scope: Scope::parse(k.permissions.as_deref()),
+        expires_at: k.expires_at,
+    }))
+}
+
+fn load_session(r: &Reader<'_>, hash_hex: &str) -> Result<Verdict, StoreError> {
+    let Some(s) = r.session(hash_hex)? else {
+        return Ok(Verdict::Rejected("unknown"));
+    };
+    let org = match &s.active_organization_id {
+        Some(o) => r.organization(o)?,
+        None => None,
+    };
+    Ok(Verdict::Session(Session {
+        user_id: Arc::from(s.user_id),
+        active_org_id: s.active_organization_id.map(Arc::from),
+        org,
+        expires_at: s.expires_at,
+    }))
+}
+
+fn load_service_key(r: &Reader<'_>, hash_hex: &str) -> Result<Verdict, StoreError> {
+    Ok(match r.service_key(hash_hex)? {
+        None => Verdict::Rejected("unknown"),
+        Some(k) if k.revoked_at.is_some() => Verdict::Rejected("revoked"),
+        Some(k) => Verdict::ServiceKey(ServiceKey {
+            id: Arc::from(k.id),
+        }),
+    })
+}
+
+fn load_mcp_token(r: &Reader<'_>, hash_hex: &str) -> Result<Verdict, StoreError> {
+    let Some(t) = r.mcp_token(hash_hex)? else {
+        return Ok(Verdict::Rejected("unknown"));
+    };
+    if t.revoked_at.is_some() {
+        return Ok(Verdict::Rejected("revoked"));
+    }
+    let server = r.mcp_server(&t.mcp_server_id)?;
+    let org = match &server {
+        Some(s) => r.organization(&s.organization_id)?,
+        None => None,
+    };
+    Ok(Verdict::Mcp(McpToken {
+        id: Arc::from(t.id),
+        kind: match t.kind.as_str() {
+            "static" => Some(McpKind::Static),
+            "end_user" => Some(McpKind::EndUser),
+            "oauth" => Some(McpKind::OAuth),
+            _ => None,
+        },
+        server_id: Arc::from(t.mcp_server_id),
+        server,
+        org,
+        end_user_id: t.end_user_id.map(Arc::from),
+        expires_at: t.expires_at,
+    }))
+}
