@@ -14,52 +14,13 @@ use crate::metrics::Metrics;
 use crate::ratelimit::{LocalLimiter, RedisLimiter};
 use crate::snapshot::SnapshotStore;
 
-/// Keys that cannot change without a restart; a reload touching them is refused.
-fn frozen_change(old: &Config, new: &Config) -> Option<&'static str> {
-    let (o, n) = (&old.server, &new.server);
-    if o.listen != n.listen {
-        return Some("server.listen");
-    }
-    if o.admin_listen != n.admin_listen {
-        return Some("server.admin_listen");
-    }
-    if o.threads != n.threads {
-        return Some("server.threads");
-    }
-    if o.tls.as_ref().map(|t| (&t.cert, &t.key)) != n.tls.as_ref().map(|t| (&t.cert, &t.key)) {
-        return Some("server.tls");
-    }
-    let (a, b) = (&old.upstream, &new.upstream);
-    if a.address != b.address
-        || a.tls != b.tls
-        || a.sni != b.sni
-        || a.ca_file != b.ca_file
-        || a.connect_timeout != b.connect_timeout
-        || a.read_timeout != b.read_timeout
-    {
-        return Some("upstream");
-    }
-    if old.snapshot.path != new.snapshot.path
-        || old.snapshot.poll_interval != new.snapshot.poll_interval
-    {
-        return Some("snapshot");
-    }
-    if old.rate_limit.window_s != new.rate_limit.window_s
-        || old.rate_limit.auth_failures_per_ip != new.rate_limit.auth_failures_per_ip
-    {
-        return Some("rate_limit.window_s");
-    }
-    if old.rate_limit.backend != new.rate_limit.backend {
-        return Some("rate_limit.backend");
-    }
-    None
-}
-
 /// SIGHUP: re-read the config file; keep the old one on any problem.
 pub fn reload_config(engine: &Engine, path: &std::path::Path) -> Result<(), String> {
     let new = Config::load(path).map_err(|e| e.to_string())?;
     let old = engine.policy.load();
-    if let Some(key) = frozen_change(&old.config, &new) {
+    // A key only read at start would silently keep its old value: refuse,
+    // naming it (SPEC §8.2).
+    if let Some(key) = crate::config::frozen_change(&old.config, &new) {
         return Err(format!("`{key}` cannot change without a restart"));
     }
     engine.reload_policy(new);

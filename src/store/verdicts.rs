@@ -83,10 +83,7 @@ impl Verdicts {
     /// A reloaded config: a new, empty cache when its settings changed.
     pub fn reconfigure(&self, config: &CacheConfig) {
         let mut current = self.config.lock().unwrap();
-        if current.capacity != config.capacity
-            || current.ttl != config.ttl
-            || current.negative_ttl != config.negative_ttl
-        {
+        if *current != *config {
             *current = config.clone();
             self.cache.store(Arc::new(AuthCache::new(config)));
         }

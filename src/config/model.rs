@@ -1,0 +1,139 @@
+//! The validated model: what the rest of keyward reads, trusting every value
+//! (addresses resolved, paths absolute, durations typed, enums closed). These
+//! types hold data only: no parsing, no checks, no I/O. A field added here
+//! must be built in `validate` and classified live or frozen in `reload`
+//! (both destructure these structs exhaustively, so the build says so).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::routes::RouteTable;
+
+/// The BetterAuth secret. Deliberately not `Debug`/`Display`.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub threads: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub public_url: String,
+    pub shutdown_grace: Duration,
+    pub max_body_inspect_bytes: usize,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `host:port`; resolved at start.
+    pub address: SocketAddr,
+    pub tls: bool,
+    pub sni: String,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub strip_credentials: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SnapshotConfig {
+    pub path: PathBuf,
+    pub poll_interval: Duration,
+    pub max_staleness: Duration,
+}
+
+/// `PartialEq`: a reload compares it to decide whether to start a new cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub capacity: u64,
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+}
+
+#[derive(Clone)]
+pub struct SessionConfig {
+    pub secret: Option<Secret>,
+    pub cookie_names: Vec<String>,
+    pub trusted_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitBackend {
+    Local,
+    Redis(RedisConfig),
+}
+
+/// `rate_limit.backend = "redis"` settings (see `ratelimit::redis`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Budget for one Redis round trip; past it the replica falls back.
+    pub timeout: Duration,
+    pub expected_replicas: u64,
+    /// Most requests one replica admits per organization before Redis has
+    /// acknowledged them.
+    pub batch: u64,
+    /// Longest time an admitted request waits to be sent to Redis.
+    pub sync_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub window_s: u64,
+    pub auth_failures_per_ip: u64,
+    pub service_keys_limited: bool,
+    pub backend: RateLimitBackend,
+}
+
+/// What a workspace id the snapshot lacks gets (SPEC §5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownWorkspaces {
+    /// 403 SCOPE_DENIED `unknown_workspace` (the default)
+    Deny,
+    /// scoped keys by their list alone, others pass: the upstream decides
+    Pass,
+}
+
+#[derive(Debug, Clone)]
+pub struct McpConfig {
+    /// `Origin` values allowed on `auth = "mcp"` routes, compared exactly.
+    pub allowed_origins: Vec<String>,
+}
+
+/// The validated configuration.
+#[derive(Clone)]
+pub struct Config {
+    pub source: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub snapshot: SnapshotConfig,
+    pub cache: CacheConfig,
+    pub session: SessionConfig,
+    pub rate_limit: RateLimitConfig,
+    pub unknown_workspaces: UnknownWorkspaces,
+    pub mcp: McpConfig,
+    /// plan name → requests per window
+    pub plans: HashMap<String, u64>,
+    pub routes: RouteTable,
+}

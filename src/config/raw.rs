@@ -1,0 +1,222 @@
+//! The raw layer: the TOML file (SPEC §8.1) exactly as serde reads it, with
+//! the documented defaults. Every struct rejects unknown keys, so a typo is an
+//! error naming the key. Nothing here checks a value, resolves a path or an
+//! address, or reads the environment: that is `validate`'s job, and nothing
+//! outside `config` should read these structs.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use crate::routes::RawRoute;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub upstream: RawUpstream,
+    #[serde(default)]
+    pub snapshot: RawSnapshot,
+    #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default)]
+    pub session: RawSession,
+    #[serde(default)]
+    pub rate_limit: RawRateLimit,
+    #[serde(default)]
+    pub scopes: RawScopes,
+    #[serde(default)]
+    pub mcp: RawMcp,
+    #[serde(default)]
+    pub plans: HashMap<String, RawPlan>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: String,
+    pub admin_listen: String,
+    pub threads: usize,
+    pub trusted_proxies: Vec<String>,
+    pub public_url: String,
+    pub shutdown_grace_s: u64,
+    pub max_body_inspect_bytes: usize,
+    pub tls: Option<RawTls>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            threads: 2,
+            trusted_proxies: Vec::new(),
+            public_url: String::new(),
+            shutdown_grace_s: 5,
+            max_body_inspect_bytes: 1 << 20,
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    pub address: String,
+    pub tls: bool,
+    pub sni: String,
+    pub ca_file: String,
+    pub connect_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+    pub strip_credentials: bool,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:3000".into(),
+            tls: false,
+            sni: String::new(),
+            ca_file: String::new(),
+            connect_timeout_ms: 1000,
+            read_timeout_ms: 60_000,
+            strip_credentials: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSnapshot {
+    pub path: String,
+    pub poll_interval_ms: u64,
+    pub max_staleness_s: u64,
+}
+
+impl Default for RawSnapshot {
+    fn default() -> Self {
+        Self {
+            path: "snapshot.db".into(),
+            poll_interval_ms: 1000,
+            max_staleness_s: 300,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCache {
+    pub capacity: u64,
+    pub ttl_s: u64,
+    pub negative_ttl_s: u64,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        Self {
+            capacity: 100_000,
+            ttl_s: 60,
+            negative_ttl_s: 5,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSession {
+    pub secret_env: String,
+    pub secret: String,
+    pub cookie_names: Vec<String>,
+    pub trusted_origins: Vec<String>,
+}
+
+impl std::fmt::Debug for RawSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawSession")
+            .field("secret_env", &self.secret_env)
+            .field("secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RawSession {
+    fn default() -> Self {
+        Self {
+            secret_env: "BETTER_AUTH_SECRET".into(),
+            secret: String::new(),
+            cookie_names: vec![
+                "__Secure-better-auth.session_token".into(),
+                "better-auth.session_token".into(),
+            ],
+            trusted_origins: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRateLimit {
+    pub window_s: u64,
+    pub auth_failures_per_ip: u64,
+    pub service_keys_limited: bool,
+    pub backend: String,
+    pub redis_url: String,
+    pub redis_timeout_ms: u64,
+    /// Required with `backend = "redis"` (SPEC §6): no default.
+    pub expected_replicas: Option<u64>,
+    pub redis_batch: u64,
+    pub redis_sync_interval_ms: u64,
+}
+
+impl Default for RawRateLimit {
+    fn default() -> Self {
+        Self {
+            window_s: 60,
+            auth_failures_per_ip: 30,
+            service_keys_limited: false,
+            backend: "local".into(),
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_timeout_ms: 5,
+            expected_replicas: None,
+            redis_batch: 16,
+            redis_sync_interval_ms: 10,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawScopes {
+    pub unknown_workspaces: String,
+}
+
+impl Default for RawScopes {
+    fn default() -> Self {
+        Self {
+            unknown_workspaces: "deny".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMcp {
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlan {
+    pub requests_per_window: u64,
+}

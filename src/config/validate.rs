@@ -1,0 +1,337 @@
+//! Validation: raw structs in, model out, one function per section. Each
+//! function destructures its raw struct exhaustively, so a key added to the
+//! file format without being validated here does not compile. Every error
+//! names the offending key. It resolves paths against the config file's
+//! directory and reads the PEM files TLS names, but opens no socket and never
+//! touches the snapshot; the one lookup beyond the file system is the name
+//! resolution of `host:port` addresses (`ToSocketAddrs`).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::model::{
+    CacheConfig, Config, McpConfig, RateLimitBackend, RateLimitConfig, RedisConfig, Secret,
+    ServerConfig, SessionConfig, SnapshotConfig, TlsConfig, UnknownWorkspaces, UpstreamConfig,
+};
+use super::raw::{
+    RawCache, RawMcp, RawPlan, RawRateLimit, RawScopes, RawServer, RawSession, RawSnapshot, RawTls,
+    RawUpstream,
+};
+use super::{invalid, ConfigError};
+use crate::routes::{RawRoute, RouteTable};
+
+/// A path from the file, relative to its directory unless absolute.
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| invalid(key, format!("`{value}` is not a host:port address")))
+}
+
+pub(super) fn server(raw: RawServer, base: &Path) -> Result<ServerConfig, ConfigError> {
+    let RawServer {
+        listen,
+        admin_listen,
+        threads,
+        trusted_proxies,
+        public_url,
+        shutdown_grace_s,
+        max_body_inspect_bytes,
+        tls,
+    } = raw;
+    if threads == 0 {
+        return Err(invalid("server.threads", "must be at least 1"));
+    }
+    let trusted_proxies = trusted_proxies
+        .iter()
+        .map(|c| {
+            c.parse::<IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| invalid("server.trusted_proxies", format!("`{c}` is not a CIDR")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if max_body_inspect_bytes == 0 {
+        return Err(invalid("server.max_body_inspect_bytes", "must be positive"));
+    }
+    Ok(ServerConfig {
+        listen: socket_addr("server.listen", &listen)?,
+        admin_listen: socket_addr("server.admin_listen", &admin_listen)?,
+        threads,
+        trusted_proxies,
+        public_url: public_url.trim_end_matches('/').to_string(),
+        shutdown_grace: Duration::from_secs(shutdown_grace_s),
+        max_body_inspect_bytes,
+        tls: tls.map(|RawTls { cert, key }| TlsConfig {
+            cert: resolve(base, &cert),
+            key: resolve(base, &key),
+        }),
+    })
+}
+
+pub(super) fn upstream(raw: RawUpstream, base: &Path) -> Result<UpstreamConfig, ConfigError> {
+    let RawUpstream {
+        address,
+        tls,
+        sni,
+        ca_file,
+        connect_timeout_ms,
+        read_timeout_ms,
+        strip_credentials,
+    } = raw;
+    if connect_timeout_ms == 0 {
+        return Err(invalid("upstream.connect_timeout_ms", "must be positive"));
+    }
+    if read_timeout_ms == 0 {
+        return Err(invalid("upstream.read_timeout_ms", "must be positive"));
+    }
+    Ok(UpstreamConfig {
+        address: socket_addr("upstream.address", &address)?,
+        sni: if sni.is_empty() {
+            address
+                .rsplit_once(':')
+                .map(|(h, _)| h.to_string())
+                .unwrap_or_default()
+        } else {
+            sni
+        },
+        tls,
+        ca_file: (!ca_file.is_empty()).then(|| resolve(base, &ca_file)),
+        connect_timeout: Duration::from_millis(connect_timeout_ms),
+        read_timeout: Duration::from_millis(read_timeout_ms),
+        strip_credentials,
+    })
+}
+
+pub(super) fn snapshot(raw: RawSnapshot, base: &Path) -> Result<SnapshotConfig, ConfigError> {
+    let RawSnapshot {
+        path,
+        poll_interval_ms,
+        max_staleness_s,
+    } = raw;
+    if poll_interval_ms == 0 {
+        return Err(invalid("snapshot.poll_interval_ms", "must be positive"));
+    }
+    Ok(SnapshotConfig {
+        path: resolve(base, &path),
+        poll_interval: Duration::from_millis(poll_interval_ms),
+        max_staleness: Duration::from_secs(max_staleness_s),
+    })
+}
+
+pub(super) fn cache(raw: RawCache) -> Result<CacheConfig, ConfigError> {
+    let RawCache {
+        capacity,
+        ttl_s,
+        negative_ttl_s,
+    } = raw;
+    if capacity == 0 {
+        return Err(invalid("cache.capacity", "must be positive"));
+    }
+    Ok(CacheConfig {
+        capacity,
+        ttl: Duration::from_secs(ttl_s.max(1)),
+        negative_ttl: Duration::from_secs(negative_ttl_s),
+    })
+}
+
+/// `env` reads environment variables (injected for tests).
+pub(super) fn session(
+    raw: RawSession,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<SessionConfig, ConfigError> {
+    let RawSession {
+        secret_env,
+        secret,
+        cookie_names,
+        trusted_origins,
+    } = raw;
+    // An inline secret wins over the environment.
+    let secret = if !secret.is_empty() {
+        Some(Secret::new(secret.into_bytes()))
+    } else if secret_env.is_empty() {
+        None
+    } else {
+        env(&secret_env)
+            .filter(|v| !v.is_empty())
+            .map(|v| Secret::new(v.into_bytes()))
+    };
+    if cookie_names.is_empty() {
+        return Err(invalid(
+            "session.cookie_names",
+            "must name at least one cookie",
+        ));
+    }
+    Ok(SessionConfig {
+        secret,
+        cookie_names,
+        trusted_origins: trusted_origins
+            .into_iter()
+            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .collect(),
+    })
+}
+
+pub(super) fn rate_limit(raw: RawRateLimit) -> Result<RateLimitConfig, ConfigError> {
+    let RawRateLimit {
+        window_s,
+        auth_failures_per_ip,
+        service_keys_limited,
+        backend,
+        redis_url,
+        redis_timeout_ms,
+        expected_replicas,
+        redis_batch,
+        redis_sync_interval_ms,
+    } = raw;
+    if window_s == 0 {
+        return Err(invalid("rate_limit.window_s", "must be positive"));
+    }
+    if expected_replicas == Some(0) {
+        return Err(invalid(
+            "rate_limit.expected_replicas",
+            "must be at least 1",
+        ));
+    }
+    if redis_batch == 0 {
+        return Err(invalid("rate_limit.redis_batch", "must be at least 1"));
+    }
+    if redis_timeout_ms == 0 {
+        return Err(invalid("rate_limit.redis_timeout_ms", "must be positive"));
+    }
+    if redis_sync_interval_ms == 0 {
+        return Err(invalid(
+            "rate_limit.redis_sync_interval_ms",
+            "must be positive",
+        ));
+    }
+    let backend = match backend.as_str() {
+        "local" => RateLimitBackend::Local,
+        "redis" => {
+            // Parses the URL only; no connection is made here.
+            if let Err(e) = redis::Client::open(redis_url.as_str()) {
+                return Err(invalid("rate_limit.redis_url", e.to_string()));
+            }
+            // Without it every replica would fall back to the full
+            // limit during an outage: replicas × limit (SPEC §6).
+            let Some(expected_replicas) = expected_replicas else {
+                return Err(invalid(
+                    "rate_limit.expected_replicas",
+                    "required with backend = \"redis\" (the number of replicas sharing the limit; each admits limit / expected_replicas while Redis is unreachable)",
+                ));
+            };
+            RateLimitBackend::Redis(RedisConfig {
+                url: redis_url,
+                timeout: Duration::from_millis(redis_timeout_ms),
+                expected_replicas,
+                batch: redis_batch,
+                sync_interval: Duration::from_millis(redis_sync_interval_ms),
+            })
+        }
+        other => {
+            return Err(invalid(
+                "rate_limit.backend",
+                format!("`{other}`: expected \"local\" or \"redis\""),
+            ))
+        }
+    };
+    Ok(RateLimitConfig {
+        window_s,
+        auth_failures_per_ip,
+        service_keys_limited,
+        backend,
+    })
+}
+
+pub(super) fn scopes(raw: RawScopes) -> Result<UnknownWorkspaces, ConfigError> {
+    let RawScopes { unknown_workspaces } = raw;
+    match unknown_workspaces.as_str() {
+        "deny" => Ok(UnknownWorkspaces::Deny),
+        "pass" => Ok(UnknownWorkspaces::Pass),
+        other => Err(invalid(
+            "scopes.unknown_workspaces",
+            format!("`{other}`: expected \"deny\" or \"pass\""),
+        )),
+    }
+}
+
+pub(super) fn mcp(raw: RawMcp) -> Result<McpConfig, ConfigError> {
+    let RawMcp { allowed_origins } = raw;
+    if let Some(o) = allowed_origins
+        .iter()
+        .find(|o| o.is_empty() || !o.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(invalid(
+            "mcp.allowed_origins",
+            format!("`{o}` is not an Origin (scheme://host[:port])"),
+        ));
+    }
+    Ok(McpConfig { allowed_origins })
+}
+
+/// plan name → requests per window.
+pub(super) fn plans(raw: HashMap<String, RawPlan>) -> HashMap<String, u64> {
+    raw.into_iter()
+        .map(
+            |(
+                name,
+                RawPlan {
+                    requests_per_window,
+                },
+            )| (name, requests_per_window),
+        )
+        .collect()
+}
+
+/// Route fields are checked by `routes` itself; errors name the route by its
+/// index in the file and its path.
+pub(super) fn routes(raw: Vec<RawRoute>) -> Result<RouteTable, ConfigError> {
+    RouteTable::compile(raw)
+        .map_err(|e| invalid(format!("route[{}] ({})", e.index, e.path), e.message))
+}
+
+/// The PEM files TLS names must exist and hold what they should, so a bad
+/// path is a startup (and `keyward check`) error, not a failed handshake.
+pub(super) fn tls_files(cfg: &Config) -> Result<(), ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = |key: &str, path: &Path| -> Result<(), ConfigError> {
+        let found = CertificateDer::pem_file_iter(path)
+            .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
+        if found.is_empty() {
+            return Err(invalid(
+                key,
+                format!("{}: no PEM certificate", path.display()),
+            ));
+        }
+        Ok(())
+    };
+    if let Some(tls) = &cfg.server.tls {
+        certs("server.tls.cert", &tls.cert)?;
+        PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| {
+            invalid(
+                "server.tls.key",
+                format!("{}: no usable PEM private key ({e})", tls.key.display()),
+            )
+        })?;
+    }
+    if let Some(ca) = &cfg.upstream.ca_file {
+        certs("upstream.ca_file", ca)?;
+    }
+    Ok(())
+}
