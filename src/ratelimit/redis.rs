@@ -24,6 +24,12 @@
 //! Redis answers again those requests are flushed, so the shared window
 //! includes them. Unacknowledged increments are counted again on retry: an
 //! outage can only make the limit stricter, never looser.
+//!
+//! **Not here.** Window math and the bounded organization map come from
+//! [`super::window`] (the window index is also the Redis key's suffix, so it
+//! must be the same on every replica); this module must not compute windows
+//! itself. `admit` and `peek` never wait on Redis: only the synchroniser
+//! task talks to it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +39,7 @@ use moka::sync::Cache;
 use prometheus::IntGauge;
 use tokio::sync::{mpsc, Notify};
 
+use super::window::{bounded_map, current, entry, FixedWindow};
 use super::{BackendStatus, Limiter, RateOutcome, RateState, DEFAULT_ORG_CAPACITY};
 use crate::config::RedisConfig;
 
@@ -58,7 +65,7 @@ struct Org {
 
 /// `rate_limit.backend = "redis"`.
 pub struct RedisLimiter {
-    window_s: u64,
+    window: FixedWindow,
     batch: u64,
     replicas: u64,
     orgs: Cache<Arc<str>, Arc<Org>>,
@@ -79,14 +86,12 @@ impl RedisLimiter {
     ) -> Result<Arc<RedisLimiter>, String> {
         let client = redis::Client::open(cfg.url.as_str()).map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let window = FixedWindow::new(window_s);
         let limiter = Arc::new(RedisLimiter {
-            window_s,
+            window,
             batch: cfg.batch.max(1),
             replicas: cfg.expected_replicas.max(1),
-            orgs: Cache::builder()
-                .max_capacity(DEFAULT_ORG_CAPACITY)
-                .time_to_idle(Duration::from_secs(window_s.saturating_mul(2).max(2)))
-                .build(),
+            orgs: bounded_map(window, DEFAULT_ORG_CAPACITY),
             dirty: tx,
             wake: Arc::new(Notify::new()),
             up: Arc::new(AtomicBool::new(false)),
@@ -108,24 +113,13 @@ impl RedisLimiter {
         Ok(limiter)
     }
 
-    fn index(&self, now: i64) -> (u64, i64) {
-        let w = now.max(0) as u64 / self.window_s;
-        (w, ((w + 1) * self.window_s) as i64)
-    }
-
     fn org(&self, key: &str) -> Arc<Org> {
-        match self.orgs.get(key) {
-            Some(o) => o,
-            None => {
-                let key: Arc<str> = Arc::from(key);
-                self.orgs.get_with(key.clone(), || {
-                    Arc::new(Org {
-                        key,
-                        state: Mutex::new(OrgState::default()),
-                    })
-                })
-            }
-        }
+        entry(&self.orgs, key, |key| {
+            Arc::new(Org {
+                key,
+                state: Mutex::new(OrgState::default()),
+            })
+        })
     }
 
     /// Limit in force and count used, as this replica sees them.
@@ -141,7 +135,10 @@ impl RedisLimiter {
     }
 }
 
-fn roll(s: &mut OrgState, window: u64) {
+/// Move `s` to the window a request in `window` counts in (never back: see
+/// [`current`]) and return that window.
+fn roll(s: &mut OrgState, window: u64) -> u64 {
+    let window = current(s.window, window);
     if s.window != window {
         let queued = s.queued;
         *s = OrgState {
@@ -150,21 +147,17 @@ fn roll(s: &mut OrgState, window: u64) {
             ..OrgState::default()
         };
     }
+    window
 }
 
 impl Limiter for RedisLimiter {
     fn admit(&self, key: &str, limit: u64, now: i64) -> RateOutcome {
-        let (w, reset) = self.index(now);
         let org = self.org(key);
         let up = self.up.load(Ordering::Acquire);
         let mut s = org.state.lock().unwrap();
-        roll(&mut s, w);
+        let reset = self.window.reset(roll(&mut s, self.window.index(now)));
         let (eff, used) = self.view(&s, limit, up);
-        let state = |used: u64| RateState {
-            limit: eff,
-            remaining: eff.saturating_sub(used),
-            reset,
-        };
+        let state = |used: u64| RateState::counted(eff, used, reset);
         let unsynced = s.pending + s.inflight;
         let over = used >= eff || (up && unsynced >= self.batch);
         if over {
@@ -191,11 +184,12 @@ impl Limiter for RedisLimiter {
     }
 
     fn peek(&self, key: &str, limit: u64, now: i64) -> RateState {
-        let (w, reset) = self.index(now);
+        let mut w = self.window.index(now);
         let up = self.up.load(Ordering::Acquire);
         let (eff, used) = match self.orgs.get(key) {
             Some(org) => {
                 let s = org.state.lock().unwrap();
+                w = current(s.window, w);
                 if s.window == w {
                     self.view(&s, limit, up)
                 } else {
@@ -204,11 +198,7 @@ impl Limiter for RedisLimiter {
             }
             None => self.view(&OrgState::default(), limit, up),
         };
-        RateState {
-            limit: eff,
-            remaining: eff.saturating_sub(used),
-            reset,
-        }
+        RateState::counted(eff, used, self.window.reset(w))
     }
 
     fn status(&self) -> BackendStatus {
@@ -410,6 +400,24 @@ mod tests {
         assert!(!l.status().up);
         // A new window starts a new share.
         assert!(matches!(l.admit("org", 100, 660), RateOutcome::Admitted(s) if s.remaining == 24));
+    }
+
+    #[test]
+    fn a_request_stamped_before_the_boundary_keeps_the_open_window_counted() {
+        let (_rt, l) = limiter(8, 1);
+        for _ in 0..3 {
+            l.admit("org", 10, 660);
+        }
+        // Stamped in the previous window, counted in the open one: the three
+        // requests above stay pending for Redis instead of being forgotten.
+        assert!(
+            matches!(l.admit("org", 10, 659), RateOutcome::Admitted(s) if s.reset == 720 && s.remaining == 6)
+        );
+        assert_eq!(l.peek("org", 10, 660).remaining, 6);
+        assert_eq!(l.peek("org", 10, 659).remaining, 6);
+        let org = l.orgs.get("org").unwrap();
+        let s = org.state.lock().unwrap();
+        assert_eq!((s.window, s.pending + s.inflight), (11, 4));
     }
 
     #[test]
