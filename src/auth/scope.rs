@@ -175,7 +175,8 @@ fn same_but_underscores(header: &str, name: &str) -> bool {
 #[derive(Debug, Default)]
 struct QueryScan<'a> {
     count: usize,
-    bracketed: bool,
+    /// some occurrence was bracketed or spelled in another letter case
+    variant: bool,
     value: Option<&'a str>,
 }
 
@@ -185,12 +186,12 @@ impl<'a> QueryScan<'a> {
         for pair in query.split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match key_names(k, name) {
-                Some(bracketed) => {
+                Some(variant) => {
                     if v.contains(';') {
                         return Err(SourceError::Ambiguous);
                     }
                     scan.count += 1;
-                    scan.bracketed |= bracketed;
+                    scan.variant |= variant;
                     scan.value.get_or_insert(v);
                 }
                 None if pair.contains(';') => {
@@ -209,15 +210,17 @@ impl<'a> QueryScan<'a> {
     }
 }
 
-/// Whether a raw query key names `name` (`Some(bracketed)`), after
-/// form-decoding, ignoring ASCII case and any `[…]` suffix.
+/// Whether a raw query key names `name`, after form-decoding, ignoring
+/// ASCII case and any `[…]` suffix: `Some(variant)`, where `variant` says it
+/// was not spelled exactly `name` (bracketed, or another letter case).
 fn key_names(raw_key: &str, name: &str) -> Option<bool> {
     let key = form_decode_lossy(raw_key);
-    let (base, bracketed) = match key.find('[') {
-        Some(i) => (&key[..i], true),
-        None => (&key[..], false),
+    let base = match key.find('[') {
+        Some(i) => &key[..i],
+        None => &key[..],
     };
-    base.eq_ignore_ascii_case(name).then_some(bracketed)
+    base.eq_ignore_ascii_case(name)
+        .then(|| base.len() != key.len() || base != name)
 }
 
 /// `application/x-www-form-urlencoded` decoding (`+` is a space), as every
@@ -245,11 +248,12 @@ fn form_decode_lossy(v: &str) -> Cow<'_, str> {
     )
 }
 
-/// A `query:` rule's value: the parameter exactly once and not bracketed
-/// (else `Ambiguous`), form-decoded and checked as an id.
+/// A `query:` rule's value: the parameter exactly once, spelled exactly
+/// (a bracketed or case-variant spelling is read by some upstreams and not
+/// by others: `Ambiguous`), form-decoded and checked as an id.
 fn query_param<'a>(query: &'a str, name: &str) -> Result<Option<Cow<'a, str>>, SourceError> {
     let scan = QueryScan::of(query, name)?;
-    if scan.count > 1 || scan.bracketed {
+    if scan.count > 1 || scan.variant {
         return Err(SourceError::Ambiguous);
     }
     match scan.value {
@@ -504,6 +508,7 @@ mod tests {
             "workspaceId[]=a",
             "workspaceId[0]=a",
             "workspaceId=a&WorkspaceID=b",
+            "WorkspaceID=a",
             "workspace%49d=a&workspaceId=a",
             "workspaceId=a;b",
             "x=1;workspaceId=b&workspaceId=a",
