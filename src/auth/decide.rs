@@ -849,3 +849,6 @@ fn check_route(
     id.workspace_id = Some(Arc::from(&*ws));
     Ok(id)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,18 +1,54 @@
-//! Reading principals from a snapshot: one token's row and the rows it
-//! names (organization, MCP server), inside the caller's read transaction,
-//! as the [`Verdict`] the cache keeps. The only place SQLite rows become
-//! principals.
+//! Reading principals from snapshot rows: one token's row and the rows it
+//! names (organization, MCP server), as the [`Verdict`] the cache keeps. The
+//! only place rows become principals — for SQLite (inside the caller's read
+//! transaction) and for the in-memory directory alike, through [`Rows`].
 
 use std::sync::Arc;
 
 use crate::principal::{
     ApiKey, McpKind, McpToken, Scope, ServiceKey, Session, TokenTable, Verdict,
 };
-use crate::snapshot::{Reader, StoreError};
+use crate::snapshot::{
+    ApiKeyRecord, McpServerRecord, McpTokenRecord, OrgRecord, Reader, ServiceKeyRecord,
+    SessionRecord, StoreError,
+};
+
+/// The snapshot rows a verdict is read from (SPEC §2), by token hash (hex)
+/// or id.
+pub trait Rows {
+    fn api_key(&self, hash_hex: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    fn session(&self, hash_hex: &str) -> Result<Option<SessionRecord>, StoreError>;
+    fn service_key(&self, hash_hex: &str) -> Result<Option<ServiceKeyRecord>, StoreError>;
+    fn mcp_token(&self, hash_hex: &str) -> Result<Option<McpTokenRecord>, StoreError>;
+    fn mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>, StoreError>;
+    fn organization(&self, id: &str) -> Result<Option<OrgRecord>, StoreError>;
+}
+
+impl Rows for Reader<'_> {
+    fn api_key(&self, hash_hex: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Reader::api_key(self, hash_hex)
+    }
+    fn session(&self, hash_hex: &str) -> Result<Option<SessionRecord>, StoreError> {
+        Reader::session(self, hash_hex)
+    }
+    fn service_key(&self, hash_hex: &str) -> Result<Option<ServiceKeyRecord>, StoreError> {
+        Reader::service_key(self, hash_hex)
+    }
+    fn mcp_token(&self, hash_hex: &str) -> Result<Option<McpTokenRecord>, StoreError> {
+        Reader::mcp_token(self, hash_hex)
+    }
+    fn mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>, StoreError> {
+        Reader::mcp_server(self, id)
+    }
+    fn organization(&self, id: &str) -> Result<Option<OrgRecord>, StoreError> {
+        Reader::organization(self, id)
+    }
+}
 
 /// What the snapshot says the token hashed to `hash_hex` is, read through
-/// `r` (one read transaction for the token's row and the rows it names).
-pub fn load(r: &Reader<'_>, table: TokenTable, hash_hex: &str) -> Result<Verdict, StoreError> {
+/// `r` (for SQLite: one read transaction for the token's row and the rows
+/// it names).
+pub fn load(r: &impl Rows, table: TokenTable, hash_hex: &str) -> Result<Verdict, StoreError> {
     match table {
         TokenTable::ApiKey => load_api_key(r, hash_hex),
         TokenTable::Session => load_session(r, hash_hex),
@@ -21,7 +57,7 @@ pub fn load(r: &Reader<'_>, table: TokenTable, hash_hex: &str) -> Result<Verdict
     }
 }
 
-fn load_api_key(r: &Reader<'_>, hash_hex: &str) -> Result<Verdict, StoreError> {
+fn load_api_key(r: &impl Rows, hash_hex: &str) -> Result<Verdict, StoreError> {
     let Some(k) = r.api_key(hash_hex)? else {
         return Ok(Verdict::Rejected("unknown"));
     };
@@ -39,7 +75,7 @@ fn load_api_key(r: &Reader<'_>, hash_hex: &str) -> Result<Verdict, StoreError> {
     }))
 }
 
-fn load_session(r: &Reader<'_>, hash_hex: &str) -> Result<Verdict, StoreError> {
+fn load_session(r: &impl Rows, hash_hex: &str) -> Result<Verdict, StoreError> {
     let Some(s) = r.session(hash_hex)? else {
         return Ok(Verdict::Rejected("unknown"));
     };
@@ -55,7 +91,7 @@ fn load_session(r: &Reader<'_>, hash_hex: &str) -> Result<Verdict, StoreError> {
     }))
 }
 
-fn load_service_key(r: &Reader<'_>, hash_hex: &str) -> Result<Verdict, StoreError> {
+fn load_service_key(r: &impl Rows, hash_hex: &str) -> Result<Verdict, StoreError> {
     Ok(match r.service_key(hash_hex)? {
         None => Verdict::Rejected("unknown"),
         Some(k) if k.revoked_at.is_some() => Verdict::Rejected("revoked"),
@@ -65,7 +101,7 @@ fn load_service_key(r: &Reader<'_>, hash_hex: &str) -> Result<Verdict, StoreErro
     })
 }
 
-fn load_mcp_token(r: &Reader<'_>, hash_hex: &str) -> Result<Verdict, StoreError> {
+fn load_mcp_token(r: &impl Rows, hash_hex: &str) -> Result<Verdict, StoreError> {
     let Some(t) = r.mcp_token(hash_hex)? else {
         return Ok(Verdict::Rejected("unknown"));
     };
