@@ -228,24 +228,51 @@ fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn identity(path: &Path) -> Result<(u64, u64, std::fs::Metadata), String> {
-    let m = std::fs::metadata(path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+/// Why a snapshot version was not loaded (it is kept out; the last good
+/// one is served).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("cannot stat {path}: {source}")]
+    Stat {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// a publisher renamed another file over the path while it was opened:
+    /// worth another attempt
+    #[error("the snapshot path changed while opening")]
+    Replaced,
+    #[error("cannot open: {0}")]
+    Open(rusqlite::Error),
+    #[error(transparent)]
+    Schema(#[from] schema::SchemaError),
+    #[error("cannot read table `{table}`: {source}")]
+    Table {
+        table: &'static str,
+        source: rusqlite::Error,
+    },
+}
+
+fn identity(path: &Path) -> Result<(u64, u64, std::fs::Metadata), ReloadError> {
+    let m = std::fs::metadata(path).map_err(|source| ReloadError::Stat {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok((m.dev(), m.ino(), m))
 }
 
 /// Open `path` only if it is still the file (dev, inode) `want` names, with
 /// the schema checked; the file seen before and after opening must agree, so
 /// a rename in between is caught.
-fn open_matching(path: &Path, want: (u64, u64)) -> Result<Connection, String> {
+fn open_matching(path: &Path, want: (u64, u64)) -> Result<Connection, ReloadError> {
     let (dev, ino, _) = identity(path)?;
     if (dev, ino) != want {
-        return Err("the snapshot path now names another file".into());
+        return Err(ReloadError::Replaced);
     }
-    let conn = open_read_only(path).map_err(|e| format!("cannot open: {e}"))?;
+    let conn = open_read_only(path).map_err(ReloadError::Open)?;
     schema::validate(&conn)?;
     let (dev, ino, _) = identity(path)?;
     if (dev, ino) != want {
-        return Err("the snapshot path changed while opening".into());
+        return Err(ReloadError::Replaced);
     }
     Ok(conn)
 }
@@ -299,7 +326,7 @@ impl SnapshotStore {
 
     /// Open and validate the file as it is now; on success swap it in.
     /// On failure keep the last good generation, record and return the error.
-    pub fn reload(&self) -> Result<Arc<Generation>, String> {
+    pub fn reload(&self) -> Result<Arc<Generation>, ReloadError> {
         match self.load_candidate() {
             Ok(gen) => {
                 let gen = Arc::new(gen);
@@ -319,13 +346,13 @@ impl SnapshotStore {
             Err(e) => {
                 self.reloads.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(path = %self.path.display(), error = %e, "snapshot rejected; keeping the last good one");
-                *self.reloads.last_error.lock().unwrap() = Some(e.clone());
+                *self.reloads.last_error.lock().unwrap() = Some(e.to_string());
                 Err(e)
             }
         }
     }
 
-    fn load_candidate(&self) -> Result<Generation, String> {
+    fn load_candidate(&self) -> Result<Generation, ReloadError> {
         // The connection must be to the file whose identity the generation
         // records; retry if a publisher renames a file in between.
         let mut attempt = 0;
@@ -333,16 +360,16 @@ impl SnapshotStore {
             let (dev, ino, meta) = identity(&self.path)?;
             match open_matching(&self.path, (dev, ino)) {
                 Ok(conn) => break (meta, conn),
-                Err(e) if attempt >= 3 || !e.contains("path") => return Err(e),
-                Err(_) => attempt += 1,
+                Err(ReloadError::Replaced) if attempt < 3 => attempt += 1,
+                Err(e) => return Err(e),
             }
         };
-        let count = |t: &str| -> Result<u64, String> {
-            conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| {
+        let count = |table: &'static str| -> Result<u64, ReloadError> {
+            conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
                 r.get::<_, i64>(0)
             })
             .map(|n| n as u64)
-            .map_err(|e| format!("cannot read table `{t}`: {e}"))
+            .map_err(|source| ReloadError::Table { table, source })
         };
         let counts = Counts {
             organizations: count("organizations")?,
@@ -406,8 +433,8 @@ impl SnapshotStore {
             .name("keyward-snapshot".into())
             .spawn(move || {
                 let _notifier = notifier; // watches as long as this thread runs
-                let mut probe: Option<(u64, Connection, i64)> = None; // (gen, conn, data_version)
-                let mut last_failed_identity: Option<(u64, u64, i64, u64)> = None;
+                let mut probe: Option<ChangeProbe> = None;
+                let mut last_failed_identity: Option<FileVersion> = None;
                 loop {
                     let Some(store) = weak.upgrade() else { return };
                     store.poll_once(&mut probe, &mut last_failed_identity);
@@ -424,21 +451,15 @@ impl SnapshotStore {
             .expect("spawn snapshot watcher")
     }
 
-    fn poll_once(
-        &self,
-        probe: &mut Option<(u64, Connection, i64)>,
-        last_failed: &mut Option<(u64, u64, i64, u64)>,
-    ) {
+    fn poll_once(&self, probe: &mut Option<ChangeProbe>, last_failed: &mut Option<FileVersion>) {
         drop(self.retired.lock().unwrap().take());
         let current = self.current();
         let meta = std::fs::metadata(&self.path).ok();
-        let identity = meta.as_ref().map(|m| {
-            (
-                m.dev(),
-                m.ino(),
-                m.mtime_nsec() + m.mtime() * 1_000_000_000,
-                m.len(),
-            )
+        let identity = meta.as_ref().map(|m| FileVersion {
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime_ns: m.mtime_nsec() + m.mtime() * 1_000_000_000,
+            len: m.len(),
         });
         let changed = match (&current, &meta) {
             (None, None) => false,
@@ -450,7 +471,7 @@ impl SnapshotStore {
                     let e = format!("snapshot {} is missing", self.path.display());
                     tracing::error!(error = %e, "keeping the last good snapshot");
                     *self.reloads.last_error.lock().unwrap() = Some(e);
-                    *last_failed = Some((0, 0, 0, 0));
+                    *last_failed = Some(FileVersion::MISSING);
                 }
                 return;
             }
@@ -459,16 +480,13 @@ impl SnapshotStore {
                     true
                 } else {
                     // Same file: ask SQLite whether another connection committed.
-                    if probe.as_ref().map(|p| p.0) != Some(g.id) {
-                        *probe = open_read_only(&self.path).ok().and_then(|c| {
-                            let v = data_version(&c)?;
-                            Some((g.id, c, v))
-                        });
+                    if probe.as_ref().map(|p| p.generation) != Some(g.id) {
+                        *probe = ChangeProbe::open(&self.path, g.id);
                     }
                     match probe {
-                        Some((_, conn, v)) => match data_version(conn) {
-                            Some(now) if now != *v => {
-                                *v = now;
+                        Some(p) => match data_version(&p.conn) {
+                            Some(now) if now != p.data_version => {
+                                p.data_version = now;
                                 true
                             }
                             Some(_) => false,
@@ -488,14 +506,14 @@ impl SnapshotStore {
         }
         // Open the change probe *before* loading, so a commit that lands while
         // the new generation loads still moves data_version past this baseline.
-        let fresh_probe = open_read_only(&self.path).ok().and_then(|c| {
-            let v = data_version(&c)?;
-            Some((c, v))
-        });
+        let fresh_probe = ChangeProbe::open(&self.path, 0);
         match self.reload() {
             Ok(gen) => {
                 *last_failed = None;
-                *probe = fresh_probe.map(|(c, v)| (gen.id, c, v));
+                *probe = fresh_probe.map(|p| ChangeProbe {
+                    generation: gen.id,
+                    ..p
+                });
             }
             Err(_) => *last_failed = identity,
         }
@@ -788,6 +806,47 @@ impl Reader<'_> {
             |r| r.get(0),
         )
     }
+}
+
+/// A connection that tells whether another connection committed to the
+/// served file since (`PRAGMA data_version`), for the generation it was
+/// opened for.
+struct ChangeProbe {
+    generation: u64,
+    conn: Connection,
+    data_version: i64,
+}
+
+impl ChangeProbe {
+    fn open(path: &Path, generation: u64) -> Option<ChangeProbe> {
+        let conn = open_read_only(path).ok()?;
+        let data_version = data_version(&conn)?;
+        Some(ChangeProbe {
+            generation,
+            conn,
+            data_version,
+        })
+    }
+}
+
+/// A version of the file at the snapshot path, to not re-log the same
+/// broken file every poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileVersion {
+    dev: u64,
+    ino: u64,
+    mtime_ns: i64,
+    len: u64,
+}
+
+impl FileVersion {
+    /// The path names no file.
+    const MISSING: FileVersion = FileVersion {
+        dev: 0,
+        ino: 0,
+        mtime_ns: 0,
+        len: 0,
+    };
 }
 
 fn data_version(conn: &Connection) -> Option<i64> {

@@ -113,22 +113,37 @@ pub const REQUIRED: &[(&str, &[&str])] = &[
     ("resources", &["id", "kind", "workspace_id"]),
 ];
 
+/// Why a file is not a snapshot of this schema.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchemaError {
+    #[error("cannot read schema: {0}")]
+    Unreadable(String),
+    #[error("missing table `{0}`")]
+    MissingTable(&'static str),
+    #[error("table `{table}` lacks column `{column}`")]
+    MissingColumn {
+        table: &'static str,
+        column: &'static str,
+    },
+}
+
 /// Check every required table and column; the error names what is missing.
-pub fn validate(conn: &Connection) -> Result<(), String> {
+pub fn validate(conn: &Connection) -> Result<(), SchemaError> {
     for (table, columns) in REQUIRED {
+        let unreadable = |e: rusqlite::Error| SchemaError::Unreadable(e.to_string());
         let mut stmt = conn
             .prepare(&format!("PRAGMA table_info({table})"))
-            .map_err(|e| format!("cannot read schema: {e}"))?;
+            .map_err(unreadable)?;
         let have: Vec<String> = stmt
             .query_map([], |r| r.get::<_, String>(1))
             .and_then(|rows| rows.collect())
-            .map_err(|e| format!("cannot read schema: {e}"))?;
+            .map_err(unreadable)?;
         if have.is_empty() {
-            return Err(format!("missing table `{table}`"));
+            return Err(SchemaError::MissingTable(table));
         }
         for col in *columns {
             if !have.iter().any(|h| h.eq_ignore_ascii_case(col)) {
-                return Err(format!("table `{table}` lacks column `{col}`"));
+                return Err(SchemaError::MissingColumn { table, column: col });
             }
         }
     }

@@ -1,0 +1,168 @@
+//! One request/response exchange on an upstream connection: the head, the
+//! request body up while the response streams down, 1xx relays, the
+//! WebSocket switch, and whether the connection may be pooled after.
+
+use bytes::Bytes;
+use http::header;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
+use pingora::protocols::http::{HttpTask, ServerSession};
+use pingora::{Error, ErrorType, RetryType};
+
+use super::{Failure, Forwarded, Upstream};
+
+impl Upstream {
+    pub(super) async fn exchange(
+        &self,
+        session: &mut ServerSession,
+        mut up: UpstreamSession,
+        req: Box<RequestHeader>,
+        inspected: Option<Bytes>,
+        on_response: impl Fn(&mut ResponseHeader),
+    ) -> Result<Forwarded, Exchange> {
+        up.read_timeout = self.peer.options.read_timeout;
+        up.write_timeout = self.peer.options.write_timeout;
+        // Failures before the upstream said anything may be retried (pingora
+        // marks which errors a reused connection may have caused; the caller
+        // retries only on a reused one).
+        let early = |e: Box<Error>| {
+            if !matches!(e.retry, RetryType::Decided(false)) {
+                Exchange::Retry(e)
+            } else {
+                Exchange::Failed(upstream_failure(&e, false))
+            }
+        };
+        // A 101 is relayed only in answer to a forwarded WebSocket handshake
+        // (the only upgrade keyward forwards, and re-states); any other
+        // leaves the connection in neither protocol (SPEC §5.1).
+        let websocket = req.headers.contains_key(header::UPGRADE);
+        up.write_request_header(req).await.map_err(early)?;
+        let mut request_done = true;
+        if let Some(body) = inspected {
+            if !body.is_empty() {
+                up.write_body(&body).await.map_err(early)?;
+            }
+            up.finish_body().await.map_err(early)?;
+        } else if !session.is_body_empty() {
+            request_done = false;
+        } else {
+            up.finish_body().await.map_err(early)?;
+        }
+
+        let mut status = 0u16;
+        let mut answered = false;
+        let mut response_done = false;
+        let mut upgraded = false;
+        // The request body was not sent to its end (the upstream answered
+        // early): pingora's reuse check looks only at the response.
+        let mut request_cut = false;
+        // Duplex: the request body goes up while the response may already
+        // come down (pingora's reads here are cancel-safe; writes are awaited
+        // inside the branch, never cancelled).
+        while !request_done || !response_done {
+            tokio::select! {
+                chunk = session.read_request_body(), if !request_done => match chunk {
+                    Ok(Some(data)) => {
+                        if upgraded {
+                            up.maybe_upgrade_body_writer();
+                        }
+                        up.write_body(&data).await.map_err(|e| fail(&e, answered))?;
+                    }
+                    Ok(None) => {
+                        request_done = true;
+                        up.finish_body().await.map_err(|e| fail(&e, answered))?;
+                    }
+                    Err(_) => return Err(Exchange::Failed(Failure::Downstream)),
+                },
+                task = up.read_response_task(), if !response_done => {
+                    let task = match task {
+                        Ok(t) => t,
+                        Err(e) if !answered && status == 0 => return Err(early(e)),
+                        Err(e) => return Err(fail(&e, answered)),
+                    };
+                    response_done = task.is_end();
+                    match task {
+                        HttpTask::Header(mut resp, end) => {
+                            let code = resp.status.as_u16();
+                            if (100..200).contains(&code) && code != 101 {
+                                // informational: relay, the final answer follows
+                                status = code;
+                                response_done = false;
+                                session.write_response_header(resp).await.map_err(|_| down())?;
+                                continue;
+                            }
+                            if code == 101 && !websocket {
+                                tracing::warn!("upstream answered 101 to a request that asked for no upgrade");
+                                return Err(Exchange::Failed(Failure::Upstream { timeout: false, answered: false }));
+                            }
+                            status = code;
+                            on_response(&mut resp);
+                            session.write_response_header(resp).await.map_err(|_| down())?;
+                            answered = true;
+                            if end {
+                                session.write_response_body(Bytes::new(), true).await.map_err(|_| down())?;
+                            }
+                            if !upgraded && up.was_upgraded() && session.was_upgraded() {
+                                // The connection now carries another protocol both
+                                // ways until either side closes.
+                                upgraded = true;
+                                up.maybe_upgrade_body_writer();
+                                request_done = false;
+                            }
+                        }
+                        HttpTask::Body(data, end) | HttpTask::UpgradedBody(data, end) => {
+                            if let Some(data) = data {
+                                session.write_response_body(data, end).await.map_err(|_| down())?;
+                            } else if end {
+                                session.write_response_body(Bytes::new(), true).await.map_err(|_| down())?;
+                            }
+                        }
+                        HttpTask::Done => {
+                            session.write_response_body(Bytes::new(), true).await.map_err(|_| down())?;
+                        }
+                        HttpTask::Trailer(_) => {}
+                        HttpTask::Failed(e) => return Err(fail(&e, answered)),
+                    }
+                    if response_done && !upgraded && !request_done {
+                        // The upstream answered before the request body ended:
+                        // stop reading it; both connections close (each is
+                        // mid-message and must never carry another request).
+                        session.set_keepalive(None);
+                        request_done = true;
+                        request_cut = true;
+                    }
+                }
+            }
+        }
+
+        if upgraded || request_cut {
+            // Not reusable: dropping the session closes the connection.
+            drop(up);
+        } else {
+            self.release(up).await;
+        }
+        Ok(Forwarded { status })
+    }
+}
+
+pub(super) enum Exchange {
+    /// Nothing was answered and the failed connection was a reused one.
+    Retry(Box<Error>),
+    Failed(Failure),
+}
+
+fn down() -> Exchange {
+    Exchange::Failed(Failure::Downstream)
+}
+
+fn fail(e: &Error, answered: bool) -> Exchange {
+    Exchange::Failed(upstream_failure(e, answered))
+}
+
+pub(super) fn upstream_failure(e: &Error, answered: bool) -> Failure {
+    let timeout = matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    );
+    Failure::Upstream { timeout, answered }
+}

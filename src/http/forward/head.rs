@@ -1,0 +1,224 @@
+//! The upstream's copy of the request head: what of the client's head is
+//! forwarded (SPEC §4, §5.1 framing), before keyward adds its own headers.
+
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Version};
+use pingora::http::RequestHeader;
+
+/// Standard hop-by-hop request fields (RFC 9110 §7.6.1), never forwarded as
+/// the client sent them.
+const HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+];
+
+/// Fields a `Connection` header may not nominate for removal: a client must
+/// not make keyward drop what identifies the target or the caller.
+const PROTECTED: [&str; 4] = ["host", "x-forwarded-for", "forwarded", "x-real-ip"];
+
+/// Why a request header cannot be forwarded.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unforwardable(pub &'static str);
+
+/// The upstream's copy of the request head: HTTP/1.1, no hop-by-hop or
+/// `Connection`-nominated fields and none that `drop` names (a WebSocket
+/// upgrade is re-stated normalized), `Host` from the HTTP/2 authority,
+/// chunked framing for a body that has none.
+///
+/// Returned as plain `http` parts whose header map has room for keyward's
+/// own headers: the caller inserts them with static names, which costs a
+/// fraction of pingora's case-preserving `insert_header` (header names go
+/// upstream in canonical case). The fields are copied once, filtered on the
+/// way, instead of cloned and then removed.
+pub fn upstream_request(
+    down: &RequestHeader,
+    has_body: bool,
+    drop: impl Fn(&HeaderName) -> bool,
+) -> Result<Parts, Unforwardable> {
+    // Fields nominated by Connection (RFC 9110 §7.6.1).
+    let nominated: Vec<HeaderName> = down
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            let name = HeaderName::from_bytes(t)
+                .map_err(|_| Unforwardable("malformed_connection_header"))?;
+            if PROTECTED.contains(&name.as_str()) {
+                return Err(Unforwardable("protected_connection_nomination"));
+            }
+            Ok(name)
+        })
+        .collect::<Result<_, _>>()?;
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = down.method.clone();
+    parts.uri = down.uri.clone();
+    parts.version = Version::HTTP_11;
+    let mut h = HeaderMap::with_capacity(down.headers.len() + ROOM_FOR_KEYWARD);
+    for (name, value) in &down.headers {
+        if !HOP_BY_HOP.contains(name) && !nominated.contains(name) && !drop(name) {
+            h.append(name.clone(), value.clone());
+        }
+    }
+    if is_websocket_upgrade(down) {
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    if down.version == Version::HTTP_2 && !h.contains_key(header::HOST) {
+        if let Some(a) = down.uri.authority() {
+            let v = HeaderValue::from_str(a.as_str())
+                .map_err(|_| Unforwardable("malformed_authority"))?;
+            h.insert(header::HOST, v);
+        }
+    }
+    if has_body && !h.contains_key(header::CONTENT_LENGTH) {
+        // The client's transfer codings are kept in order (pingora checked
+        // that chunked is the last and de-chunked the body; it is chunked
+        // again on the way up), so `gzip, chunked` stays gzip; with exactly
+        // one `chunked`, keyward's own (SPEC §5.1: `chunked, chunked` would
+        // be read as two layers). Without any, chunked.
+        h.insert(header::TRANSFER_ENCODING, transfer_codings(down)?);
+    }
+    parts.headers = h;
+    Ok(parts)
+}
+
+/// The client's transfer codings other than `chunked`, in order, then one
+/// `chunked`.
+fn transfer_codings(down: &RequestHeader) -> Result<HeaderValue, Unforwardable> {
+    let mut out: Vec<u8> = Vec::new();
+    for v in down.headers.get_all(header::TRANSFER_ENCODING) {
+        for coding in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if coding.is_empty() || coding.eq_ignore_ascii_case(b"chunked") {
+                continue;
+            }
+            out.extend_from_slice(coding);
+            out.extend_from_slice(b", ");
+        }
+    }
+    if out.is_empty() {
+        return Ok(HeaderValue::from_static("chunked"));
+    }
+    out.extend_from_slice(b"chunked");
+    HeaderValue::from_bytes(&out).map_err(|_| Unforwardable("malformed_transfer_encoding"))
+}
+
+/// Headers keyward may add to the upstream's copy (identity, request id,
+/// framing, upgrade).
+const ROOM_FOR_KEYWARD: usize = 12;
+
+/// An HTTP/1.1 WebSocket handshake: GET, `Connection: upgrade`,
+/// `Upgrade: websocket` (RFC 6455 §4.1).
+fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+    let has_token = |name: header::HeaderName, token: &[u8]| {
+        req.headers.get_all(name).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        })
+    };
+    req.version == Version::HTTP_11
+        && req.method == http::Method::GET
+        && has_token(header::CONNECTION, b"upgrade")
+        && has_token(header::UPGRADE, b"websocket")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(lines: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/x", None).unwrap();
+        for (k, v) in lines {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn hop_by_hop_and_nominated_fields_are_dropped() {
+        let r = req(&[
+            ("host", "a"),
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-kept", "1"),
+        ]);
+        let up = upstream_request(&r, false, |_| false).unwrap();
+        assert_eq!(up.version, Version::HTTP_11);
+        for gone in ["connection", "x-secret", "keep-alive", "te"] {
+            assert!(!up.headers.contains_key(gone), "{gone}");
+        }
+        assert_eq!(up.headers["x-kept"], "1");
+        assert_eq!(up.headers["host"], "a");
+    }
+
+    #[test]
+    fn protected_or_malformed_nominations_are_refused() {
+        let r = req(&[("connection", "close, Host")]);
+        assert_eq!(
+            upstream_request(&r, false, |_| false).unwrap_err(),
+            Unforwardable("protected_connection_nomination")
+        );
+        let r = req(&[("connection", "\"x-a\"")]);
+        assert!(upstream_request(&r, false, |_| false).is_err());
+    }
+
+    #[test]
+    fn websocket_upgrade_is_restated_other_upgrades_dropped() {
+        let r = req(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ]);
+        let up = upstream_request(&r, false, |_| false).unwrap();
+        assert_eq!(up.headers["connection"], "Upgrade");
+        assert_eq!(up.headers["upgrade"], "websocket");
+        let r = req(&[("connection", "upgrade"), ("upgrade", "h2c")]);
+        let up = upstream_request(&r, false, |_| false).unwrap();
+        assert!(!up.headers.contains_key("upgrade") && !up.headers.contains_key("connection"));
+    }
+
+    #[test]
+    fn transfer_codings_are_kept_for_a_body() {
+        let r = req(&[("transfer-encoding", "gzip, chunked")]);
+        let up = upstream_request(&r, true, |_| false).unwrap();
+        assert_eq!(up.headers["transfer-encoding"], "gzip, chunked");
+        let up = upstream_request(&r, false, |_| false).unwrap();
+        assert!(!up.headers.contains_key("transfer-encoding"));
+        let r = req(&[("transfer-encoding", "chunked, chunked")]);
+        let up = upstream_request(&r, true, |_| false).unwrap();
+        assert_eq!(up.headers["transfer-encoding"], "chunked");
+        let r = req(&[
+            ("transfer-encoding", "gzip, Chunked"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        let up = upstream_request(&r, true, |_| false).unwrap();
+        assert_eq!(up.headers["transfer-encoding"], "gzip, chunked");
+        assert_eq!(up.headers.get_all("transfer-encoding").iter().count(), 1);
+    }
+
+    #[test]
+    fn unframed_body_is_sent_chunked() {
+        let r = req(&[("transfer-encoding", "chunked")]);
+        let up = upstream_request(&r, true, |_| false).unwrap();
+        assert_eq!(up.headers["transfer-encoding"], "chunked");
+        let r = req(&[("content-length", "3")]);
+        let up = upstream_request(&r, true, |_| false).unwrap();
+        assert!(!up.headers.contains_key("transfer-encoding"));
+        assert!(upstream_request(&req(&[]), false, |_| false)
+            .unwrap()
+            .headers
+            .is_empty());
+    }
+}
