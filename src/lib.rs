@@ -13,6 +13,7 @@ pub mod engine;
 pub mod http;
 pub mod ops;
 pub mod ratelimit;
+pub mod request;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod store;
@@ -22,8 +23,8 @@ pub mod store;
 pub use auth::{credentials, denial, principal, routes, scope};
 #[cfg(feature = "server")]
 pub use http::forward;
-pub use http::forwarding;
 #[cfg(feature = "server")]
 pub use ops::demo;
 pub use ops::{access_log, admin, clock, echo, metrics};
+pub use request::forwarding;
 pub use store::{cache, snapshot};

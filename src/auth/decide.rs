@@ -21,8 +21,8 @@ use crate::auth::routes::{AuthMode, Captures, Route, WorkspaceSource};
 use crate::auth::scope;
 use crate::cache::Entry;
 use crate::config::{Config, UnknownWorkspaces};
-use crate::http::forwarding::Client;
 use crate::ratelimit::{AuthFailureThrottle, Limiter, RateOutcome, RateState};
+use crate::request::forwarding::Client;
 use crate::snapshot::OrgRecord;
 use crate::store::Directory;
 
@@ -480,7 +480,7 @@ fn check_session(
                 Method::POST | Method::PUT | Method::PATCH | Method::DELETE
             );
             if unsafe_method && !cfg.session.trusted_origins.is_empty() {
-                let trusted = crate::http::headers::single(facts.headers, http::header::ORIGIN)
+                let trusted = crate::request::headers::single(facts.headers, http::header::ORIGIN)
                     .and_then(|o| o.to_str().ok())
                     .is_some_and(|o| {
                         let o = o.trim_end_matches('/');
@@ -510,7 +510,7 @@ fn check_service_key(
     facts: &RequestFacts<'_>,
     env: &Env<'_>,
 ) -> Result<Caller, Denial> {
-    use crate::http::headers::{count, Count, IdentityHeader};
+    use crate::request::headers::{count, Count, IdentityHeader};
     match &entry.value {
         Verdict::Rejected(reason) => return Err(Denial::unauthenticated(reason)),
         Verdict::ServiceKey(_) => {}
@@ -602,7 +602,7 @@ fn check_mcp(
 /// `Origin` on an `auth = "mcp"` route (SPEC §3.1): absent, or one value
 /// listed in `mcp.allowed_origins` exactly (DNS-rebinding guard).
 fn check_mcp_origin(facts: &RequestFacts<'_>, cfg: &Config) -> Result<(), Denial> {
-    use crate::http::headers::{count, Count};
+    use crate::request::headers::{count, Count};
     match count(facts.headers, http::header::ORIGIN) {
         Count::Absent => Ok(()),
         Count::Once(o)

@@ -113,21 +113,21 @@ impl Denial {
         Bytes::from(serde_json::to_vec(&v).expect("json"))
     }
 
-    /// Extra response headers besides Content-Type/Length.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
+    /// The extra response header besides Content-Type/Length, if any.
+    pub fn headers(&self) -> Option<(http::HeaderName, String)> {
         match self {
             Denial::Unauthenticated {
                 www_authenticate, ..
-            } => vec![(
-                "WWW-Authenticate",
+            } => Some((
+                http::header::WWW_AUTHENTICATE,
                 www_authenticate
                     .clone()
                     .unwrap_or_else(|| "Bearer".to_string()),
-            )],
+            )),
             Denial::RateLimited { retry_after, .. } => {
-                vec![("Retry-After", retry_after.to_string())]
+                Some((http::header::RETRY_AFTER, retry_after.to_string()))
             }
-            _ => Vec::new(),
+            _ => None,
         }
     }
 }

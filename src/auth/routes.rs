@@ -126,7 +126,7 @@ pub fn method_override(headers: &http::HeaderMap, query: Option<&str>) -> bool {
     headers.keys().any(|k| {
         METHOD_OVERRIDE_HEADERS
             .iter()
-            .any(|h| crate::http::headers::spelled_as(k.as_str(), h))
+            .any(|h| crate::request::headers::spelled_as(k.as_str(), h))
     }) || query.is_some_and(|q| {
         q.split(['&', ';']).any(|pair| {
             let key = pair.split_once('=').map_or(pair, |(k, _)| k);

@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use http::HeaderMap;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
+use crate::request::headers::{count, single, spelled_as, Count};
 use crate::routes::{Captures, Route, WorkspaceSource};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,15 +133,14 @@ pub fn find<'a>(
             // upstreams that read headers CGI-style (X_Ws and X-Ws are one).
             if headers
                 .keys()
-                .any(|k| k.as_str() != name && same_but_underscores(k.as_str(), name))
+                .any(|k| k.as_str() != name && spelled_as(k.as_str(), name))
             {
                 return Err(SourceError::Ambiguous);
             }
-            let mut values = headers.get_all(name.as_str()).iter();
-            match (values.next(), values.next()) {
-                (None, _) => Ok(None),
-                (Some(_), Some(_)) => Err(SourceError::Ambiguous),
-                (Some(v), None) => match v.to_str() {
+            match count(headers, name.as_str()) {
+                Count::Absent => Ok(None),
+                Count::Repeated => Err(SourceError::Ambiguous),
+                Count::Once(v) => match v.to_str() {
                     Ok(s) if s.trim().is_empty() => Ok(None),
                     // a list is the same header repeated (RFC 9110 §5.3)
                     Ok(s) if s.contains(',') => Err(SourceError::Ambiguous),
@@ -156,15 +156,6 @@ pub fn find<'a>(
             }
         }
     }
-}
-
-/// Equal when every `_` is read as `-` (`name` is lowercase, as header names are).
-fn same_but_underscores(header: &str, name: &str) -> bool {
-    header.len() == name.len()
-        && header
-            .bytes()
-            .zip(name.bytes())
-            .all(|(a, b)| a == b || (a == b'_' && b == b'-') || (a == b'-' && b == b'_'))
 }
 
 /// Where a query names a parameter: how often (plain, bracketed `NAME[]` /
@@ -305,8 +296,7 @@ pub fn inspectable_body(headers: &HeaderMap) -> Result<(), MediaError> {
     if encoded {
         return Err(MediaError::Encoded);
     }
-    let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
-    let (Some(ct), None) = (types.next(), types.next()) else {
+    let Some(ct) = single(headers, http::header::CONTENT_TYPE) else {
         return Err(MediaError::Unsupported);
     };
     let ct = ct.as_bytes();

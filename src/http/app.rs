@@ -24,11 +24,11 @@ use crate::auth::decide::{AuthMethod, Body, Caller, Decision, Identity, RequestF
 use crate::auth::denial::Denial;
 use crate::engine::Engine;
 use crate::http::forward::{upstream_request, Failure, Unforwardable, Upstream};
-use crate::http::forwarding::Client;
-use crate::http::headers::{self, IdentityHeader, X_REQUEST_ID};
 use crate::http::hygiene;
 use crate::ops::metrics::Outcome;
 use crate::ratelimit::RateState;
+use crate::request::forwarding::Client;
+use crate::request::headers::{self, IdentityHeader, X_REQUEST_ID};
 
 /// Longest a downstream HTTP/1.1 keep-alive connection may sit idle between
 /// requests. pingora's default is no limit at all (and a client's
@@ -434,6 +434,8 @@ fn upstream_headers(
 }
 
 /// Write a keyward-made response: contract JSON, Content-Length, extras.
+/// Built as plain `http` parts with static names, like the upstream's
+/// response gets its `X-RateLimit-*` (header names go down in canonical case).
 async fn write_denial(
     session: &mut ServerSession,
     denial: &Denial,
@@ -441,21 +443,31 @@ async fn write_denial(
     request_id: &str,
 ) -> Result<()> {
     let body = denial.body();
-    let mut h = ResponseHeader::build(denial.status(), Some(6))?;
-    h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    h.set_content_length(body.len())?;
-    for (k, v) in denial.headers() {
-        h.insert_header(k, v)?;
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = http::StatusCode::from_u16(denial.status())
+        .map_err(|_| pingora::Error::explain(ErrorType::InternalError, "denial status"))?;
+    let h = &mut parts.headers;
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(http::header::CONTENT_LENGTH, body.len().into());
+    if let Some((name, value)) = denial.headers() {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
     }
     if let Some(r) = rate {
-        h.insert_header(headers::X_RATELIMIT_LIMIT, r.limit)?;
-        h.insert_header(headers::X_RATELIMIT_REMAINING, r.remaining)?;
-        h.insert_header(headers::X_RATELIMIT_RESET, r.reset)?;
+        headers::insert_rate(h, r);
     }
-    if !request_id.is_empty() {
-        h.insert_header(X_REQUEST_ID, request_id)?;
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        if !request_id.is_empty() {
+            h.insert(X_REQUEST_ID, id);
+        }
     }
-    session.write_response_header(Box::new(h)).await?;
+    session
+        .write_response_header(Box::new(ResponseHeader::from(parts)))
+        .await?;
     session.write_response_body(body, true).await
 }
 

@@ -12,7 +12,7 @@ use pingora::protocols::http::ServerSession;
 
 use crate::auth::denial::Denial;
 use crate::auth::routes;
-use crate::http::headers::{count, Count, X_REQUEST_ID};
+use crate::request::headers::{count, Count, X_REQUEST_ID};
 
 /// The request id (SPEC §4): the client's when it is one value of at most
 /// 128 characters of `[A-Za-z0-9._:-]`, else a new one.

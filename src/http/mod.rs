@@ -8,7 +8,5 @@
 pub mod app;
 #[cfg(feature = "server")]
 pub mod forward;
-pub mod forwarding;
-pub mod headers;
 #[cfg(feature = "server")]
 pub mod hygiene;

@@ -330,7 +330,7 @@ impl World {
             path,
             query,
             headers: &headers,
-            client: crate::http::forwarding::Client::resolve(
+            client: crate::request::forwarding::Client::resolve(
                 "192.0.2.1".parse().unwrap(),
                 false,
                 &headers,
@@ -1234,7 +1234,7 @@ fn mcp_challenges_spec_3_1() {
             path: req.target,
             query: None,
             headers: &headers,
-            client: crate::http::forwarding::Client::resolve(
+            client: crate::request::forwarding::Client::resolve(
                 "192.0.2.1".parse().unwrap(),
                 false,
                 &headers,
@@ -1253,11 +1253,9 @@ fn mcp_challenges_spec_3_1() {
             _ => panic!("not refused"),
         }
     };
-    let www = |h: Vec<(&'static str, String)>| {
-        h.into_iter()
-            .find(|(k, _)| *k == "WWW-Authenticate")
-            .map(|(_, v)| v)
-            .unwrap()
+    let www = |h: Option<(http::HeaderName, String)>| match h {
+        Some((k, v)) if k == http::header::WWW_AUTHENTICATE => v,
+        other => panic!("{other:?}"),
     };
     assert_eq!(
         www(challenge(get("/mcp/srv_oauth/sse").bearer("mcp_nope"))),

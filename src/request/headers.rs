@@ -5,19 +5,22 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-/// Whether a header name is `canonical` (lowercase, dashes) in another
-/// spelling: any letter case, `_` for `-` (CGI-style upstreams read
-/// `X_Org_ID` as `X-Org-ID`).
-pub fn spelled_as(name: &str, canonical: &str) -> bool {
-    name.len() == canonical.len()
-        && name.bytes().zip(canonical.bytes()).all(|(a, c)| {
-            let a = if a == b'_' {
-                b'-'
-            } else {
-                a.to_ascii_lowercase()
-            };
-            a == c
-        })
+/// Whether two header names are one to an upstream that reads headers
+/// CGI-style: equal in any letter case with `_` read as `-` (`X_Org_ID` is
+/// `X-Org-ID`).
+pub fn spelled_as(name: &str, other: &str) -> bool {
+    let fold = |b: u8| {
+        if b == b'_' {
+            b'-'
+        } else {
+            b.to_ascii_lowercase()
+        }
+    };
+    name.len() == other.len()
+        && name
+            .bytes()
+            .zip(other.bytes())
+            .all(|(a, c)| fold(a) == fold(c))
 }
 
 /// The one value of a header sent exactly once; `None` when it is absent or
@@ -103,7 +106,7 @@ pub fn is_keywards(name: &str) -> bool {
         .any(|h| spelled_as(name, h.as_str()))
         || spelled_as(name, X_SERVICE_KEY.as_str())
         || spelled_as(name, X_REQUEST_ID.as_str())
-        || crate::http::forwarding::is_forwarding_header(name)
+        || crate::request::forwarding::is_forwarding_header(name)
 }
 
 /// `X-RateLimit-*` for a rate-limited organization (SPEC §6), on keyward's
