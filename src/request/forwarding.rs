@@ -8,28 +8,14 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-use crate::request::headers::{single, spelled_as};
+pub use crate::request::headers::is_forwarding_header;
+use crate::request::headers::single;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-
-/// The headers keyward writes itself, lowercase.
-const NAMES: [&str; 5] = [
-    "x-forwarded-for",
-    "x-real-ip",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "forwarded",
-];
-
-/// A client copy of a forwarding header, in any spelling: never forwarded
-/// as sent.
-pub fn is_forwarding_header(name: &str) -> bool {
-    NAMES.iter().any(|c| spelled_as(name, c))
-}
 
 /// What keyward knows of the client of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -106,7 +106,22 @@ pub fn is_keywards(name: &str) -> bool {
         .any(|h| spelled_as(name, h.as_str()))
         || spelled_as(name, X_SERVICE_KEY.as_str())
         || spelled_as(name, X_REQUEST_ID.as_str())
-        || crate::request::forwarding::is_forwarding_header(name)
+        || is_forwarding_header(name)
+}
+
+/// The forwarding headers keyward writes itself (SPEC §4.1), lowercase.
+const FORWARDING: [&str; 5] = [
+    "x-forwarded-for",
+    "x-real-ip",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+];
+
+/// A client copy of a forwarding header, in any spelling: never forwarded
+/// as sent.
+pub fn is_forwarding_header(name: &str) -> bool {
+    FORWARDING.iter().any(|c| spelled_as(name, c))
 }
 
 /// `X-RateLimit-*` for a rate-limited organization (SPEC §6), on keyward's
