@@ -52,6 +52,8 @@
 #   ROUNDS=3           rounds (each round cycles through all targets)
 #   THREADS_LIST="1 2" worker/thread counts to measure, in order
 #   TARGETS="direct nginx nginx_lua bare bare_core keyward"   subset / order
+#                      (add keyward_before with KEYWARD_BEFORE=/path/to/an/earlier/keyward
+#                      to measure a change before/after in the same run)
 #   CONNECTIONS=32     wrk -c; WRK_THREADS=1 wrk -t
 #   WARMUP=2           seconds of wrk warm-up per target before the rounds
 #   ACCESS_LOG=1       1: nginx proxies and keyward write an access log line
@@ -393,9 +395,11 @@ EOF
 
 # config/keyward.toml with its route table, on our ports, N threads, every
 # plan at 1e9 requests per window.
+# write_keyward_conf THREADS PORT ADMIN_PORT [NAME]: config for target NAME
+# (keyward or keyward_before), beside the shared snapshot in $TMP/keyward.
 write_keyward_conf() {
-    local threads=$1 port=$2 admin=$3
-    python3 - "$ROOT/config/keyward.toml" "$TMP/keyward/keyward-$threads.toml" \
+    local threads=$1 port=$2 admin=$3 name=${4:-keyward}
+    python3 - "$ROOT/config/keyward.toml" "$TMP/keyward/$name-$threads.toml" \
         "$port" "$admin" "$threads" "$UPSTREAM_PORT" <<'EOF'
 import re, sys, tomllib
 src, dst, port, admin, threads, up = sys.argv[1:]
@@ -415,8 +419,8 @@ cfg = tomllib.loads(text)
 assert cfg["server"]["threads"] == int(threads)
 open(dst, "w").write(text)
 EOF
-    "$KEYWARD" check --config "$TMP/keyward/keyward-$threads.toml" >"$TMP/keyward/check-$threads.txt" \
-        || die "keyward check failed for $TMP/keyward/keyward-$threads.toml"
+    "$KEYWARD" check --config "$TMP/keyward/$name-$threads.toml" >"$TMP/keyward/check-$name-$threads.txt" \
+        || die "keyward check failed for $TMP/keyward/$name-$threads.toml"
 }
 
 # ------------------------------------------------------------------ wrk
@@ -439,7 +443,7 @@ check_target() {
     local want_org=bare rate=0
     case $name in
         direct) want_org= ;;
-        nginx_lua|keyward) want_org=$BENCH_ORG; rate=1 ;;
+        nginx_lua|keyward|keyward_before) want_org=$BENCH_ORG; rate=1 ;;
     esac
     [ "$org" = "$want_org" ] || { printf '%s\n' "$hdrs" >&2; die "$name: upstream saw X-Org-ID '$org', want '$want_org'"; }
     if [ $rate = 1 ]; then
@@ -574,16 +578,19 @@ for N in $THREADS_LIST; do
                     >"$TMP/$t/stdout-$N.log" 2>&1 9>&- &
                 PIDS+=($!); started+=($!)
                 wait_port "${PORT[$t]}" "$!" "$t" ;;
-            keyward)
-                PORT[keyward]=$(free_port)
+            keyward|keyward_before)
+                # keyward_before: the binary in $KEYWARD_BEFORE (an earlier
+                # build) on the same config and snapshot, for before/after.
+                PORT[$t]=$(free_port)
                 admin=$(free_port)
-                write_keyward_conf "$N" "${PORT[keyward]}" "$admin"
-                kw_log=$TMP/keyward/access-$N.log
+                write_keyward_conf "$N" "${PORT[$t]}" "$admin" "$t"
+                bin=$KEYWARD; [ "$t" = keyward_before ] && bin=${KEYWARD_BEFORE:?set KEYWARD_BEFORE to an earlier keyward binary}
+                kw_log=$TMP/keyward/access-$t-$N.log
                 [ "$ACCESS_LOG" = 1 ] && kw_filter=info || kw_filter=warn
                 BETTER_AUTH_SECRET=load-bench-secret KEYWARD_LOG=$kw_filter \
-                    "$KEYWARD" run --config "$TMP/keyward/keyward-$N.toml" >"$kw_log" 2>"$TMP/keyward/stderr-$N.log" 9>&- &
+                    "$bin" run --config "$TMP/keyward/$t-$N.toml" >"$kw_log" 2>"$TMP/keyward/stderr-$t-$N.log" 9>&- &
                 PIDS+=($!); started+=($!)
-                wait_port "${PORT[keyward]}" "$!" keyward ;;
+                wait_port "${PORT[$t]}" "$!" "$t" ;;
             *) die "unknown target $t" ;;
         esac
     done
@@ -612,8 +619,8 @@ for N in $THREADS_LIST; do
             log "threads=$N round=$r $t: $rps req/s p50 ${p50} ms p99 ${p99} ms non2xx=$non2xx socket_errors=$sock other_cpu=${other}% upstream_conns=$upconn"
         done
     done
-    if [ -f "$TMP/keyward/access-$N.log" ]; then
-        log "keyward log (threads=$N): $(wc -l <"$TMP/keyward/access-$N.log") lines, of which pingora's 'failed to acquire reusable stream' (a pooled upstream connection not reused): $(grep -c 'failed to acquire reusable stream' "$TMP/keyward/access-$N.log" || true)"
+    if [ -f "$TMP/keyward/access-keyward-$N.log" ]; then
+        log "keyward log (threads=$N): $(wc -l <"$TMP/keyward/access-keyward-$N.log") lines"
     fi
     stop_pids "${started[@]}"
     unset PORT
@@ -655,7 +662,7 @@ for n in threads:
         if (n, a) in med and (n, b) in med:
             return f"{a}/{b} = {med[(n, a)][0] / med[(n, b)][0]:.2f}"
         return None
-    parts = [p for p in (ratio('keyward', 'nginx_lua'), ratio('keyward', 'bare'), ratio('keyward', 'bare_core'), ratio('bare', 'nginx_lua'), ratio('bare_core', 'nginx_lua')) if p]
+    parts = [p for p in (ratio('keyward', 'keyward_before'), ratio('keyward', 'nginx_lua'), ratio('keyward', 'bare'), ratio('keyward', 'bare_core'), ratio('bare', 'nginx_lua'), ratio('bare_core', 'nginx_lua')) if p]
     p99 = ""
     if (n, 'keyward') in med and (n, 'nginx_lua') in med:
         p99 = f"; p99 keyward {med[(n, 'keyward')][1]:.3f} ms vs nginx_lua {med[(n, 'nginx_lua')][1]:.3f} ms"
