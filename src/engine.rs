@@ -90,6 +90,7 @@ impl<'e> Pinned<'e> {
             limiter: &*self.engine.limiter,
             throttle: &self.engine.throttle,
             now,
+            trace: None,
         }
     }
 

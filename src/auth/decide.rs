@@ -52,6 +52,32 @@ pub struct Env<'a> {
     pub throttle: &'a AuthFailureThrottle,
     /// unix seconds
     pub now: i64,
+    /// each step of the decision, when someone asks why (`keyward explain`,
+    /// `keyward test`); `None` on the request path
+    pub trace: Option<&'a Trace>,
+}
+
+/// One step of a decision, in words an operator reads: what was looked at
+/// and what it gave. Never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Step {
+    pub step: &'static str,
+    pub detail: String,
+}
+
+/// The steps of one decision, in order.
+pub type Trace = std::cell::RefCell<Vec<Step>>;
+
+impl Env<'_> {
+    /// Record a step when tracing (the detail is only built then).
+    fn note(&self, step: &'static str, detail: impl FnOnce() -> String) {
+        if let Some(t) = self.trace {
+            t.borrow_mut().push(Step {
+                step,
+                detail: detail(),
+            });
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +201,7 @@ pub enum Decision<'p> {
 pub fn decide<'p>(facts: &RequestFacts<'_>, env: &Env<'p>) -> Decision<'p> {
     let cfg = &env.policy.config;
     let (route, captures) = cfg.routes.find(facts.method, facts.path);
+    env.note("route", || describe_route(route));
     if route.auth == AuthMode::None {
         return Decision::Forward(Grant {
             identity: Identity::default(),
@@ -184,7 +211,10 @@ pub fn decide<'p>(facts: &RequestFacts<'_>, env: &Env<'p>) -> Decision<'p> {
         });
     }
     let caller = match authenticate(facts, route, &captures, env) {
-        Ok(c) => c,
+        Ok(c) => {
+            env.note("principal", || describe_caller(&c));
+            c
+        }
         Err(denial) => {
             return Decision::Refuse(Refusal {
                 denial,
@@ -205,6 +235,12 @@ pub fn decide<'p>(facts: &RequestFacts<'_>, env: &Env<'p>) -> Decision<'p> {
         if let Err(e) = scope::inspectable_body(facts.headers) {
             return refusal(env, &caller, Denial::UnsupportedMediaType(e.reason()), None);
         }
+        env.note("body", || {
+            format!(
+                "the route reads the workspace from the JSON body: read at most {} bytes",
+                cfg.server.max_body_inspect_bytes
+            )
+        });
         return Decision::NeedBody(Pending {
             cap: cfg.server.max_body_inspect_bytes,
             route,
@@ -293,6 +329,7 @@ fn authenticate(
         cookie_names: &cfg.session.cookie_names,
     };
     let credential = credentials::extract(facts.headers, &settings);
+    env.note("credential", || describe_credential(&credential));
     // Only a presented credential counts toward the per-IP throttle
     // (SPEC §6): a request with none keeps getting 401.
     let presented = !matches!(credential, Credential::None);
@@ -360,6 +397,12 @@ fn authenticate(
                 return Err(refuse(unauthenticated));
             }
             if let Some(retry_after) = env.throttle.blocked(facts.client.ip, env.now) {
+                env.note("throttle", || {
+                    format!(
+                        "{} is past rate_limit.auth_failures_per_ip",
+                        facts.client.ip
+                    )
+                });
                 return Err(refuse(Denial::RateLimited {
                     retry_after,
                     per_ip: true,
@@ -699,6 +742,20 @@ fn authorize<'p>(
         Err(d) => return refusal(env, &caller, d, None),
     };
     let limit = limit_for(&caller, cfg);
+    env.note("rate limit", || match (&caller.org, limit) {
+        (Some(org), Some((n, plan))) => {
+            let s = env.limiter.peek(&org.id, n, env.now);
+            let plan = match plan {
+                PlanUse::Plan(p) => p,
+                PlanUse::Unconfigured => "unconfigured",
+            };
+            format!(
+                "plan `{plan}`: {} of {} left in this window (resets at {})",
+                s.remaining, s.limit, s.reset
+            )
+        }
+        _ => "not limited".to_string(),
+    });
     let (rate, plan) = match (&caller.org, limit) {
         (Some(org), Some((n, plan))) => match env.limiter.admit(&org.id, n, env.now) {
             RateOutcome::Admitted(s) => (Some(s), Some(plan)),
@@ -781,17 +838,41 @@ fn check_route(
         _ => {}
     }
     let scoped = caller.is_scoped();
-    if route.org_wide_only && scoped {
-        return Err(Denial::Forbidden("org_wide_only"));
+    if route.org_wide_only {
+        env.note("rule", || {
+            let verdict = if scoped {
+                "the key is workspace-scoped: refuse"
+            } else {
+                "pass"
+            };
+            format!("org_wide_only: {verdict}")
+        });
+        if scoped {
+            return Err(Denial::Forbidden("org_wide_only"));
+        }
     }
-    if route.quota && caller.org.as_ref().is_some_and(|o| o.quota_exceeded) {
-        return Err(Denial::QuotaExceeded);
+    if route.quota {
+        let over = caller.org.as_ref().is_some_and(|o| o.quota_exceeded);
+        env.note("rule", || {
+            let verdict = if over {
+                "the organization is over quota: refuse"
+            } else {
+                "pass"
+            };
+            format!("quota: {verdict}")
+        });
+        if over {
+            return Err(Denial::QuotaExceeded);
+        }
     }
     if matches!(
         caller.method,
         AuthMethod::ServiceKey | AuthMethod::McpBearer | AuthMethod::McpOAuth
     ) {
         // Service keys are admin level; MCP tokens act in their server's workspace.
+        env.note("workspace", || {
+            "workspace rules do not apply to this credential".to_string()
+        });
         return Ok(id);
     }
     let found = scope::resolve(
@@ -802,7 +883,16 @@ fn check_route(
         facts.headers,
         body,
     )
-    .map_err(|e| Denial::BadRequest(e.reason()))?;
+    .map_err(|e| {
+        env.note("workspace", || {
+            format!("{}: {}", describe_source(route), e.reason())
+        });
+        Denial::BadRequest(e.reason())
+    })?;
+    env.note("workspace", || match &found {
+        Some(v) => format!("{} found `{v}`", describe_source(route)),
+        None => format!("{} found nothing", describe_source(route)),
+    });
     let is_resource = matches!(
         route.workspace,
         Some(WorkspaceSource::ResourcePath(_) | WorkspaceSource::ResourceBody(_))
@@ -820,16 +910,23 @@ fn check_route(
         },
         Some(ws) => Some(ws),
     };
+    if let (true, Some(ws)) = (is_resource, &workspace) {
+        env.note("resource", || format!("belongs to workspace `{ws}`"));
+    }
     let Some(ws) = workspace else {
         if scoped && !route.scoped_filter {
             return Err(Denial::ScopeDenied("no_workspace_resolved"));
         }
         return Ok(id);
     };
-    match dir
+    let owner = dir
         .workspace_owner(&ws)
-        .map_err(|_| Denial::AuthUnavailable)?
-    {
+        .map_err(|_| Denial::AuthUnavailable)?;
+    env.note("owner", || match &owner {
+        Some(o) => format!("workspace `{ws}` belongs to `{o}`"),
+        None => format!("workspace `{ws}` is not in the snapshot"),
+    });
+    match owner {
         Some(owner) if caller.org.as_ref().map(|o| &*o.id) != Some(&*owner) => {
             return Err(Denial::ScopeDenied("workspace_of_another_organization"));
         }
@@ -842,12 +939,106 @@ fn check_route(
         None => {}
     }
     if let Some(scope) = caller.scope() {
-        if !scope.allows(&ws) {
+        let allowed = scope.allows(&ws);
+        env.note("scope", || {
+            let verdict = if allowed { "is in" } else { "is outside" };
+            format!("`{ws}` {verdict} the key's scope")
+        });
+        if !allowed {
             return Err(Denial::ScopeDenied("workspace_not_in_scope"));
         }
     }
     id.workspace_id = Some(Arc::from(&*ws));
     Ok(id)
+}
+
+// ------------------------------------------------------------ words for a trace
+
+fn describe_route(route: &Route) -> String {
+    if route.index == usize::MAX {
+        return "no route matched: auth required, no workspace rule".to_string();
+    }
+    let auth = match route.auth {
+        AuthMode::Required => "required",
+        AuthMode::None => "none",
+        AuthMode::Mcp => "mcp",
+    };
+    let mut flags = Vec::new();
+    if route.workspace.is_some() {
+        flags.push(format!("workspace = {}", describe_source(route)));
+    }
+    for (on, name) in [
+        (route.org_wide_only, "org_wide_only"),
+        (route.quota, "quota"),
+        (route.org_optional, "org_optional"),
+        (route.scoped_filter, "scoped_keys = filter"),
+    ] {
+        if on {
+            flags.push(name.to_string());
+        }
+    }
+    let flags: String = flags.iter().map(|f| format!(", {f}")).collect();
+    format!("#{} `{}` (auth = {auth}{flags})", route.index, route.path)
+}
+
+fn describe_source(route: &Route) -> String {
+    let name = route.workspace_name().unwrap_or("");
+    match &route.workspace {
+        None => "no workspace rule".to_string(),
+        Some(WorkspaceSource::Path(_)) => format!("path:{name}"),
+        Some(WorkspaceSource::Query(n)) => format!("query:{n}"),
+        Some(WorkspaceSource::Header(n)) => format!("header:{n}"),
+        Some(WorkspaceSource::Body(f)) => format!("body:{f}"),
+        Some(WorkspaceSource::ResourcePath(_)) => "resource_path".to_string(),
+        Some(WorkspaceSource::ResourceBody(f)) => format!("resource_body:{f}"),
+    }
+}
+
+fn describe_credential(c: &Credential<'_>) -> String {
+    match c {
+        Credential::None => "none".to_string(),
+        Credential::Invalid(reason) => format!("present but unusable ({reason})"),
+        Credential::Bearer {
+            kind: BearerKind::ApiKey,
+            ..
+        } => "API key (Authorization: Bearer wvz_…)".to_string(),
+        Credential::Bearer {
+            kind: BearerKind::Mcp,
+            ..
+        } => "MCP token (Authorization: Bearer mcp_…)".to_string(),
+        Credential::Bearer {
+            kind: BearerKind::McpOAuth,
+            ..
+        } => "MCP OAuth token (Authorization: Bearer mcpo_…)".to_string(),
+        Credential::ServiceKey(_) => "service key (X-Service-Key)".to_string(),
+        Credential::Session { .. } => "session cookie (signature verified)".to_string(),
+    }
+}
+
+fn describe_caller(c: &Caller) -> String {
+    let org = match &c.org {
+        Some(o) => format!("organization `{}` (plan `{}`)", o.id, o.plan),
+        None => "no organization".to_string(),
+    };
+    match &c.verdict.value {
+        Verdict::ApiKey(k) => {
+            let scope = match &k.scope {
+                Scope::OrgWide => "org-wide".to_string(),
+                Scope::Workspaces { header, .. } => format!("workspaces [{header}]"),
+                Scope::Malformed => "malformed".to_string(),
+            };
+            format!("API key `{}`, {org}, scope {scope}", k.id)
+        }
+        Verdict::Session(s) => format!("session of user `{}`, {org}", s.user_id),
+        Verdict::ServiceKey(k) => format!("service key `{}`, acting for {org}", k.id),
+        Verdict::Mcp(t) => format!(
+            "MCP token `{}` ({}) for server `{}`, {org}",
+            t.id,
+            c.method.as_str(),
+            t.server_id
+        ),
+        Verdict::Rejected(r) => format!("rejected ({r})"),
+    }
 }
 
 #[cfg(test)]

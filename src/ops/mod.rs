@@ -8,4 +8,5 @@ pub mod clock;
 #[cfg(feature = "server")]
 pub mod demo;
 pub mod echo;
+pub mod explain;
 pub mod metrics;

@@ -343,6 +343,7 @@ impl World {
             limiter: &self.limiter,
             throttle: &self.throttle,
             now: NOW,
+            trace: None,
         };
         let mut d = decide(&facts, &env);
         if let Decision::NeedBody(p) = d {
@@ -1247,6 +1248,7 @@ fn mcp_challenges_spec_3_1() {
             limiter: &w.limiter,
             throttle: &w.throttle,
             now: NOW,
+            trace: None,
         };
         match decide(&facts, &env) {
             Decision::Refuse(r) => r.denial.headers(),

@@ -1,0 +1,829 @@
+//! `keyward explain` and `keyward test` (SPEC §8.2): the real decision core
+//! on a request that is never forwarded and never counted against a limit,
+//! with each step of the decision in words. `explain` reads a snapshot file;
+//! `test` runs `[[case]]` tables against fixtures held in memory (ids only:
+//! the tokens are made up here, so a test file never holds a secret).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::decide::{
+    decide, decide_body, Body, Decision, Env, Identity, Policy, RequestFacts, Step, Trace,
+};
+use crate::auth::routes;
+use crate::config::{Config, Secret};
+use crate::ratelimit::{AuthFailureThrottle, Limiter, LocalLimiter, RateOutcome, RateState};
+use crate::request::forwarding::Client;
+use crate::request::headers::IdentityHeader;
+use crate::store::Directory;
+
+/// One request to explain.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    /// path and query, as on the request line
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+    pub peer: IpAddr,
+}
+
+/// What keyward would do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Answer {
+    /// forwarded, with these headers set by keyward (identity and forwarding)
+    Forward { headers: BTreeMap<String, String> },
+    Refuse {
+        status: u16,
+        code: &'static str,
+        reason: Option<&'static str>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Explained {
+    pub steps: Vec<Step>,
+    #[serde(flatten)]
+    pub answer: Answer,
+    /// the organization's rate-limit state the request would see
+    pub rate: Option<RateView>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RateView {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset: i64,
+}
+
+/// A limiter that admits by looking: `explain` never uses up a window.
+struct Peek<'a>(&'a dyn Limiter);
+
+impl Limiter for Peek<'_> {
+    fn admit(&self, key: &str, limit: u64, now: i64) -> RateOutcome {
+        let s = self.0.peek(key, limit, now);
+        if s.remaining == 0 {
+            RateOutcome::Limited(s)
+        } else {
+            RateOutcome::Admitted(s)
+        }
+    }
+    fn peek(&self, key: &str, limit: u64, now: i64) -> RateState {
+        self.0.peek(key, limit, now)
+    }
+}
+
+fn refuse(status: u16, code: &'static str, reason: &'static str) -> Answer {
+    Answer::Refuse {
+        status,
+        code,
+        reason: Some(reason),
+    }
+}
+
+/// Explain one request against `policy` and `directory`.
+pub fn explain(policy: &Policy, directory: &dyn Directory, req: &Request, now: i64) -> Explained {
+    let trace = Trace::default();
+    let note = |step: &'static str, detail: String| {
+        trace.borrow_mut().push(Step { step, detail });
+    };
+    let done = |answer: Answer, rate: Option<RateState>, trace: Trace| Explained {
+        steps: trace.into_inner(),
+        answer,
+        rate: rate.map(|r| RateView {
+            limit: r.limit,
+            remaining: r.remaining,
+            reset: r.reset,
+        }),
+    };
+    // request hygiene, as the shell applies it (SPEC §5, §5.1)
+    let Ok(method) = Method::from_bytes(req.method.as_bytes()) else {
+        note("method", format!("`{}` is not a method", req.method));
+        return done(refuse(400, "BAD_REQUEST", "malformed_request"), None, trace);
+    };
+    if routes::is_noncanonical_method(&method) {
+        note(
+            "method",
+            format!("`{method}` is a standard method in another case"),
+        );
+        return done(
+            refuse(400, "BAD_REQUEST", "noncanonical_method"),
+            None,
+            trace,
+        );
+    }
+    let mut headers = HeaderMap::new();
+    for (k, v) in &req.headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) else {
+            note("header", format!("`{k}` is not a header line"));
+            return done(refuse(400, "BAD_REQUEST", "malformed_request"), None, trace);
+        };
+        headers.append(name, value);
+    }
+    if let Some(body) = &req.body {
+        if !headers.contains_key(http::header::CONTENT_LENGTH) {
+            headers.insert(http::header::CONTENT_LENGTH, body.len().into());
+        }
+    }
+    let (raw_path, query) = match req.target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (req.target.as_str(), None),
+    };
+    if routes::method_override(&headers, query) {
+        note(
+            "method",
+            "a second method is named (override header or _method)".into(),
+        );
+        return done(refuse(400, "BAD_REQUEST", "method_override"), None, trace);
+    }
+    let path = match routes::normalize(raw_path) {
+        Ok(p) => p,
+        Err(e) => {
+            note("path", format!("`{raw_path}` cannot be normalized safely"));
+            return done(refuse(400, "BAD_REQUEST", e.reason()), None, trace);
+        }
+    };
+    note(
+        "path",
+        if path == raw_path {
+            format!("`{path}`")
+        } else {
+            format!("`{raw_path}` normalized to `{path}`")
+        },
+    );
+    let cfg = &policy.config;
+    let client = Client::resolve(req.peer, false, &headers, &cfg.server.trusted_proxies);
+    let facts = RequestFacts {
+        method: &method,
+        path: &path,
+        query,
+        headers: &headers,
+        client,
+    };
+    let counts = LocalLimiter::new(cfg.rate_limit.window_s);
+    let limiter = Peek(&counts);
+    let throttle = AuthFailureThrottle::new(cfg.rate_limit.window_s, 0);
+    let env = Env {
+        policy,
+        directory,
+        limiter: &limiter,
+        throttle: &throttle,
+        now,
+        trace: Some(&trace),
+    };
+    let mut decision = decide(&facts, &env);
+    if let Decision::NeedBody(pending) = decision {
+        let body = req.body.as_deref().unwrap_or_default();
+        let read = if body.len() > pending.cap {
+            Body::TooLarge
+        } else {
+            Body::Read(body)
+        };
+        decision = decide_body(&facts, pending, read, &env);
+    }
+    let (answer, rate) = match decision {
+        Decision::Forward(g) => {
+            let mut up = HeaderMap::new();
+            client.write(&mut up, &headers);
+            let mut out: BTreeMap<String, String> = up
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect();
+            out.extend(identity_headers(&g.identity));
+            (Answer::Forward { headers: out }, g.rate)
+        }
+        Decision::Refuse(r) => (
+            Answer::Refuse {
+                status: r.denial.status(),
+                code: r.denial.code(),
+                reason: r.denial.reason(),
+            },
+            r.rate,
+        ),
+        Decision::NeedBody(_) => (refuse(503, "AUTH_UNAVAILABLE", "body_asked_twice"), None),
+    };
+    let _ = env;
+    done(answer, rate, trace)
+}
+
+/// SPEC §4's identity headers for `id`, lowercase names.
+pub fn identity_headers(id: &Identity) -> Vec<(String, String)> {
+    let values = [
+        (IdentityHeader::OrgId, &id.org_id),
+        (IdentityHeader::ApiKeyId, &id.api_key_id),
+        (IdentityHeader::UserId, &id.user_id),
+        (IdentityHeader::WorkspaceId, &id.workspace_id),
+        (IdentityHeader::AllowedWorkspaces, &id.allowed_workspaces),
+        (IdentityHeader::McpServerId, &id.mcp_server_id),
+        (IdentityHeader::EndUserId, &id.end_user_id),
+    ];
+    let mut out: Vec<(String, String)> = values
+        .into_iter()
+        .filter_map(|(h, v)| v.as_ref().map(|v| (h.as_str().to_string(), v.to_string())))
+        .collect();
+    if let Some(m) = id.auth_method {
+        out.push((
+            IdentityHeader::AuthMethod.as_str().into(),
+            m.as_str().into(),
+        ));
+    }
+    out
+}
+
+/// The 1-based line of route `index`'s `[[route]]` in the config text.
+pub fn route_line(config_text: &str, index: usize) -> Option<usize> {
+    config_text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim() == "[[route]]")
+        .nth(index)
+        .map(|(n, _)| n + 1)
+}
+
+/// Human-readable transcript.
+pub fn render_text(req: &Request, e: &Explained, config_text: Option<&str>) -> String {
+    let mut out = format!("request     {} {}\n", req.method, req.target);
+    for s in &e.steps {
+        let mut detail = s.detail.clone();
+        if s.step == "route" {
+            if let (Some(text), Some(index)) = (config_text, route_index(&s.detail)) {
+                if let Some(line) = route_line(text, index) {
+                    detail.push_str(&format!(" — config line {line}"));
+                }
+            }
+        }
+        out.push_str(&format!("{:<11} {detail}\n", s.step));
+    }
+    if let Some(r) = &e.rate {
+        out.push_str(&format!(
+            "{:<11} X-RateLimit-Limit {}, X-RateLimit-Remaining {}, X-RateLimit-Reset {}\n",
+            "rate", r.limit, r.remaining, r.reset
+        ));
+    }
+    match &e.answer {
+        Answer::Forward { headers } => {
+            out.push_str("answer      forwarded; the upstream receives:\n");
+            for (k, v) in headers {
+                out.push_str(&format!("              {k}: {v}\n"));
+            }
+        }
+        Answer::Refuse {
+            status,
+            code,
+            reason,
+        } => {
+            out.push_str(&format!(
+                "answer      {status} {code}{}\n",
+                reason.map(|r| format!(" ({r})")).unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
+fn route_index(detail: &str) -> Option<usize> {
+    detail.strip_prefix('#')?.split(' ').next()?.parse().ok()
+}
+
+// ------------------------------------------------------------ keyward test
+
+/// A `CASES.toml` file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseFile {
+    #[serde(default)]
+    pub fixtures: Fixtures,
+    #[serde(default, rename = "case")]
+    pub cases: Vec<Case>,
+}
+
+/// The snapshot the cases run against, by id.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fixtures {
+    pub orgs: Vec<FixtureOrg>,
+    pub workspaces: Vec<FixtureWorkspace>,
+    pub resources: Vec<FixtureResource>,
+    pub api_keys: Vec<FixtureKey>,
+    pub sessions: Vec<FixtureSession>,
+    pub service_keys: Vec<FixtureServiceKey>,
+    pub mcp_servers: Vec<FixtureServer>,
+    pub mcp_tokens: Vec<FixtureToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureOrg {
+    pub id: String,
+    #[serde(default = "free")]
+    pub plan: String,
+    #[serde(default)]
+    pub rate_limit: Option<u64>,
+    #[serde(default)]
+    pub quota_exceeded: bool,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+fn free() -> String {
+    "free".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureWorkspace {
+    pub id: String,
+    pub org: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureResource {
+    pub id: String,
+    pub workspace: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureKey {
+    pub id: String,
+    pub org: String,
+    /// workspace-scoped to these; absent: org-wide
+    #[serde(default)]
+    pub workspaces: Option<Vec<String>>,
+    /// raw `permissions` JSON instead of `workspaces`
+    #[serde(default)]
+    pub permissions: Option<String>,
+    #[serde(default)]
+    pub expired: bool,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureSession {
+    pub id: String,
+    pub user: String,
+    #[serde(default)]
+    pub org: Option<String>,
+    #[serde(default)]
+    pub expired: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureServiceKey {
+    pub id: String,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureServer {
+    pub id: String,
+    pub org: String,
+    pub workspace: String,
+    pub auth_mode: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureToken {
+    pub id: String,
+    pub server: String,
+    /// static, end_user or oauth
+    pub kind: String,
+    #[serde(default)]
+    pub end_user: Option<String>,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// One `[[case]]`: a request and what must happen.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub name: String,
+    #[serde(default = "get")]
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: Option<String>,
+    /// credential by fixture id (one of these)
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub session: Option<String>,
+    #[serde(default)]
+    pub service_key: Option<String>,
+    #[serde(default)]
+    pub mcp_token: Option<String>,
+    pub expect: Expect,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub status: u16,
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// headers the upstream must receive with these values
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// headers the upstream must not receive
+    #[serde(default)]
+    pub absent: Vec<String>,
+}
+
+/// The made-up token of a fixture credential (never a real secret).
+fn fixture_token(kind: &str, id: &str) -> String {
+    format!("{kind}fixture_{id}")
+}
+
+/// The secret fixture session cookies are signed with when the config has none.
+const FIXTURE_SECRET: &str = "keyward-test-fixture-secret";
+
+impl Fixtures {
+    pub fn directory(&self, now: i64) -> crate::store::memory::MemoryDirectory {
+        use crate::snapshot::{
+            ApiKeyRecord, McpTokenRecord, OrgRecord, ServiceKeyRecord, SessionRecord,
+        };
+        let mut d = crate::store::memory::MemoryDirectory::new();
+        for o in &self.orgs {
+            d.org_record(OrgRecord {
+                id: Arc::from(o.id.as_str()),
+                plan: Arc::from(o.plan.as_str()),
+                rate_limit: o.rate_limit,
+                quota_exceeded: o.quota_exceeded,
+                disabled: o.disabled,
+            });
+        }
+        for w in &self.workspaces {
+            d.workspace(&w.id, &w.org);
+        }
+        for r in &self.resources {
+            d.resource(&r.id, &r.workspace);
+        }
+        for k in &self.api_keys {
+            let permissions = k.permissions.clone().or_else(|| {
+                k.workspaces.as_ref().map(|ws| {
+                    serde_json::json!({"scope": "workspace", "workspaceIds": ws}).to_string()
+                })
+            });
+            d.api_key(
+                &fixture_token("wvz_", &k.id),
+                ApiKeyRecord {
+                    id: k.id.clone(),
+                    organization_id: k.org.clone(),
+                    key_prefix: Some("wvz_fixt".into()),
+                    permissions,
+                    expires_at: k.expired.then_some(now - 1),
+                    revoked_at: k.revoked.then_some(now - 1),
+                },
+            );
+        }
+        for s in &self.sessions {
+            d.session(
+                &fixture_token("sess_", &s.id),
+                SessionRecord {
+                    id: s.id.clone(),
+                    user_id: s.user.clone(),
+                    active_organization_id: s.org.clone(),
+                    expires_at: if s.expired { now - 1 } else { now + 3600 },
+                },
+            );
+        }
+        for k in &self.service_keys {
+            d.service_key(
+                &fixture_token("svc_", &k.id),
+                ServiceKeyRecord {
+                    id: k.id.clone(),
+                    revoked_at: k.revoked.then_some(now - 1),
+                },
+            );
+        }
+        for s in &self.mcp_servers {
+            d.server(&s.id, &s.org, &s.workspace, &s.auth_mode);
+        }
+        for t in &self.mcp_tokens {
+            let prefix = if t.kind == "oauth" { "mcpo_" } else { "mcp_" };
+            d.mcp_token(
+                &fixture_token(prefix, &t.id),
+                McpTokenRecord {
+                    id: t.id.clone(),
+                    kind: t.kind.clone(),
+                    mcp_server_id: t.server.clone(),
+                    end_user_id: t.end_user.clone(),
+                    expires_at: None,
+                    revoked_at: t.revoked.then_some(now - 1),
+                },
+            );
+        }
+        d
+    }
+
+    /// The header that carries a case's credential.
+    fn credential(&self, case: &Case, secret: &Secret) -> Result<Option<(String, String)>, String> {
+        if let Some(id) = &case.api_key {
+            return Ok(Some((
+                "authorization".into(),
+                format!("Bearer {}", fixture_token("wvz_", id)),
+            )));
+        }
+        if let Some(id) = &case.service_key {
+            return Ok(Some(("x-service-key".into(), fixture_token("svc_", id))));
+        }
+        if let Some(id) = &case.mcp_token {
+            let kind = self
+                .mcp_tokens
+                .iter()
+                .find(|t| &t.id == id)
+                .map(|t| t.kind.as_str())
+                .ok_or_else(|| format!("no mcp_tokens fixture `{id}`"))?;
+            let prefix = if kind == "oauth" { "mcpo_" } else { "mcp_" };
+            return Ok(Some((
+                "authorization".into(),
+                format!("Bearer {}", fixture_token(prefix, id)),
+            )));
+        }
+        if let Some(id) = &case.session {
+            let value =
+                crate::credentials::signed_cookie_value(&fixture_token("sess_", id), secret);
+            return Ok(Some((
+                "cookie".into(),
+                format!("better-auth.session_token={value}"),
+            )));
+        }
+        Ok(None)
+    }
+}
+
+/// Run every case; the report lists each mismatch like a diff. Returns
+/// (report, failures).
+pub fn run_cases(mut config: Config, file: &CaseFile, now: i64) -> (String, usize) {
+    let secret = match &config.session.secret {
+        Some(s) => s.clone(),
+        None => {
+            let s = Secret::new(FIXTURE_SECRET);
+            config.session.secret = Some(s.clone());
+            s
+        }
+    };
+    let policy = Policy { config };
+    let directory = file.fixtures.directory(now);
+    let mut report = String::new();
+    let mut failures = 0;
+    for case in &file.cases {
+        let mut headers: Vec<(String, String)> = case
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        match file.fixtures.credential(case, &secret) {
+            Ok(Some(h)) => headers.push(h),
+            Ok(None) => {}
+            Err(e) => {
+                failures += 1;
+                report.push_str(&format!("FAIL {}: {e}\n", case.name));
+                continue;
+            }
+        }
+        if case.body.is_some()
+            && !case
+                .headers
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case("content-type"))
+        {
+            headers.push(("content-type".into(), "application/json".into()));
+        }
+        let req = Request {
+            method: case.method.clone(),
+            target: case.path.clone(),
+            headers,
+            body: case.body.clone().map(String::into_bytes),
+            peer: IpAddr::from([127, 0, 0, 1]),
+        };
+        let got = explain(&policy, &directory, &req, now);
+        let diffs = compare(&case.expect, &got.answer);
+        if diffs.is_empty() {
+            report.push_str(&format!("ok   {}\n", case.name));
+        } else {
+            failures += 1;
+            report.push_str(&format!(
+                "FAIL {} ({} {})\n",
+                case.name, case.method, case.path
+            ));
+            for d in diffs {
+                report.push_str(&format!("     {d}\n"));
+            }
+            for s in &got.steps {
+                report.push_str(&format!("       {:<11} {}\n", s.step, s.detail));
+            }
+        }
+    }
+    report.push_str(&format!(
+        "{} cases, {} passed, {failures} failed\n",
+        file.cases.len(),
+        file.cases.len() - failures
+    ));
+    (report, failures)
+}
+
+fn compare(want: &Expect, got: &Answer) -> Vec<String> {
+    let mut d = Vec::new();
+    let (status, code, reason) = match got {
+        Answer::Forward { .. } => (200, None, None),
+        Answer::Refuse {
+            status,
+            code,
+            reason,
+        } => (*status, Some(*code), *reason),
+    };
+    if want.status != status {
+        d.push(format!("- status {}\n     + status {status}", want.status));
+    }
+    if let Some(c) = &want.code {
+        if Some(c.as_str()) != code {
+            d.push(format!(
+                "- code {c}\n     + code {}",
+                code.unwrap_or("(none)")
+            ));
+        }
+    }
+    if let Some(r) = &want.reason {
+        if Some(r.as_str()) != reason {
+            d.push(format!(
+                "- reason {r}\n     + reason {}",
+                reason.unwrap_or("(none)")
+            ));
+        }
+    }
+    let empty = BTreeMap::new();
+    let headers = match got {
+        Answer::Forward { headers } => headers,
+        Answer::Refuse { .. } => &empty,
+    };
+    for (k, v) in &want.headers {
+        match headers.get(&k.to_ascii_lowercase()) {
+            Some(g) if g == v => {}
+            Some(g) => d.push(format!("- {k}: {v}\n     + {k}: {g}")),
+            None => d.push(format!("- {k}: {v}\n     + (no {k})")),
+        }
+    }
+    for k in &want.absent {
+        if let Some(g) = headers.get(&k.to_ascii_lowercase()) {
+            d.push(format!("- (no {k})\n     + {k}: {g}"));
+        }
+    }
+    d
+}
+
+/// `keyward test --config PATH CASES.toml`.
+pub fn test_command(config: &Path, cases: &Path) -> Result<usize, String> {
+    let cfg = Config::load(config).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(cases)
+        .map_err(|e| format!("cannot read {}: {e}", cases.display()))?;
+    let file: CaseFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", cases.display()))?;
+    let (report, failures) = run_cases(cfg, &file, crate::clock::now_unix());
+    print!("{report}");
+    Ok(failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[plans.free]
+requests_per_window = 10
+[[route]]
+path = "/w/{workspaceId}/**"
+workspace = "path:workspaceId"
+[[route]]
+path = "/actions"
+methods = ["POST"]
+workspace = "body:workspaceId"
+quota = true
+"#;
+
+    const CASES: &str = r#"
+[fixtures]
+orgs = [{ id = "org_1" }, { id = "org_2" }, { id = "org_q", quota_exceeded = true }]
+workspaces = [{ id = "ws_1", org = "org_1" }, { id = "ws_2", org = "org_2" }, { id = "ws_q", org = "org_q" }]
+api_keys = [
+  { id = "k1", org = "org_1", workspaces = ["ws_1"] },
+  { id = "kq", org = "org_q" },
+]
+
+[[case]]
+name = "scoped key in its workspace"
+path = "/w/ws_1/x"
+api_key = "k1"
+expect = { status = 200, headers = { "X-Org-ID" = "org_1", "X-Workspace-ID" = "ws_1" } }
+
+[[case]]
+name = "another org's workspace"
+path = "/w/ws_2/x"
+api_key = "k1"
+expect = { status = 403, code = "SCOPE_DENIED", reason = "workspace_of_another_organization" }
+
+[[case]]
+name = "over quota"
+method = "POST"
+path = "/actions"
+api_key = "kq"
+body = '{"workspaceId":"ws_q"}'
+expect = { status = 403, code = "QUOTA_EXCEEDED" }
+
+[[case]]
+name = "a wrong expectation"
+path = "/w/ws_1/x"
+api_key = "k1"
+expect = { status = 403, absent = ["X-Org-ID"] }
+"#;
+
+    #[test]
+    fn cases_pass_and_a_wrong_one_is_reported_as_a_diff() {
+        let cfg = Config::from_toml_str(CONFIG, Path::new("/")).unwrap();
+        let file: CaseFile = toml::from_str(CASES).unwrap();
+        let (report, failures) = run_cases(cfg, &file, 1_900_000_000);
+        assert_eq!(failures, 1, "{report}");
+        assert!(
+            report.contains("ok   scoped key in its workspace"),
+            "{report}"
+        );
+        assert!(report.contains("ok   over quota"), "{report}");
+        assert!(report.contains("FAIL a wrong expectation"), "{report}");
+        assert!(
+            report.contains("- status 403\n     + status 200"),
+            "{report}"
+        );
+        assert!(
+            report.contains("- (no X-Org-ID)\n     + X-Org-ID: org_1"),
+            "{report}"
+        );
+        assert!(
+            !report.contains("fixture_"),
+            "no token in the report: {report}"
+        );
+    }
+
+    #[test]
+    fn explain_names_each_step_and_never_the_token() {
+        let cfg = Config::from_toml_str(CONFIG, Path::new("/")).unwrap();
+        let file: CaseFile = toml::from_str(CASES).unwrap();
+        let dir = file.fixtures.directory(1_900_000_000);
+        let policy = Policy { config: cfg };
+        let req = Request {
+            method: "GET".into(),
+            target: "/w//ws_2/./x".into(),
+            headers: vec![("authorization".into(), "Bearer wvz_fixture_k1".into())],
+            body: None,
+            peer: IpAddr::from([127, 0, 0, 1]),
+        };
+        let e = explain(&policy, &dir, &req, 1_900_000_000);
+        let steps: Vec<&str> = e.steps.iter().map(|s| s.step).collect();
+        assert_eq!(
+            steps,
+            [
+                "path",
+                "route",
+                "credential",
+                "principal",
+                "workspace",
+                "owner"
+            ],
+            "{e:?}"
+        );
+        assert_eq!(
+            e.answer,
+            refuse(403, "SCOPE_DENIED", "workspace_of_another_organization")
+        );
+        let text = render_text(&req, &e, Some(CONFIG));
+        assert!(text.contains("config line 4"), "{text}");
+        assert!(text.contains("normalized to `/w/ws_2/x`"), "{text}");
+        let json = serde_json::to_string(&e).unwrap();
+        for out in [&text, &json] {
+            assert!(!out.contains("wvz_fixture_k1"), "{out}");
+        }
+    }
+}
