@@ -51,6 +51,39 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Why would keyward forward or refuse this request? Runs the decision
+    /// core step by step, without forwarding or counting against any limit.
+    /// Exit 0: forwarded, 1: refused, 2: usage or config error.
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        /// snapshot file (default: the config's snapshot.path)
+        #[arg(long)]
+        snapshot: Option<PathBuf>,
+        #[arg(short = 'X', long = "request", default_value = "GET")]
+        method: String,
+        /// path and query, e.g. /api/v1/workspaces/ws_1/connections
+        path: String,
+        /// a request header, `Name: value` (repeatable)
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// the request body, or @FILE
+        #[arg(long)]
+        data: Option<String>,
+        /// the client's address (default 127.0.0.1)
+        #[arg(long, default_value = "127.0.0.1")]
+        peer: std::net::IpAddr,
+        /// machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run route-table cases (CASES.toml) against the decision core; exit
+    /// non-zero with a diff on any mismatch
+    Test {
+        #[arg(long)]
+        config: PathBuf,
+        cases: PathBuf,
+    },
     /// Exit 0 when the admin /healthz answers 200
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
@@ -74,6 +107,38 @@ enum KeysCommand {
         org: String,
         #[arg(long = "workspace")]
         workspaces: Vec<String>,
+    },
+    /// One line per key: id, org, prefix, scope, expiry, revocation (never a hash)
+    List {
+        #[arg(long)]
+        snapshot: PathBuf,
+        /// Only the keys of this organization
+        #[arg(long)]
+        org: Option<String>,
+        /// A JSON array instead of columns
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the key's revoked_at to now (an already revoked key is an error)
+    Revoke {
+        #[arg(long)]
+        snapshot: PathBuf,
+        key_id: String,
+    },
+    /// Mint a key with the same org and scope, print it alone on stdout, and
+    /// let the old one expire after the grace period
+    Rotate {
+        #[arg(long)]
+        snapshot: PathBuf,
+        key_id: String,
+        /// How long the old key stays valid: Ns, Nm, Nh or Nd
+        #[arg(
+            long,
+            value_name = "DURATION",
+            default_value = "24h",
+            value_parser = keyward::snapshot::schema::keys::parse_duration
+        )]
+        grace: u64,
     },
 }
 
@@ -143,9 +208,168 @@ fn check(config: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
+/// `keyward keys …`: each change is one short transaction on the snapshot,
+/// which a running keyward picks up through its watcher.
+fn keys(command: KeysCommand) -> Result<(), String> {
+    use keyward::snapshot::schema::keys;
+    let now = keyward::clock::now_unix;
+    match command {
+        KeysCommand::Create {
+            snapshot,
+            org,
+            workspaces,
+        } => {
+            if !snapshot.exists() {
+                Err(format!(
+                    "{}: no such snapshot (create it with `keyward snapshot init`)",
+                    snapshot.display()
+                ))
+            } else {
+                keyward::snapshot::schema::init(&snapshot)
+                    .map_err(|e| e.to_string())
+                    .and_then(|conn| {
+                        keyward::snapshot::schema::create_api_key(&conn, &org, &workspaces)
+                    })
+                    .map(|key| println!("{key}"))
+            }
+        }
+        KeysCommand::List {
+            snapshot,
+            org,
+            json,
+        } => {
+            let conn = keys::open(&snapshot, false).map_err(|e| e.to_string())?;
+            let found = keys::list(&conn, org.as_deref()).map_err(|e| e.to_string())?;
+            if json {
+                println!("{}", keys::json(&found));
+            } else {
+                print!("{}", keys::table(&found));
+            }
+            Ok(())
+        }
+        KeysCommand::Revoke { snapshot, key_id } => {
+            let mut conn = keys::open(&snapshot, true).map_err(|e| e.to_string())?;
+            let k = keys::revoke(&mut conn, &key_id, now()).map_err(|e| e.to_string())?;
+            println!(
+                "revoked {} ({}, org {})",
+                k.id,
+                k.key_prefix.as_deref().unwrap_or("-"),
+                k.organization_id
+            );
+            Ok(())
+        }
+        KeysCommand::Rotate {
+            snapshot,
+            key_id,
+            grace,
+        } => {
+            let mut conn = keys::open(&snapshot, true).map_err(|e| e.to_string())?;
+            let r = keys::rotate(&mut conn, &key_id, grace, now()).map_err(|e| e.to_string())?;
+            println!("{}", r.key);
+            // stdout holds the key alone; what happened goes to stderr
+            eprintln!(
+                "new key {} (org {}, scope {}); {} now expires at {}",
+                r.new.id,
+                r.new.organization_id,
+                r.new.scope_text(),
+                r.old.id,
+                r.old.expires_at.map_or_else(|| "-".into(), keys::rfc3339)
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `keyward explain`: 0 forwarded, 1 refused, 2 usage or config error.
+#[allow(clippy::too_many_arguments)]
+fn explain(
+    config: &std::path::Path,
+    snapshot: Option<PathBuf>,
+    method: String,
+    path: String,
+    headers: Vec<String>,
+    data: Option<String>,
+    peer: std::net::IpAddr,
+    json: bool,
+) -> Result<bool, String> {
+    use keyward::ops::explain::{self, Answer, Request};
+    let cfg = keyward::config::Config::load(config).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(config).ok();
+    let snapshot = snapshot.unwrap_or_else(|| cfg.snapshot.path.clone());
+    let store = keyward::snapshot::SnapshotStore::new(snapshot.clone());
+    store
+        .reload()
+        .map_err(|e| format!("snapshot {}: {e}", snapshot.display()))?;
+    let headers = headers
+        .iter()
+        .map(|h| {
+            h.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| format!("-H `{h}`: expected `Name: value`"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let body = match data {
+        Some(d) => Some(match d.strip_prefix('@') {
+            Some(file) => std::fs::read(file).map_err(|e| format!("--data @{file}: {e}"))?,
+            None => d.into_bytes(),
+        }),
+        None => None,
+    };
+    let req = Request {
+        method,
+        target: path,
+        headers,
+        body,
+        peer,
+    };
+    let metrics = keyward::metrics::Metrics::new();
+    let cache = std::sync::Arc::new(keyward::cache::AuthCache::new(&cfg.cache));
+    let directory = keyward::store::SnapshotDirectory::pin(store.current(), cache, &metrics);
+    let policy = keyward::auth::decide::Policy { config: cfg };
+    let e = explain::explain(&policy, &directory, &req, keyward::clock::now_unix());
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&e).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{}", explain::render_text(&req, &e, text.as_deref()));
+    }
+    Ok(matches!(e.answer, Answer::Forward { .. }))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<(), String> = match cli.command {
+        Command::Explain {
+            config,
+            snapshot,
+            method,
+            path,
+            headers,
+            data,
+            peer,
+            json,
+        } => {
+            return match explain(&config, snapshot, method, path, headers, data, peer, json) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("keyward: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Test { config, cases } => {
+            return match keyward::ops::explain::test_command(&config, &cases) {
+                Ok(0) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("keyward: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Run { config, log_format } => {
             let _guard = init_logs(log_format);
             match keyward::config::Config::load(&config) {
@@ -163,28 +387,7 @@ fn main() -> ExitCode {
         } => keyward::snapshot::schema::init(&path)
             .map(|_| println!("created {}", path.display()))
             .map_err(|e| format!("{}: {e}", path.display())),
-        Command::Keys {
-            command:
-                KeysCommand::Create {
-                    snapshot,
-                    org,
-                    workspaces,
-                },
-        } => {
-            if !snapshot.exists() {
-                Err(format!(
-                    "{}: no such snapshot (create it with `keyward snapshot init`)",
-                    snapshot.display()
-                ))
-            } else {
-                keyward::snapshot::schema::init(&snapshot)
-                    .map_err(|e| e.to_string())
-                    .and_then(|conn| {
-                        keyward::snapshot::schema::create_api_key(&conn, &org, &workspaces)
-                    })
-                    .map(|key| println!("{key}"))
-            }
-        }
+        Command::Keys { command } => keys(command),
         Command::Healthcheck { url } => keyward::admin::healthcheck(&url),
     };
     match result {

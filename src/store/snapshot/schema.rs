@@ -1,6 +1,9 @@
 //! The snapshot schema (SPEC §2): the SQL that creates it, the check that a
 //! file has every required table and column, and the small writers behind
-//! `keyward snapshot init` and `keyward keys create`. The proxy never writes.
+//! `keyward snapshot init` and `keyward keys create` (`list`, `revoke` and
+//! `rotate` are in [`keys`]). The proxy never writes.
+
+pub mod keys;
 
 use std::path::Path;
 
@@ -215,6 +218,7 @@ pub fn create_api_key(
     }
     let key = random_token("wvz_", 40);
     let id = random_token("key_", 16);
+    let hash = token_hash_hex(key.as_bytes());
     let permissions = if workspaces.is_empty() {
         None
     } else {
@@ -222,14 +226,12 @@ pub fn create_api_key(
     };
     tx.execute(
         "INSERT INTO api_keys (id, organization_id, key_hash, key_prefix, permissions) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id, org, token_hash_hex(key.as_bytes()), &key[..8], permissions],
+        params![id, org, hash, &key[..8], permissions],
     )
     .map_err(|e| e.to_string())?;
-    tx.execute(
-        "INSERT OR REPLACE INTO meta (key, value) VALUES ('generated_at', ?1)",
-        params![crate::clock::now_unix().to_string()],
-    )
-    .map_err(|e| e.to_string())?;
+    // a keyward that follows `changes` drops a negative verdict for the hash
+    keys::note_change(&tx, "api_key", &hash).map_err(|e| e.to_string())?;
+    keys::stamp_generated_at(&tx, crate::clock::now_unix()).map_err(|e| e.to_string())?;
     tx.commit().map_err(|e| e.to_string())?;
     Ok(key)
 }
