@@ -169,6 +169,8 @@ pub struct Grant<'p> {
     /// None on `auth = "none"` routes
     pub caller: Option<Caller>,
     pub plan: Option<PlanUse<'p>>,
+    /// index of the matched `[[route]]` (None: no route matched)
+    pub route: Option<usize>,
 }
 
 /// A request keyward answers itself.
@@ -178,6 +180,8 @@ pub struct Refusal<'p> {
     pub caller: Option<Caller>,
     /// the plan whose limit refused the request (429), for metrics
     pub plan: Option<PlanUse<'p>>,
+    /// index of the matched `[[route]]` (None: no route matched)
+    pub route: Option<usize>,
 }
 
 /// The route's body must be read before the core can decide: read at most
@@ -199,15 +203,38 @@ pub enum Decision<'p> {
 /// the body answers [`Decision::NeedBody`] for the credentials whose
 /// workspace the body names (API keys, sessions).
 pub fn decide<'p>(facts: &RequestFacts<'_>, env: &Env<'p>) -> Decision<'p> {
-    let cfg = &env.policy.config;
-    let (route, captures) = cfg.routes.find(facts.method, facts.path);
+    let (route, captures) = env.policy.config.routes.find(facts.method, facts.path);
     env.note("route", || describe_route(route));
+    on_route(facts, route, captures, env).at(route)
+}
+
+impl<'p> Decision<'p> {
+    /// Name the route that decided (for the access line).
+    fn at(mut self, route: &Route) -> Self {
+        let index = (route.index != usize::MAX).then_some(route.index);
+        match &mut self {
+            Decision::Forward(g) => g.route = index,
+            Decision::Refuse(r) => r.route = index,
+            Decision::NeedBody(_) => {}
+        }
+        self
+    }
+}
+
+fn on_route<'p>(
+    facts: &RequestFacts<'_>,
+    route: &'p Route,
+    captures: Captures,
+    env: &Env<'p>,
+) -> Decision<'p> {
+    let cfg = &env.policy.config;
     if route.auth == AuthMode::None {
         return Decision::Forward(Grant {
             identity: Identity::default(),
             rate: None,
             caller: None,
             plan: None,
+            route: None,
         });
     }
     let caller = match authenticate(facts, route, &captures, env) {
@@ -221,6 +248,7 @@ pub fn decide<'p>(facts: &RequestFacts<'_>, env: &Env<'p>) -> Decision<'p> {
                 rate: None,
                 caller: None,
                 plan: None,
+                route: None,
             })
         }
     };
@@ -276,6 +304,7 @@ pub fn decide_body<'p>(
         Body::Read(body) => authorize(facts, route, &captures, caller, Some(body), env),
         Body::TooLarge => refusal(env, &caller, Denial::PayloadTooLarge, None),
     }
+    .at(route)
 }
 
 /// A refusal for an authenticated caller: it carries the organization's
@@ -300,6 +329,7 @@ fn refusal<'p>(
             org: caller.org.clone(),
         }),
         plan,
+        route: None,
     })
 }
 
@@ -768,6 +798,7 @@ fn authorize<'p>(
                     rate: Some(s),
                     caller: Some(caller),
                     plan: Some(plan),
+                    route: None,
                 })
             }
         },
@@ -781,6 +812,7 @@ fn authorize<'p>(
         rate,
         caller: Some(caller),
         plan,
+        route: None,
     })
 }
 

@@ -46,6 +46,10 @@ struct Ctx {
     auth_time: Duration,
     caller: Option<Caller>,
     org_id: Option<Arc<str>>,
+    client_ip: Option<std::net::IpAddr>,
+    route: Option<usize>,
+    /// `details.reason` of keyward's answer
+    reason: &'static str,
 }
 
 impl Ctx {
@@ -58,6 +62,9 @@ impl Ctx {
             auth_time: Duration::ZERO,
             caller: None,
             org_id: None,
+            client_ip: None,
+            route: None,
+            reason: "",
         }
     }
 
@@ -134,6 +141,7 @@ impl KeywardApp {
         // phase 3: decide on the head, with one pinned policy and snapshot
         let pinned = self.engine.pin();
         let client = self.client(session, &pinned.policy.config.server.trusted_proxies);
+        ctx.client_ip = Some(client.ip);
         let now = crate::clock::now_unix();
         let auth_start = Instant::now();
         let mut decision = pinned.decide(&facts(session.req_header(), client), now);
@@ -158,6 +166,7 @@ impl KeywardApp {
             Decision::Refuse(r) => {
                 ctx.auth_time = auth_start.elapsed();
                 ctx.caller = r.caller;
+                ctx.route = r.route;
                 if matches!(r.denial, Denial::PayloadTooLarge) {
                     session.set_keepalive(None);
                 }
@@ -168,6 +177,7 @@ impl KeywardApp {
                     ctx.auth_time = auth_start.elapsed();
                 }
                 ctx.caller = grant.caller;
+                ctx.route = grant.route;
                 ctx.org_id = grant.identity.org_id.clone();
                 ctx.outcome = Outcome::Forwarded;
                 let strip = pinned.policy.config.upstream.strip_credentials;
@@ -256,6 +266,7 @@ impl KeywardApp {
     ) -> bool {
         ctx.outcome = Outcome::of(&denial);
         ctx.status = denial.status();
+        ctx.reason = denial.reason().unwrap_or("");
         if !session.is_body_done() {
             // A refused request's body is not read to its end (reusing the
             // connection would mean draining whatever the client sends):
@@ -351,6 +362,15 @@ impl KeywardApp {
             request_id: &ctx.request_id,
             auth_us: ctx.auth_time.as_micros() as u64,
             total_us: total.as_micros() as u64,
+            client_ip: ctx.client_ip,
+            route: ctx.route,
+            reason: ctx.reason,
+            user_agent: crate::access_log::cut_user_agent(
+                req.headers
+                    .get(http::header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+            ),
         });
     }
 }

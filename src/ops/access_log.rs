@@ -43,6 +43,29 @@ pub struct Line<'a> {
     pub request_id: &'a str,
     pub auth_us: u64,
     pub total_us: u64,
+    /// the client IP keyward resolved (SPEC §4.1); None before it was
+    pub client_ip: Option<std::net::IpAddr>,
+    /// index of the matched `[[route]]`
+    pub route: Option<usize>,
+    /// `details.reason` of keyward's own answer, empty when forwarded
+    pub reason: &'a str,
+    /// the client's `User-Agent`, cut to [`USER_AGENT_MAX`] bytes
+    pub user_agent: &'a str,
+}
+
+/// Longest `User-Agent` an access line keeps.
+pub const USER_AGENT_MAX: usize = 128;
+
+/// At most [`USER_AGENT_MAX`] bytes of a user agent, on a character boundary.
+pub fn cut_user_agent(ua: &str) -> &str {
+    if ua.len() <= USER_AGENT_MAX {
+        return ua;
+    }
+    let mut end = USER_AGENT_MAX;
+    while !ua.is_char_boundary(end) {
+        end -= 1;
+    }
+    &ua[..end]
 }
 
 /// A worker thread's pending lines. They go to the writer as one message
@@ -134,6 +157,10 @@ pub fn write(line: &Line<'_>) {
             request_id = line.request_id,
             auth_us = line.auth_us,
             total_us = line.total_us,
+            client_ip = ?line.client_ip,
+            route = ?line.route,
+            reason = line.reason,
+            user_agent = line.user_agent,
         );
         return;
     };
@@ -167,7 +194,29 @@ fn text(b: &mut Vec<u8>, l: &Line<'_>) {
     field(b, " org_id=", l.org_id);
     field(b, " key_prefix=", l.key_prefix);
     field(b, " request_id=", l.request_id);
-    let _ = writeln!(b, " auth_us={} total_us={}", l.auth_us, l.total_us);
+    if let Some(ip) = l.client_ip {
+        let _ = write!(b, " client_ip={ip}");
+    }
+    match l.route {
+        Some(r) => {
+            let _ = write!(b, " route={r}");
+        }
+        None => b.extend_from_slice(b" route=-"),
+    }
+    if !l.reason.is_empty() {
+        field(b, " reason=", l.reason);
+    }
+    let _ = write!(b, " auth_us={} total_us={}", l.auth_us, l.total_us);
+    // last, quoted: a user agent has spaces
+    b.extend_from_slice(b" user_agent=\"");
+    b.extend(l.user_agent.bytes().map(|c| {
+        if c.is_ascii_control() || c == b'"' || c == b'\\' {
+            b'?'
+        } else {
+            c
+        }
+    }));
+    b.extend_from_slice(b"\"\n");
 }
 
 /// Text values are written raw like tracing's formatter, except that control
@@ -192,10 +241,18 @@ fn json(b: &mut Vec<u8>, l: &Line<'_>) {
         ("org_id", l.org_id),
         ("key_prefix", l.key_prefix),
         ("request_id", l.request_id),
+        ("reason", l.reason),
+        ("user_agent", l.user_agent),
     ] {
         let _ = write!(b, ",\"{k}\":\"");
         json_escape(b, v);
         b.push(b'"');
+    }
+    if let Some(ip) = l.client_ip {
+        let _ = write!(b, ",\"client_ip\":\"{ip}\"");
+    }
+    if let Some(r) = l.route {
+        let _ = write!(b, ",\"route\":{r}");
     }
     let _ = writeln!(
         b,
@@ -284,6 +341,10 @@ mod tests {
             request_id: "r1",
             auth_us: 3,
             total_us: 250,
+            client_ip: Some("203.0.113.7".parse().unwrap()),
+            route: Some(3),
+            reason: "workspace_not_in_scope",
+            user_agent: "curl/8.5 \"x\"\n",
         }
     }
 
@@ -302,6 +363,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["org_id"], "org\"a\n");
         assert_eq!(v["status"], 200);
+        assert_eq!(v["client_ip"], "203.0.113.7");
+        assert_eq!(v["route"], 3);
+        assert_eq!(v["reason"], "workspace_not_in_scope");
+        assert_eq!(v["user_agent"], "curl/8.5 \"x\"\n");
         assert_eq!(v["target"], "keyward::access");
         let ts = v["timestamp"].as_str().unwrap();
         assert_eq!(ts.len(), 27, "{ts}");
@@ -316,5 +381,18 @@ mod tests {
         assert_eq!(s.matches('\n').count(), 1, "{s}");
         assert!(s.contains(" INFO keyward::access: method=GET path=/api/v1/x status=200 "));
         assert!(s.contains("org_id=org\"a? key_prefix=wvz_abcd"));
+        assert!(
+            s.contains(" client_ip=203.0.113.7 route=3 reason=workspace_not_in_scope "),
+            "{s}"
+        );
+        assert!(s.ends_with(" user_agent=\"curl/8.5 ?x??\"\n"), "{s}");
+    }
+
+    #[test]
+    fn user_agents_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(100);
+        let cut = cut_user_agent(&long);
+        assert!(cut.len() <= USER_AGENT_MAX && cut.chars().all(|c| c == 'é'));
+        assert_eq!(cut_user_agent("curl/8"), "curl/8");
     }
 }
