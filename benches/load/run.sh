@@ -116,8 +116,8 @@ done
 case $LUA_HASH in sha256|sha1) ;; *) die "LUA_HASH must be sha256 or sha1" ;; esac
 
 if [ "$SKIP_BUILD" != 1 ]; then
-    log "cargo build --release --bin keyward --example bare_proxy --example bare_core"
-    (cd "$ROOT" && cargo build --release --quiet --bin keyward --example bare_proxy --example bare_core)
+    log "cargo build --release --features bench-proxy --bin keyward --example bare_proxy --example bare_core"
+    (cd "$ROOT" && cargo build --release --quiet --features bench-proxy --bin keyward --example bare_proxy --example bare_core)
 fi
 [ -x "$KEYWARD" ] || die "$KEYWARD missing"
 [ -x "$BARE" ] || die "$BARE missing"

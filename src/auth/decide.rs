@@ -252,6 +252,11 @@ fn on_route<'p>(
             })
         }
     };
+    // The route's own rules come before any body is read (a request they
+    // refuse is never buffered).
+    if let Err(d) = check_flags(route, &caller, env) {
+        return refusal(env, &caller, d, None);
+    }
     let inspects_body = route
         .workspace
         .as_ref()
@@ -836,6 +841,40 @@ fn limit_for<'c>(caller: &Caller, cfg: &'c Config) -> Option<(u64, PlanUse<'c>)>
     }
 }
 
+/// `org_wide_only` and `quota` (SPEC §5): rules of the route and the
+/// caller alone, checked before the body is read.
+fn check_flags(route: &Route, caller: &Caller, env: &Env<'_>) -> Result<(), Denial> {
+    let scoped = caller.is_scoped();
+    if route.org_wide_only {
+        env.note("rule", || {
+            let verdict = if scoped {
+                "the key is workspace-scoped: refuse"
+            } else {
+                "pass"
+            };
+            format!("org_wide_only: {verdict}")
+        });
+        if scoped {
+            return Err(Denial::Forbidden("org_wide_only"));
+        }
+    }
+    if route.quota {
+        let over = caller.org.as_ref().is_some_and(|o| o.quota_exceeded);
+        env.note("rule", || {
+            let verdict = if over {
+                "the organization is over quota: refuse"
+            } else {
+                "pass"
+            };
+            format!("quota: {verdict}")
+        });
+        if over {
+            return Err(Denial::QuotaExceeded);
+        }
+    }
+    Ok(())
+}
+
 /// The identity the upstream receives, after the route's rules and the
 /// caller's scope (SPEC §4, §5, §5.1).
 fn check_route(
@@ -870,33 +909,6 @@ fn check_route(
         _ => {}
     }
     let scoped = caller.is_scoped();
-    if route.org_wide_only {
-        env.note("rule", || {
-            let verdict = if scoped {
-                "the key is workspace-scoped: refuse"
-            } else {
-                "pass"
-            };
-            format!("org_wide_only: {verdict}")
-        });
-        if scoped {
-            return Err(Denial::Forbidden("org_wide_only"));
-        }
-    }
-    if route.quota {
-        let over = caller.org.as_ref().is_some_and(|o| o.quota_exceeded);
-        env.note("rule", || {
-            let verdict = if over {
-                "the organization is over quota: refuse"
-            } else {
-                "pass"
-            };
-            format!("quota: {verdict}")
-        });
-        if over {
-            return Err(Denial::QuotaExceeded);
-        }
-    }
     if matches!(
         caller.method,
         AuthMethod::ServiceKey | AuthMethod::McpBearer | AuthMethod::McpOAuth

@@ -186,7 +186,7 @@ impl<'a> QueryScan<'a> {
                     scan.value.get_or_insert(v);
                 }
                 None if pair.contains(';') => {
-                    let split = pair.split(';').skip(1);
+                    let split = pair.split(';');
                     if split
                         .map(|p| p.split_once('=').map_or(p, |(k, _)| k))
                         .any(|k| key_names(k, name).is_some())
@@ -502,6 +502,7 @@ mod tests {
             "workspace%49d=a&workspaceId=a",
             "workspaceId=a;b",
             "x=1;workspaceId=b&workspaceId=a",
+            "workspaceId=0&workspaceId;",
         ] {
             assert_eq!(
                 query_param(q, "workspaceId"),

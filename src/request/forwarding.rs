@@ -42,11 +42,16 @@ impl Client {
                 scheme: if tls { "https" } else { "http" },
             };
         }
-        let xff: Vec<&str> = headers
+        // Lossy, not `to_str().ok()`: a line with one obs-text byte must not
+        // vanish (a trusted proxy appends the real client to the client's
+        // own line); the hop holding it just does not parse, and the walk
+        // stops there (found by fuzz/forwarded_for).
+        let lines: Vec<std::borrow::Cow<'_, str>> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
-            .filter_map(|v| v.to_str().ok())
+            .map(|v| String::from_utf8_lossy(v.as_bytes()))
             .collect();
+        let xff: Vec<&str> = lines.iter().map(|l| l.as_ref()).collect();
         let scheme = if tls {
             "https"
         } else {
@@ -221,6 +226,18 @@ mod tests {
         assert_eq!(up["forwarded"], "for=203.0.113.7");
         let odd = headers(&[("x-forwarded-proto", "ftp")]);
         assert_eq!(Client::resolve(peer, false, &odd, &t).scheme, "http");
+    }
+
+    #[test]
+    fn a_non_ascii_byte_in_the_clients_part_keeps_the_appended_hop() {
+        let t: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"x\xff, 203.0.113.5").unwrap(),
+        );
+        let c = Client::resolve("10.0.0.1".parse().unwrap(), false, &h, &t);
+        assert_eq!(c.ip, "203.0.113.5".parse::<IpAddr>().unwrap());
     }
 
     #[test]
