@@ -26,6 +26,9 @@ pub struct Engine {
     pub throttle: AuthFailureThrottle,
     pub metrics: Arc<Metrics>,
     warned_unconfigured: AtomicBool,
+    /// set from SIGTERM/SIGQUIT on: `/readyz` answers 503 while in-flight
+    /// requests drain, so a load balancer stops sending
+    pub draining: AtomicBool,
 }
 
 /// One request's pinned view: the policy and the directory (snapshot
@@ -59,6 +62,7 @@ impl Engine {
             policy: ArcSwap::from_pointee(Policy { config }),
             metrics,
             warned_unconfigured: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         })
     }
 

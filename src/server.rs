@@ -31,6 +31,9 @@ pub struct Running {
     pub engine: Arc<Engine>,
     pub admin_addr: std::net::SocketAddr,
     _admin_rt: tokio::runtime::Runtime,
+    /// `[tracing]`: its batch exporter runs on the admin runtime
+    #[cfg(feature = "otel")]
+    pub tracing: Option<Arc<crate::ops::otel::Tracing>>,
 }
 
 /// Everything but the pingora server: store, watcher, engine, admin, SIGHUP.
@@ -49,6 +52,11 @@ pub fn start_support(config: Config) -> anyhow::Result<Running> {
         .thread_name("keyward-admin")
         .enable_all()
         .build()?;
+    #[cfg(feature = "otel")]
+    let otel = match &config.tracing {
+        Some(t) => Some(crate::ops::otel::Tracing::start(t, rt.handle())?),
+        None => None,
+    };
     let limiter: Arc<dyn crate::ratelimit::Limiter> = match &config.rate_limit.backend {
         RateLimitBackend::Local => Arc::new(LocalLimiter::new(config.rate_limit.window_s)),
         RateLimitBackend::Redis(redis) => RedisLimiter::start(
@@ -62,6 +70,27 @@ pub fn start_support(config: Config) -> anyhow::Result<Running> {
     let engine = Engine::with_limiter(config, store, metrics, limiter);
     let admin_addr = crate::admin::start(&rt, admin_listen, engine.clone())
         .map_err(|e| anyhow::anyhow!("cannot bind admin listener {admin_listen}: {e}"))?;
+    {
+        // pingora handles SIGTERM/SIGQUIT itself (drain, then exit); this
+        // only turns /readyz to 503 from the first moment of draining.
+        let engine = engine.clone();
+        rt.spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut quit)) =
+                (signal(SignalKind::terminate()), signal(SignalKind::quit()))
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = quit.recv() => {}
+            }
+            engine
+                .draining
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("draining: /readyz answers 503");
+        });
+    }
     if let Some(path) = source {
         let engine = engine.clone();
         rt.spawn(async move {
@@ -78,6 +107,8 @@ pub fn start_support(config: Config) -> anyhow::Result<Running> {
         engine,
         admin_addr,
         _admin_rt: rt,
+        #[cfg(feature = "otel")]
+        tracing: otel,
     })
 }
 
@@ -117,6 +148,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf(threads, grace, ca_file));
     server.bootstrap();
     let app = KeywardApp::new(running.engine.clone(), &server.configuration);
+    #[cfg(feature = "otel")]
+    let app = app.with_tracing(running.tracing.clone());
     let mut service = pingora::services::listening::Service::new("keyward".into(), app);
     match &tls {
         None => service.add_tcp(&listen.to_string()),
@@ -132,6 +165,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     server.add_service(service);
     server.run(RunArgs::default());
+    // spans of the last requests: exported before the runtime stops
+    #[cfg(feature = "otel")]
+    if let Some(t) = &running.tracing {
+        t.shutdown(std::time::Duration::from_secs(2));
+    }
     // pingora has stopped serving (after the grace period, or at once on
     // SIGINT); the admin listener and background tasks get a bounded moment,
     // never a wait on a task that does not end.

@@ -35,7 +35,8 @@ pub fn readiness(engine: &Engine) -> (u16, serde_json::Value) {
     let max = cfg.snapshot.max_staleness.as_secs() as i64;
     let loaded = gen.is_some();
     let fresh = age.is_some_and(|a| a <= max);
-    let ready = loaded && fresh;
+    let draining = engine.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let ready = loaded && fresh && !draining;
     let last_error = store.reloads.last_error.lock().unwrap().clone();
     let mut degraded = Vec::new();
     if last_error.is_some() {
@@ -47,6 +48,7 @@ pub fn readiness(engine: &Engine) -> (u16, serde_json::Value) {
     }
     let body = serde_json::json!({
         "ready": ready,
+        "draining": draining,
         "snapshot": {
             "loaded": loaded,
             "generation": gen.as_ref().map(|g| g.id).unwrap_or(0),
