@@ -1,7 +1,7 @@
 //! Operations (SPEC §8.2): metrics exposition, health, SIGHUP, shutdown.
 mod common;
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn metrics_parse_as_prometheus_exposition_and_name_every_contract_metric() {
@@ -67,7 +67,7 @@ fn metrics_parse_as_prometheus_exposition_and_name_every_contract_metric() {
 }
 
 #[test]
-fn healthz_readyz_and_healthcheck_command() {
+fn healthz_and_readyz_answer_once_a_snapshot_is_loaded() {
     let snap = Snap::new();
     let kw = Keyward::start(&snap, Opts::new(echo()));
     assert_eq!(get(kw.admin, "/healthz").status, 200);
@@ -77,6 +77,12 @@ fn healthz_readyz_and_healthcheck_command() {
     assert_eq!(j["ready"], true);
     assert!(j["snapshot"]["generation"].as_u64().unwrap() >= 1);
     assert!(j["snapshot"]["age_seconds"].is_number());
+}
+
+#[test]
+fn healthcheck_command_succeeds_against_a_live_healthz() {
+    let snap = Snap::new();
+    let kw = Keyward::start(&snap, Opts::new(echo()));
     let ok = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
         .args([
             "healthcheck",
@@ -86,6 +92,10 @@ fn healthz_readyz_and_healthcheck_command() {
         .status()
         .unwrap();
     assert!(ok.success());
+}
+
+#[test]
+fn healthcheck_command_fails_without_a_listener() {
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
         .args([
             "healthcheck",
@@ -104,14 +114,34 @@ fn stale_snapshot_makes_readyz_fail() {
         "INSERT INTO meta (key, value) VALUES ('generated_at', '{}')",
         now() - 1000
     ));
-    let mut opts = Opts::new(echo());
-    opts.extra = "[snapshot]\nmax_staleness_s = 100\n".into();
+    let mut opts = Opts::new(echo()).set("snapshot.max_staleness_s", 100);
     opts.wait_ready = false;
     let kw = Keyward::start(&snap, opts);
-    std::thread::sleep(Duration::from_millis(300));
+    // loaded (generation 1), just too old
+    kw.wait_reloaded(0);
     let r = get(kw.admin, "/readyz");
     assert_eq!(r.status, 503);
     assert!(r.json()["snapshot"]["age_seconds"].as_i64().unwrap() >= 1000);
+}
+
+/// A `[[route]]` table.
+fn route(fields: &[(&str, toml::Value)]) -> toml::Value {
+    toml::Value::Table(
+        fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    )
+}
+
+/// `doc` with `routes` put before its first route.
+fn with_routes_first(doc: &toml::Table, routes: Vec<toml::Value>) -> toml::Table {
+    let mut doc = doc.clone();
+    let table = doc.get_mut("route").unwrap().as_array_mut().unwrap();
+    for (i, r) in routes.into_iter().enumerate() {
+        table.insert(i, r);
+    }
+    doc
 }
 
 #[test]
@@ -121,9 +151,11 @@ fn sighup_reloads_routes_and_rejects_invalid_configs_without_failing_requests() 
     let key = snap.api_key("org_a");
     let kw = Keyward::start(&snap, Opts::new(echo()));
     assert_eq!(kw.get("/api/v1/api-keys", Some(&key)).status, 200);
-    let original = std::fs::read_to_string(&kw.config_path).unwrap();
+    kw.wait_catches(libc::SIGHUP);
+    let original = kw.config.clone();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let failures = std::sync::atomic::AtomicU64::new(0);
+    let mut waited = Vec::new();
     std::thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| {
@@ -135,139 +167,180 @@ fn sighup_reloads_routes_and_rejects_invalid_configs_without_failing_requests() 
             });
         }
         // invalid config: rejected, old one kept
-        std::fs::write(&kw.config_path, format!("{original}\n[bogus]\n")).unwrap();
+        let mut bogus = original.clone();
+        bogus.insert("bogus".into(), toml::Value::Table(toml::Table::new()));
+        kw.write_config(&bogus);
         kw.signal(libc::SIGHUP);
-        std::thread::sleep(Duration::from_millis(300));
+        waited.push((
+            "first rejection",
+            kw.wait_log_count("config reload rejected", 1),
+        ));
         // another invalid one: an unknown key inside a route
-        std::fs::write(&kw.config_path, original.replace("[[route]]\npath = \"/api/auth/**\"", "[[route]]\npath = \"/api/v1/api-keys/**\"\nauth = \"mcp\"\npath2 = 1\n[[route]]\npath = \"/api/auth/**\"")).unwrap();
+        kw.write_config(&with_routes_first(
+            &original,
+            vec![route(&[
+                ("path", "/api/v1/api-keys/**".into()),
+                ("auth", "mcp".into()),
+                ("path2", 1.into()),
+            ])],
+        ));
         kw.signal(libc::SIGHUP);
-        std::thread::sleep(Duration::from_millis(300));
-        std::fs::write(
-            &kw.config_path,
-            original.replace("[[route]]\npath = \"/api/auth/**\"", "[[route]]\npath = \"/mcp/{server}/api-keys/**\"\nauth = \"mcp\"\n[[route]]\npath = \"/api/v1/api-keys/**\"\norg_wide_only = true\n[[route]]\npath = \"/api/auth/**\""),
-        )
-        .unwrap();
-        for _ in 0..3 {
+        waited.push((
+            "second rejection",
+            kw.wait_log_count("config reload rejected", 2),
+        ));
+        kw.write_config(&with_routes_first(
+            &original,
+            vec![
+                route(&[
+                    ("path", "/mcp/{server}/api-keys/**".into()),
+                    ("auth", "mcp".into()),
+                ]),
+                route(&[
+                    ("path", "/api/v1/api-keys/**".into()),
+                    ("org_wide_only", true.into()),
+                ]),
+            ],
+        ));
+        for i in 1..=3 {
             kw.signal(libc::SIGHUP);
-            std::thread::sleep(Duration::from_millis(200));
+            waited.push(("a reload", kw.wait_log_count("config reloaded", i)));
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
+    // (asserted here: a panic inside the scope would wait forever for the
+    // request threads)
+    for (what, logged) in waited {
+        assert!(logged, "{what} was never logged: {}", kw.log());
+    }
     assert_eq!(failures.load(std::sync::atomic::Ordering::Relaxed), 0);
     assert!(kw.log().contains("config reload rejected"), "{}", kw.log());
     assert!(kw.log().contains("config reloaded"));
-    // a frozen key is refused with its name
-    std::fs::write(
-        &kw.config_path,
-        original.replace("threads = 2", "threads = 3"),
-    )
-    .unwrap();
+}
+
+#[test]
+fn sighup_refuses_a_frozen_key_by_its_name() {
+    let snap = Snap::new();
+    let kw = Keyward::start(&snap, Opts::new(echo()));
+    kw.wait_catches(libc::SIGHUP);
+    let mut doc = kw.config.clone();
+    set_key(&mut doc, "server.threads", 3);
+    kw.write_config(&doc);
     kw.signal(libc::SIGHUP);
     assert!(wait_until(Duration::from_secs(3), || kw
         .log()
         .contains("server.threads")));
 }
 
+/// How long the in-flight request of the SIGTERM test takes upstream.
+const IN_FLIGHT_FOR: Duration = Duration::from_millis(1000);
+
 #[test]
-fn sigterm_lets_in_flight_requests_finish_and_sigint_is_fast() {
+fn sigterm_lets_in_flight_requests_finish() {
     let snap = Snap::new();
     snap.org("org_a", "free");
     let key = snap.api_key("org_a");
-    let mut opts = Opts::new(echo());
-    opts.extra = "[server]\nshutdown_grace_s = 3\n".into();
+    let upstream = SlowUpstream::start(IN_FLIGHT_FOR);
+    let opts = Opts::new(upstream.addr).set("server.shutdown_grace_s", 3);
     let mut kw = Keyward::start(&snap, opts);
+    // until pingora's watcher runs, SIGTERM would just kill the process
+    kw.wait_catches(libc::SIGTERM);
     let addr = kw.addr;
     let k2 = key.clone();
     let inflight = std::thread::spawn(move || {
         raw(addr, &format!("GET /api/v1/x?echo_delay_ms=1000 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {k2}\r\nConnection: close\r\n\r\n"))
     });
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        wait_until(READY_TIMEOUT, || upstream.arrived() == 1),
+        "the request never reached the upstream: {}",
+        kw.log()
+    );
     kw.signal(libc::SIGTERM);
     let r = inflight.join().unwrap();
     assert_eq!(r.status, 200, "in-flight request was cut: {}", r.body_str());
-    let t = Instant::now();
-    while kw.child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
     assert!(
-        kw.child.try_wait().unwrap().is_some(),
+        kw.wait_exit(Duration::from_secs(10)).is_some(),
         "did not exit after the grace period"
-    );
-
-    let snap2 = Snap::new();
-    let mut opts = Opts::new(echo());
-    opts.extra = "[server]\nshutdown_grace_s = 30\n".into();
-    let mut kw2 = Keyward::start(&snap2, opts);
-    // let pingora start its services and install its signal watcher
-    wait_until(Duration::from_secs(10), || {
-        kw2.log().contains("Starting service")
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    let t = Instant::now();
-    kw2.signal(libc::SIGINT);
-    while kw2.child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Fast: nowhere near the 30 s grace (a loaded 2-core CI machine can take
-    // a few seconds to schedule the exit).
-    assert!(
-        t.elapsed() < Duration::from_secs(10),
-        "SIGINT took {:?}",
-        t.elapsed()
     );
 }
 
 #[test]
-fn access_log_has_one_line_per_request_in_text_and_json_and_no_secret() {
-    for format in ["text", "json"] {
-        let snap = Snap::new();
-        snap.org("org_a", "pro").workspace("ws_a", "org_a");
-        let key = snap.api_key("org_a");
-        let mut opts = Opts::new(echo());
-        opts.env.push(("KEYWARD_LOG_FORMAT".into(), format.into()));
-        let kw = Keyward::start(&snap, opts);
-        assert_eq!(kw.get("/api/v1/workspaces/ws_a/f", Some(&key)).status, 200);
-        assert_eq!(kw.get("/api/v1/workspaces/ws_a/f", None).status, 401);
-        let access = |log: &str| -> Vec<String> {
-            log.lines()
-                .filter(|l| l.contains("keyward::access"))
-                .map(str::to_string)
-                .collect()
-        };
-        assert!(
-            wait_until(Duration::from_secs(5), || access(&kw.log()).len() == 2),
-            "{}",
-            kw.log()
+fn sigint_is_fast() {
+    let snap = Snap::new();
+    let opts = Opts::new(echo()).set("server.shutdown_grace_s", 30);
+    let mut kw = Keyward::start(&snap, opts);
+    // Until pingora's watcher runs, SIGINT simply kills the process: wait
+    // for the watcher, so that keyward's own fast shutdown is what is timed.
+    kw.wait_catches(libc::SIGINT);
+    kw.signal(libc::SIGINT);
+    let took = kw.wait_exit(Duration::from_secs(20));
+    // Fast: nowhere near the 30 s grace (a loaded 2-core CI machine can take
+    // a few seconds to schedule the exit).
+    assert!(
+        took.is_some_and(|t| t < Duration::from_secs(10)),
+        "SIGINT took {took:?}: {}",
+        kw.log()
+    );
+}
+
+/// One forwarded and one refused request logged in `format`: one access
+/// line each, with what they were, and no secret.
+fn access_log_lines(format: &str) {
+    let snap = Snap::new();
+    snap.org("org_a", "pro").workspace("ws_a", "org_a");
+    let key = snap.api_key("org_a");
+    let mut opts = Opts::new(echo());
+    opts.env.push(("KEYWARD_LOG_FORMAT".into(), format.into()));
+    let kw = Keyward::start(&snap, opts);
+    assert_eq!(kw.get("/api/v1/workspaces/ws_a/f", Some(&key)).status, 200);
+    assert_eq!(kw.get("/api/v1/workspaces/ws_a/f", None).status, 401);
+    let access = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("keyward::access"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || access(&kw.log()).len() == 2),
+        "{}",
+        kw.log()
+    );
+    let log = kw.log();
+    assert!(!log.contains(&key), "the key leaked into the log");
+    // Lines are batched per worker thread, so two requests served by
+    // different workers may be written in either order.
+    let mut lines = access(&log);
+    lines.sort_by_key(|l| !(l.contains("status=200") || l.contains("\"status\":200")));
+    if format == "json" {
+        let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["auth_method"], "api_key");
+        assert_eq!(v["org_id"], "org_a");
+        assert_eq!(v["path"], "/api/v1/workspaces/ws_a/f");
+        assert_eq!(v["key_prefix"].as_str().unwrap(), &key[..8]);
+        assert!(v["total_us"].as_u64().is_some());
+        let v: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+        assert_eq!(
+            (v["status"].as_u64(), v["outcome"].as_str()),
+            (Some(401), Some("unauthenticated"))
         );
-        let log = kw.log();
-        assert!(!log.contains(&key), "the key leaked into the log");
-        // Lines are batched per worker thread, so two requests served by
-        // different workers may be written in either order.
-        let mut lines = access(&log);
-        lines.sort_by_key(|l| !(l.contains("status=200") || l.contains("\"status\":200")));
-        if format == "json" {
-            let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
-            assert_eq!(v["status"], 200);
-            assert_eq!(v["auth_method"], "api_key");
-            assert_eq!(v["org_id"], "org_a");
-            assert_eq!(v["path"], "/api/v1/workspaces/ws_a/f");
-            assert_eq!(v["key_prefix"].as_str().unwrap(), &key[..8]);
-            assert!(v["total_us"].as_u64().is_some());
-            let v: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
-            assert_eq!(
-                (v["status"].as_u64(), v["outcome"].as_str()),
-                (Some(401), Some("unauthenticated"))
-            );
-        } else {
-            assert!(lines[0].contains("method=GET path=/api/v1/workspaces/ws_a/f status=200 auth_method=api_key outcome=forwarded org_id=org_a"), "{}", lines[0]);
-            assert!(
-                lines[0].contains(&format!("key_prefix={} ", &key[..8])),
-                "{}",
-                lines[0]
-            );
-            assert!(
-                lines[1].contains("status=401") && lines[1].contains("outcome=unauthenticated")
-            );
-        }
+    } else {
+        assert!(lines[0].contains("method=GET path=/api/v1/workspaces/ws_a/f status=200 auth_method=api_key outcome=forwarded org_id=org_a"), "{}", lines[0]);
+        assert!(
+            lines[0].contains(&format!("key_prefix={} ", &key[..8])),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].contains("status=401") && lines[1].contains("outcome=unauthenticated"));
     }
+}
+
+#[test]
+fn access_log_has_one_line_per_request_in_text_and_no_secret() {
+    access_log_lines("text");
+}
+
+#[test]
+fn access_log_has_one_line_per_request_in_json_and_no_secret() {
+    access_log_lines("json");
 }

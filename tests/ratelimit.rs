@@ -8,9 +8,7 @@ fn exactly_the_limit_is_admitted_under_64_racing_connections() {
     let snap = Snap::new();
     snap.sql("INSERT INTO organizations (id, plan, rate_limit) VALUES ('org_r', 'free', 100)");
     let key = snap.api_key("org_r");
-    let mut opts = Opts::new(echo());
-    opts.extra = "[rate_limit]\nwindow_s = 3600\n".into();
-    let kw = Keyward::start(&snap, opts);
+    let kw = Keyward::start(&snap, Opts::new(echo()).set("rate_limit.window_s", 3600));
     let admitted = AtomicU64::new(0);
     let limited = AtomicU64::new(0);
     std::thread::scope(|s| {
@@ -31,23 +29,39 @@ fn exactly_the_limit_is_admitted_under_64_racing_connections() {
     assert_eq!(limited.load(Ordering::Relaxed), 92);
 }
 
-#[test]
-fn headers_on_forwarded_and_denied_responses_and_429() {
+/// `org_p` on plan `tiny` (2 requests a window) with workspaces `ws_p` and
+/// `ws_q`, and a key scoped to `ws_p`; (snapshot, keyward, key).
+fn tiny_plan() -> (Snap, Keyward, String) {
     let snap = Snap::new();
     snap.org("org_p", "tiny")
         .workspace("ws_p", "org_p")
         .workspace("ws_q", "org_p");
     let scoped = snap.scoped_key("org_p", &["ws_p"]);
-    let mut opts = Opts::new(echo());
-    opts.extra = "[plans.tiny]\nrequests_per_window = 2\n".into();
-    let kw = Keyward::start(&snap, opts);
+    let kw = Keyward::start(
+        &snap,
+        Opts::new(echo()).set("plans.tiny.requests_per_window", 2),
+    );
+    (snap, kw, scoped)
+}
+
+#[test]
+fn forwarded_responses_carry_the_limit_headers() {
+    let (_snap, kw, scoped) = tiny_plan();
     let r = kw.get("/api/v1/workspaces/ws_p/x", Some(&scoped));
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-ratelimit-limit"), Some("2"));
     assert_eq!(r.header("x-ratelimit-remaining"), Some("1"));
     let reset: i64 = r.header("x-ratelimit-reset").unwrap().parse().unwrap();
     assert!(reset > now() && reset <= now() + 60 && reset % 60 == 0);
-    // a denied request carries the headers and does not use up the window
+}
+
+#[test]
+fn a_denied_request_carries_the_headers_and_does_not_use_up_the_window() {
+    let (_snap, kw, scoped) = tiny_plan();
+    assert_eq!(
+        kw.get("/api/v1/workspaces/ws_p/x", Some(&scoped)).status,
+        200
+    );
     let r = kw.get("/api/v1/workspaces/ws_q/x", Some(&scoped));
     r.assert_error(403, "SCOPE_DENIED");
     assert_eq!(r.header("x-ratelimit-remaining"), Some("1"));
@@ -55,30 +69,54 @@ fn headers_on_forwarded_and_denied_responses_and_429() {
         kw.get("/api/v1/workspaces/ws_p/x", Some(&scoped)).status,
         200
     );
+}
+
+#[test]
+fn past_the_limit_is_429_with_retry_after_and_counted() {
+    let (_snap, kw, scoped) = tiny_plan();
+    for _ in 0..2 {
+        assert_eq!(
+            kw.get("/api/v1/workspaces/ws_p/x", Some(&scoped)).status,
+            200
+        );
+    }
     let r = kw.get("/api/v1/workspaces/ws_p/x", Some(&scoped));
     r.assert_error(429, "RATE_LIMIT_EXCEEDED");
     assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
     let retry: i64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry));
-    // 401s carry none
-    assert!(kw
-        .get("/api/v1/x", None)
-        .header("x-ratelimit-limit")
-        .is_none());
     assert!(
         kw.metric("keyward_rate_limit_decisions_total{decision=\"limited\",plan=\"tiny\"}") >= 1.0
     );
 }
 
 #[test]
-fn failed_authentications_are_throttled_per_ip_without_store_lookups() {
+fn unauthenticated_responses_carry_no_limit_headers() {
+    let (_snap, kw, _scoped) = tiny_plan();
+    assert!(kw
+        .get("/api/v1/x", None)
+        .header("x-ratelimit-limit")
+        .is_none());
+}
+
+/// `org_a` and its key, keyward throttling an address after 5 failed
+/// authentications an hour, the key already in the positive cache;
+/// (snapshot, keyward, key).
+fn throttling() -> (Snap, Keyward, String) {
     let snap = Snap::new();
     snap.org("org_a", "free");
     let key = snap.api_key("org_a");
-    let mut opts = Opts::new(echo());
-    opts.extra = "[rate_limit]\nauth_failures_per_ip = 5\nwindow_s = 3600\n".into();
+    let opts = Opts::new(echo())
+        .set("rate_limit.auth_failures_per_ip", 5)
+        .set("rate_limit.window_s", 3600);
     let kw = Keyward::start(&snap, opts);
     assert_eq!(kw.get("/api/v1/x", Some(&key)).status, 200); // now in the positive cache
+    (snap, kw, key)
+}
+
+#[test]
+fn failed_authentications_are_throttled_per_ip_without_store_lookups() {
+    let (_snap, kw, _key) = throttling();
     for i in 0..5 {
         kw.get("/api/v1/x", Some(&format!("wvz_bad_{i}")))
             .assert_error(401, "UNAUTHENTICATED");
@@ -98,6 +136,16 @@ fn failed_authentications_are_throttled_per_ip_without_store_lookups() {
         before,
         "throttled requests reached SQLite"
     );
-    // a credential already known valid keeps working
+}
+
+#[test]
+fn a_throttled_address_keeps_using_a_credential_known_valid() {
+    let (_snap, kw, key) = throttling();
+    for i in 0..5 {
+        kw.get("/api/v1/x", Some(&format!("wvz_bad_{i}")))
+            .assert_error(401, "UNAUTHENTICATED");
+    }
+    kw.get("/api/v1/x", Some("wvz_more_0"))
+        .assert_error(429, "RATE_LIMIT_EXCEEDED");
     assert_eq!(kw.get("/api/v1/x", Some(&key)).status, 200);
 }

@@ -91,15 +91,16 @@ fn replica(
     batch: u64,
     replicas: u64,
 ) -> Keyward {
-    let mut opts = Opts::new(upstream);
     // A generous timeout: CI machines are loaded and a flapping backend would
     // exercise the fallback instead of the shared window.
-    opts.extra = format!(
-        "[rate_limit]\nwindow_s = {WINDOW}\nbackend = \"redis\"\nredis_url = \"{}\"\n\
-         redis_timeout_ms = 200\nredis_batch = {batch}\nexpected_replicas = {replicas}\n\
-         [plans.pro]\nrequests_per_window = {limit}\n",
-        redis.url()
-    );
+    let opts = Opts::new(upstream)
+        .set("rate_limit.window_s", WINDOW)
+        .set("rate_limit.backend", "redis")
+        .set("rate_limit.redis_url", redis.url())
+        .set("rate_limit.redis_timeout_ms", 200)
+        .set("rate_limit.redis_batch", batch as i64)
+        .set("rate_limit.expected_replicas", replicas as i64)
+        .set("plans.pro.requests_per_window", limit as i64);
     let kw = Keyward::start(snap, opts);
     assert!(
         wait_until(Duration::from_secs(10), || kw

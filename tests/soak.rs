@@ -22,6 +22,8 @@ use rand::Rng;
 /// (poll interval is 100 ms in the harness; a slower swap fails the soak). Answers for the flipping key
 /// are judged only outside this margin around a flip.
 const SWAP_MARGIN: Duration = Duration::from_secs(1);
+/// How often the publisher checks whether a swap or a SIGHUP is due.
+const PUBLISHER_TICK: Duration = Duration::from_millis(20);
 
 struct Creds {
     org_wide: String,
@@ -103,16 +105,13 @@ fn soak_mixed_credentials_with_swaps_and_reloads() {
         service: snap.service_key(false),
         mcp: snap.mcp_token("srv_a", "static", None),
     };
-    let config = |n: u64| {
-        format!(
-            "[rate_limit]\nauth_failures_per_ip = 0\n[plans.pro]\nrequests_per_window = {}\n",
-            1_000_000_000 + n
-        )
-    };
-    let mut opts = Opts::new(echo());
-    opts.extra = config(0);
+    // every reload changes the plan's limit, so each one is a real change
+    let limit = |n: u64| 1_000_000_000 + n as i64;
+    let opts = Opts::new(echo())
+        .set("rate_limit.auth_failures_per_ip", 0)
+        .set("plans.pro.requests_per_window", limit(0));
     let kw = Keyward::start(&snap, opts);
-    let original_config = std::fs::read_to_string(&kw.config_path).unwrap();
+    kw.wait_catches(libc::SIGHUP);
 
     // Flip history: (time published, flipping key revoked?)
     let flips: Mutex<Vec<(Instant, bool)>> = Mutex::new(vec![(Instant::now(), false)]);
@@ -317,12 +316,13 @@ fn soak_mixed_credentials_with_swaps_and_reloads() {
             }
             if Instant::now() >= next_hup {
                 reloads += 1;
-                let text = original_config.replace(&config(0), &config(reloads));
-                std::fs::write(&kw.config_path, text).unwrap();
+                let mut doc = kw.config.clone();
+                set_key(&mut doc, "plans.pro.requests_per_window", limit(reloads));
+                kw.write_config(&doc);
                 kw.signal(libc::SIGHUP);
                 next_hup += Duration::from_secs(2);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(PUBLISHER_TICK);
         }
         stop.store(true, Ordering::Relaxed);
     });

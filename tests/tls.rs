@@ -5,10 +5,10 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
@@ -78,44 +78,60 @@ fn curl(
     (version.to_string(), code.parse().unwrap(), body.to_string())
 }
 
-#[test]
-fn downstream_tls_serves_http1_and_http2_and_still_decides() {
+/// A world with `org_a` (`ws_a`, plan `pro`) and its key, keyward serving
+/// TLS with a leaf of a fresh CA; (snapshot, keyward, key, PKI).
+fn tls_keyward() -> (Snap, Keyward, String, Pki) {
     let snap = Snap::new();
     snap.org("org_a", "pro").workspace("ws_a", "org_a");
     let key = snap.api_key("org_a");
     let pki = make_pki(snap.dir.path(), "server");
-    let mut opts = Opts::new(echo());
-    opts.extra = format!(
-        "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        pki.cert.display(),
-        pki.key.display()
-    );
+    let opts = Opts::new(echo())
+        .set("server.tls.cert", pki.cert.to_string_lossy().into_owned())
+        .set("server.tls.key", pki.key.to_string_lossy().into_owned());
     let kw = Keyward::start(&snap, opts);
+    (snap, kw, key, pki)
+}
 
-    for (flag, want) in [("--http2", "2"), ("--http1.1", "1.1")] {
-        let (version, status, body) = curl(
-            &kw,
-            &pki.ca,
-            flag,
-            "/api/v1/workspaces/ws_a/flows",
-            Some(&key),
-        );
-        assert_eq!((version.as_str(), status), (want, 200), "{body}");
-        let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(echoed["headers"]["x-org-id"][0], "org_a", "{body}");
-        assert_eq!(echoed["path"], "/api/v1/workspaces/ws_a/flows");
+/// Over TLS with ALPN `flag`, expecting HTTP version `want`: a valid key is
+/// forwarded with its identity, no credential is 401.
+fn serves_and_decides(flag: &str, want: &str) {
+    let (_snap, kw, key, pki) = tls_keyward();
+    let (version, status, body) = curl(
+        &kw,
+        &pki.ca,
+        flag,
+        "/api/v1/workspaces/ws_a/flows",
+        Some(&key),
+    );
+    assert_eq!((version.as_str(), status), (want, 200), "{body}");
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["headers"]["x-org-id"][0], "org_a", "{body}");
+    assert_eq!(echoed["path"], "/api/v1/workspaces/ws_a/flows");
 
-        let (version, status, body) =
-            curl(&kw, &pki.ca, flag, "/api/v1/workspaces/ws_a/flows", None);
-        assert_eq!((version.as_str(), status), (want, 401), "{body}");
-        let err: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(err["code"], "UNAUTHENTICATED", "{body}");
-    }
+    let (version, status, body) = curl(&kw, &pki.ca, flag, "/api/v1/workspaces/ws_a/flows", None);
+    assert_eq!((version.as_str(), status), (want, 401), "{body}");
+    let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["code"], "UNAUTHENTICATED", "{body}");
+}
 
-    // Plain HTTP on the TLS port gets no answer from the proxy.
+#[test]
+fn downstream_tls_serves_http2_and_still_decides() {
+    serves_and_decides("--http2", "2");
+}
+
+#[test]
+fn downstream_tls_serves_http1_1_and_still_decides() {
+    serves_and_decides("--http1.1", "1.1");
+}
+
+/// How long to wait for an answer to plain HTTP on the TLS port.
+const PLAIN_HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[test]
+fn plain_http_on_the_tls_port_gets_no_answer_from_the_proxy() {
+    let (_snap, kw, _key, _pki) = tls_keyward();
     let mut s = std::net::TcpStream::connect(kw.addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
+    s.set_read_timeout(Some(PLAIN_HTTP_TIMEOUT)).unwrap();
     s.write_all(
         b"GET /api/v1/workspaces/ws_a/flows HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
@@ -127,8 +143,11 @@ fn downstream_tls_serves_http1_and_http2_and_still_decides() {
         "{}",
         String::from_utf8_lossy(&buf)
     );
+}
 
-    // A client that does not trust the CA refuses the server.
+#[test]
+fn a_client_that_does_not_trust_the_ca_refuses_the_server() {
+    let (snap, kw, _key, _pki) = tls_keyward();
     let other = make_pki(snap.dir.path(), "other");
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "10", "--cacert"])
@@ -171,95 +190,48 @@ fn bad_tls_files_are_a_clear_startup_error() {
     assert!(err.contains("server.tls"), "{err}");
 }
 
-/// A one-thread rustls HTTP/1.1 server that answers each request with the
-/// request head it saw (JSON, like the echo upstream) and closes.
-fn tls_upstream(pki: &Pki) -> SocketAddr {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![rustls::pki_types::CertificateDer::from(
-                pki.cert_der.clone(),
-            )],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(pki.key_der.clone().into()),
-        )
-        .unwrap();
-    let config = Arc::new(config);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let config = config.clone();
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-                let conn = rustls::ServerConnection::new(config).unwrap();
-                let mut tls = rustls::StreamOwned::new(conn, stream);
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match tls.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                let text = String::from_utf8_lossy(&head).to_string();
-                let mut headers = serde_json::Map::new();
-                for line in text.split("\r\n").skip(1).filter(|l| !l.is_empty()) {
-                    if let Some((k, v)) = line.split_once(':') {
-                        headers
-                            .insert(k.trim().to_ascii_lowercase(), serde_json::json!([v.trim()]));
-                    }
-                }
-                let sni = tls.conn.server_name().unwrap_or("").to_string();
-                let body = serde_json::json!({"headers": headers, "sni": sni}).to_string();
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tls.write_all(resp.as_bytes());
-                tls.conn.send_close_notify();
-                let _ = tls.flush();
-            });
-        }
-    });
-    addr
-}
-
 fn upstream_tls_keyward(snap: &Snap, upstream: SocketAddr, ca: &Path, sni: &str) -> Keyward {
-    let mut opts = Opts::new(upstream);
-    opts.extra = format!(
-        "[upstream]\ntls = true\nsni = \"{sni}\"\nca_file = \"{}\"\nconnect_timeout_ms = 2000\n",
-        ca.display()
-    );
+    let opts = Opts::new(upstream)
+        .set("upstream.tls", true)
+        .set("upstream.sni", sni)
+        .set("upstream.ca_file", ca.to_string_lossy().into_owned())
+        .set("upstream.connect_timeout_ms", 2000);
     Keyward::start(snap, opts)
 }
 
-#[test]
-fn upstream_tls_verifies_the_certificate_against_ca_file() {
+/// A world with `org_a` (`ws_a`, plan `pro`) and its key, and a TLS
+/// upstream with a leaf of a fresh CA; (snapshot, upstream, its PKI, key).
+fn tls_upstream_world() -> (Snap, SocketAddr, Pki, String) {
     let snap = Snap::new();
     snap.org("org_a", "pro").workspace("ws_a", "org_a");
     let key = snap.api_key("org_a");
     let server_pki = make_pki(snap.dir.path(), "upstream");
-    let upstream = tls_upstream(&server_pki);
+    let upstream = tls_upstream(server_pki.cert_der.clone(), server_pki.key_der.clone());
+    (snap, upstream, server_pki, key)
+}
 
+#[test]
+fn upstream_tls_verifies_the_certificate_against_ca_file() {
+    let (snap, upstream, server_pki, key) = tls_upstream_world();
     let kw = upstream_tls_keyward(&snap, upstream, &server_pki.ca, "localhost");
     let r = kw.get("/api/v1/workspaces/ws_a/flows", Some(&key));
     assert_eq!(r.status, 200, "{} / log: {}", r.body_str(), kw.log());
     assert_eq!(r.upstream_header("x-org-id"), vec!["org_a"]);
     assert_eq!(r.json()["sni"], "localhost");
-    drop(kw);
+}
 
-    // An upstream whose certificate the CA file does not vouch for: fail closed.
+#[test]
+fn upstream_tls_fails_closed_on_a_certificate_the_ca_file_does_not_vouch_for() {
+    let (snap, upstream, _server_pki, key) = tls_upstream_world();
     let other = make_pki(snap.dir.path(), "untrusted");
     let kw = upstream_tls_keyward(&snap, upstream, &other.ca, "localhost");
     kw.get("/api/v1/workspaces/ws_a/flows", Some(&key))
         .assert_error(502, "UPSTREAM_UNAVAILABLE");
-    drop(kw);
+}
 
-    // The right CA but an SNI the certificate does not cover: fail closed.
+#[test]
+fn upstream_tls_fails_closed_on_an_sni_the_certificate_does_not_cover() {
+    let (snap, upstream, server_pki, key) = tls_upstream_world();
     let kw = upstream_tls_keyward(&snap, upstream, &server_pki.ca, "wrong.example");
     kw.get("/api/v1/workspaces/ws_a/flows", Some(&key))
         .assert_error(502, "UPSTREAM_UNAVAILABLE");

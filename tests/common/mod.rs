@@ -1,9 +1,25 @@
-//! Test harness: a snapshot file with the contract schema, the echo upstream,
-//! and a real `keyward` process on free loopback ports, killed on drop.
+//! Test harness for the integration tests, which keep only what needs
+//! sockets and a real process:
+//!
+//! - [`Snap`]: a snapshot file with the contract schema, and [`World`], the
+//!   one world builder over it;
+//! - [`Opts`]: the typed config builder (`config.rs`);
+//! - [`Keyward`]: a real `keyward` process on free loopback ports, killed on
+//!   drop, with waits on `/readyz` (snapshot generation, row counts) instead
+//!   of sleeps;
+//! - the one raw HTTP/1.1 client (`client.rs`) and the fake upstreams
+//!   (`upstreams.rs`).
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
+mod client;
+mod config;
+mod upstreams;
+mod world;
+
+// Not every test binary uses every part.
+#[allow(unused_imports)]
+pub use {client::*, config::*, upstreams::*, world::*};
+
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -13,15 +29,45 @@ use rusqlite::{params, Connection};
 
 pub const SECRET: &str = "better-auth-secret-12345678901234567890";
 
+/// Longest wait for a started keyward to listen on both ports.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest wait for `/readyz` to answer 200 after keyward listens.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for keyward to serve a snapshot change a test made (the
+/// harness polls every 100 ms; file notifications are faster still).
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a line keyward logs after an event (SIGHUP, a request).
+pub const LOG_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between two checks of a condition being waited for.
+pub const POLL: Duration = Duration::from_millis(20);
+
 pub fn hash(token: &str) -> String {
     keyward::snapshot::schema::token_hash_hex(token.as_bytes())
 }
+
+/// The snapshot tables whose row counts `/readyz` reports.
+const COUNTED_TABLES: [&str; 8] = [
+    "organizations",
+    "workspaces",
+    "api_keys",
+    "sessions",
+    "service_keys",
+    "mcp_servers",
+    "mcp_tokens",
+    "resources",
+];
 
 /// A snapshot file in its own temp dir.
 pub struct Snap {
     pub dir: tempfile::TempDir,
     pub path: PathBuf,
     n: std::cell::Cell<u32>,
+}
+
+impl Default for Snap {
+    fn default() -> Snap {
+        Snap::new()
+    }
 }
 
 impl Snap {
@@ -145,6 +191,18 @@ impl Snap {
         drop(c);
         std::fs::rename(&tmp, &self.path).unwrap();
     }
+    /// Row counts of the file as it is now, as `/readyz` reports them.
+    pub fn counts(&self) -> serde_json::Value {
+        let c = self.conn();
+        let mut out = serde_json::Map::new();
+        for t in COUNTED_TABLES {
+            let n: i64 = c
+                .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap();
+            out.insert(t.into(), n.into());
+        }
+        out.into()
+    }
 }
 
 fn rand_suffix() -> String {
@@ -160,11 +218,6 @@ pub fn free_port() -> SocketAddr {
         .unwrap()
 }
 
-/// The echo upstream on a free loopback port.
-pub fn echo() -> SocketAddr {
-    keyward::echo::spawn("127.0.0.1:0".parse().unwrap()).unwrap()
-}
-
 /// A running keyward process; killed on drop.
 pub struct Keyward {
     pub child: Child,
@@ -172,117 +225,28 @@ pub struct Keyward {
     pub admin: SocketAddr,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// The config document written to `config_path` at start.
+    pub config: toml::Table,
 }
-
-pub struct Opts {
-    pub upstream: SocketAddr,
-    pub extra: String,
-    pub routes: String,
-    pub env: Vec<(String, String)>,
-    pub wait_ready: bool,
-    /// `snapshot.poll_interval_ms`
-    pub poll_ms: u64,
-    /// `server.threads`
-    pub threads: usize,
-}
-
-impl Opts {
-    pub fn new(upstream: SocketAddr) -> Opts {
-        Opts {
-            upstream,
-            extra: String::new(),
-            routes: DEFAULT_ROUTES.into(),
-            env: vec![("BETTER_AUTH_SECRET".into(), SECRET.into())],
-            wait_ready: true,
-            poll_ms: 100,
-            threads: 2,
-        }
-    }
-}
-
-pub const DEFAULT_ROUTES: &str = r#"
-[[route]]
-path = "/api/auth/**"
-auth = "none"
-[[route]]
-path = "/api/v1/workspaces/{workspaceId}/**"
-workspace = "path:workspaceId"
-[[route]]
-path = "/api/v1/connections"
-methods = ["POST"]
-workspace = "body:workspaceId"
-[[route]]
-path = "/api/v1/connections/{id}/**"
-workspace = "resource_path:id"
-[[route]]
-path = "/api/v1/triggers/disable"
-workspace = "resource_body:triggerSourceId"
-[[route]]
-path = "/api/v1/triggers"
-workspace = "query:workspaceId"
-[[route]]
-path = "/api/v1/by-header"
-workspace = "header:X-Target-Workspace"
-[[route]]
-path = "/api/v1/actions/execute"
-workspace = "body:workspaceId"
-quota = true
-[[route]]
-path = "/api/v1/api-keys/**"
-org_wide_only = true
-[[route]]
-path = "/api/v1/orgs/**"
-org_optional = true
-[[route]]
-path = "/api/v1/list"
-scoped_keys = "filter"
-[[route]]
-path = "/mcp/{server}/**"
-auth = "mcp"
-"#;
 
 impl Keyward {
     pub fn start(snap: &Snap, opts: Opts) -> Keyward {
         let dir = snap.dir.path();
         for _ in 0..5 {
             let addr = free_port();
-            let admin = free_port();
+            // Two free ports in a row may be the same one: the admin
+            // listener would take it first, pingora's bind would fail in
+            // its service task (the process stays up), and every request
+            // meant for the proxy would reach the admin listener's 404.
+            let admin = loop {
+                let p = free_port();
+                if p != addr {
+                    break p;
+                }
+            };
             let config_path = dir.join("keyward.toml");
-            let has_server = opts.extra.contains("[server]");
-            let server = if has_server {
-                opts.extra.replace(
-                    "[server]",
-                    &format!(
-                        "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\nthreads = {}",
-                        opts.threads
-                    ),
-                )
-            } else {
-                format!(
-                    "[server]\nlisten = \"{addr}\"\nadmin_listen = \"{admin}\"\nthreads = {}\n{}",
-                    opts.threads, opts.extra
-                )
-            };
-            let has_upstream = server.contains("[upstream]");
-            let upstream_addr = format!("address = \"{}\"", opts.upstream);
-            let server = if has_upstream {
-                server.replace("[upstream]", &format!("[upstream]\n{upstream_addr}"))
-            } else {
-                format!("{server}\n[upstream]\n{upstream_addr}\n")
-            };
-            let has_snapshot = server.contains("[snapshot]");
-            let snapshot = format!(
-                "path = \"{}\"\npoll_interval_ms = {}",
-                snap.path.display(),
-                opts.poll_ms
-            );
-            let server = if has_snapshot {
-                server.replace("[snapshot]", &format!("[snapshot]\n{snapshot}"))
-            } else {
-                format!("{server}\n[snapshot]\n{snapshot}\n")
-            };
-            let text = format!("{server}\n{}\n", opts.routes);
-            std::fs::write(&config_path, text).unwrap();
+            let config = opts.document(&snap.path, addr, admin);
+            std::fs::write(&config_path, render(&config)).unwrap();
             let log_path = dir.join(format!("keyward-{}.log", addr.port()));
             let log = std::fs::File::create(&log_path).unwrap();
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
@@ -302,8 +266,9 @@ impl Keyward {
                 admin,
                 config_path,
                 log_path,
+                config,
             };
-            if kw.wait_listening(Duration::from_secs(20)) {
+            if kw.wait_listening(START_TIMEOUT) {
                 if opts.wait_ready {
                     kw.wait_ready();
                 }
@@ -321,27 +286,76 @@ impl Keyward {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if TcpStream::connect(self.addr).is_ok() && TcpStream::connect(self.admin).is_ok() {
+            // pingora retries a port in use forever: start again elsewhere
+            if self.log().contains(" is in use, will try again") {
+                return false;
+            }
+            // The ports must be this process's own: a port another test's
+            // process took in between would accept the connections too.
+            if self.listens_on(self.addr.port())
+                && self.listens_on(self.admin.port())
+                && TcpStream::connect(self.addr).is_ok()
+                && TcpStream::connect(self.admin).is_ok()
+            {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(POLL);
         }
         false
     }
 
+    /// Whether this process has a listening TCP socket on `port` (its
+    /// descriptors matched against /proc/net/tcp).
+    fn listens_on(&self, port: u16) -> bool {
+        let pid = self.child.id();
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return false;
+        };
+        let inodes: Vec<String> = fds
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter_map(|l| {
+                l.to_str()?
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')
+                    .map(str::to_string)
+            })
+            .collect();
+        let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+        let local = format!(":{port:04X}");
+        table.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local_address, st (0A: LISTEN), inode
+            f.len() > 9
+                && f[1].ends_with(&local)
+                && f[3] == "0A"
+                && inodes.iter().any(|i| i == f[9])
+        })
+    }
+
     pub fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + READY_TIMEOUT;
         while Instant::now() < deadline {
             if get(self.admin, "/readyz").status == 200 {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(POLL);
         }
         panic!("keyward not ready: {}", self.log());
     }
 
+    /// Replace the config file with `doc` (send SIGHUP to apply it).
+    pub fn write_config(&self, doc: &toml::Table) {
+        std::fs::write(&self.config_path, render(doc)).unwrap();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Wait until the log holds `line` at least `n` times; false on timeout.
+    pub fn wait_log_count(&self, line: &str, n: usize) -> bool {
+        wait_until(LOG_TIMEOUT, || self.log().matches(line).count() >= n)
     }
 
     pub fn signal(&self, sig: i32) {
@@ -350,23 +364,111 @@ impl Keyward {
         }
     }
 
-    /// GET with an optional bearer token.
-    pub fn get(&self, path: &str, bearer: Option<&str>) -> Resp {
-        let auth = bearer
-            .map(|b| format!("Authorization: Bearer {b}\r\n"))
+    /// Whether the process has a handler installed for `sig` (`SigCgt` in
+    /// /proc): until pingora's signal watcher runs, SIGTERM and SIGINT do
+    /// whatever their inherited disposition says, not what keyward says.
+    pub fn catches(&self, sig: i32) -> bool {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
-        raw(
-            self.addr,
-            &format!("GET {path} HTTP/1.1\r\nHost: kw.test\r\n{auth}Connection: close\r\n\r\n"),
-        )
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (sig - 1)) != 0)
     }
 
+    /// Wait until the process handles `sig` (see [`Keyward::catches`]).
+    pub fn wait_catches(&self, sig: i32) {
+        assert!(
+            wait_until(READY_TIMEOUT, || self.catches(sig)),
+            "signal {sig} still not handled after {READY_TIMEOUT:?}: {}",
+            self.log()
+        );
+    }
+
+    /// Wait up to `timeout` for the process to exit; how long it took, or
+    /// `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<Duration> {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if self.child.try_wait().unwrap().is_some() {
+                return Some(t.elapsed());
+            }
+            std::thread::sleep(POLL);
+        }
+        self.child.try_wait().unwrap().map(|_| t.elapsed())
+    }
+
+    /// `/readyz`: status and body.
+    pub fn readyz(&self) -> (u16, serde_json::Value) {
+        let r = get(self.admin, "/readyz");
+        (r.status, r.json())
+    }
+
+    /// The snapshot generation `/readyz` reports (0: none loaded).
+    pub fn generation(&self) -> u64 {
+        self.readyz().1["snapshot"]["generation"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Wait until a generation newer than `after` is served; returns it.
+    pub fn wait_reloaded(&self, after: u64) -> u64 {
+        let mut now = 0;
+        assert!(
+            wait_until(RELOAD_TIMEOUT, || {
+                now = self.generation();
+                now > after
+            }),
+            "no snapshot generation after {after} within {RELOAD_TIMEOUT:?}: {}",
+            self.readyz().1
+        );
+        now
+    }
+
+    /// Wait until the served generation holds every row now in `snap`'s file
+    /// (the row counts `/readyz` reports equal the file's): rows a test
+    /// inserted in place after the start are loaded.
+    pub fn wait_caught_up(&self, snap: &Snap) {
+        let want = snap.counts();
+        assert!(
+            wait_until(RELOAD_TIMEOUT, || self.readyz().1["snapshot"]["counts"]
+                == want),
+            "the served snapshot never reached the file's counts {want}: {}",
+            self.readyz().1
+        );
+    }
+
+    /// GET with an optional bearer token.
+    pub fn get(&self, path: &str, bearer: Option<&str>) -> Resp {
+        let auth = bearer.map(client::bearer).unwrap_or_default();
+        self.send_head(path, auth)
+    }
+
+    /// A request with these headers and a Content-Length framed body.
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
         let mut h = String::new();
         for (k, v) in headers {
             h.push_str(&format!("{k}: {v}\r\n"));
         }
-        raw(self.addr, &format!("{method} {path} HTTP/1.1\r\nHost: kw.test\r\n{h}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()))
+        self.send(method, path, h, body)
+    }
+
+    /// A request with raw header `lines` (each ending in CRLF) and a
+    /// Content-Length framed `body` (see [`request_bytes`]).
+    pub fn send(&self, method: &str, target: &str, lines: impl AsRef<[u8]>, body: &str) -> Resp {
+        send_bytes(
+            self.addr,
+            method,
+            target,
+            lines.as_ref(),
+            Some(body.as_bytes()),
+        )
+    }
+
+    /// A GET with raw header `lines` (each ending in CRLF) and no body.
+    pub fn send_head(&self, target: &str, lines: impl AsRef<[u8]>) -> Resp {
+        send_bytes(self.addr, "GET", target, lines.as_ref(), None)
     }
 
     pub fn metrics(&self) -> String {
@@ -390,126 +492,13 @@ impl Drop for Keyward {
     }
 }
 
-#[derive(Debug)]
-pub struct Resp {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Resp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    pub fn body_str(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body_str()))
-    }
-    pub fn code(&self) -> String {
-        self.json()["code"].as_str().unwrap_or("").to_string()
-    }
-    /// Values of a header the upstream received (echo body).
-    pub fn upstream_header(&self, name: &str) -> Vec<String> {
-        self.json()["headers"][name.to_ascii_lowercase()]
-            .as_array()
-            .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
-            .unwrap_or_default()
-    }
-    pub fn upstream_headers(&self) -> HashMap<String, Vec<String>> {
-        serde_json::from_value(self.json()["headers"].clone()).unwrap()
-    }
-    /// Assert keyward's own error shape and return the code.
-    pub fn assert_error(&self, status: u16, code: &str) {
-        assert_eq!(self.status, status, "body: {}", self.body_str());
-        assert_eq!(self.header("content-type"), Some("application/json"));
-        assert_eq!(
-            self.header("content-length")
-                .map(|v| v.parse::<usize>().unwrap()),
-            Some(self.body.len())
-        );
-        let j = self.json();
-        assert_eq!(j["code"], code, "{j}");
-        assert!(j["error"].is_string() && j["details"].is_object(), "{j}");
-    }
-}
-
-pub fn get(addr: SocketAddr, path: &str) -> Resp {
-    raw(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: kw.test\r\nConnection: close\r\n\r\n"),
-    )
-}
-
-/// Send raw bytes, read the response to EOF, parse it.
-pub fn raw(addr: SocketAddr, request: &str) -> Resp {
-    raw_bytes(addr, request.as_bytes())
-}
-
-pub fn raw_bytes(addr: SocketAddr, request: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    // The server may answer and close before reading everything (413).
-    let _ = s.write_all(request);
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    parse_response(&buf)
-}
-
-pub fn parse_response(buf: &[u8]) -> Resp {
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no response head: {:?}", String::from_utf8_lossy(buf)));
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| {
-            l.split_once(':')
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        })
-        .collect();
-    let mut body = buf[end + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    if chunked {
-        let mut out = Vec::new();
-        let mut rest = &body[..];
-        while let Some(p) = rest.windows(2).position(|w| w == b"\r\n") {
-            let size =
-                usize::from_str_radix(String::from_utf8_lossy(&rest[..p]).trim(), 16).unwrap_or(0);
-            if size == 0 {
-                break;
-            }
-            out.extend_from_slice(&rest[p + 2..p + 2 + size]);
-            rest = &rest[p + 2 + size + 2..];
-        }
-        body = out;
-    } else if let Some(len) = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-    {
-        body.truncate(len.1.parse().unwrap());
-    }
-    Resp {
-        status,
-        headers,
-        body,
-    }
+/// Assert the process is still running (no crash, no abort).
+pub fn assert_alive(kw: &mut Keyward) {
+    assert!(
+        kw.child.try_wait().unwrap().is_none(),
+        "keyward exited: {}",
+        kw.log()
+    );
 }
 
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -518,345 +507,11 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         if f() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(25));
+        std::thread::sleep(POLL);
     }
     false
 }
 
 pub fn now() -> i64 {
     keyward::clock::now_unix()
-}
-
-// ------------------------------------------------- adversarial test helpers
-
-/// Send raw bytes, then read whatever comes back: up to 10 s for the first
-/// bytes, then until EOF or `quiet` passes without more (keep-alive
-/// connections stay open). No parsing: an empty result means the connection
-/// closed without a response.
-pub fn exchange(addr: SocketAddr, request: &[u8], quiet: Duration) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    // The server may answer and close before reading everything.
-    let _ = s.write_all(request);
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                s.set_read_timeout(Some(quiet)).unwrap();
-            }
-        }
-    }
-    buf
-}
-
-/// Split a byte stream holding several pipelined responses (each framed by
-/// Content-Length) into parsed responses.
-pub fn parse_responses(mut buf: &[u8]) -> Vec<Resp> {
-    let mut out = Vec::new();
-    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-        let r = parse_response(buf);
-        let len: usize = r
-            .header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(buf.len() - end - 4);
-        buf = &buf[(end + 4 + len).min(buf.len())..];
-        out.push(r);
-    }
-    out
-}
-
-/// One request as a [`RawUpstream`] read it off the wire.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    /// the request-target exactly as sent by keyward
-    pub target: Vec<u8>,
-    /// request line and headers, lossily decoded
-    pub head: String,
-    pub body: Vec<u8>,
-}
-
-impl Seen {
-    pub fn target_str(&self) -> String {
-        String::from_utf8_lossy(&self.target).into_owned()
-    }
-    /// Values of a header (name compared case-insensitively).
-    pub fn header(&self, name: &str) -> Vec<String> {
-        self.head
-            .split("\r\n")
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_string())
-            .collect()
-    }
-}
-
-/// A raw-socket HTTP/1.1 upstream that records every request exactly as it
-/// arrives on the wire (target bytes, header lines, de-chunked body) and
-/// answers `200 {"n": index, "target": …}`. Unlike the echo upstream it has no
-/// HTTP library between the wire and the record, so it shows what keyward
-/// really sent, even requests a strict server would refuse.
-pub struct RawUpstream {
-    pub addr: SocketAddr,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl RawUpstream {
-    pub fn start() -> RawUpstream {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::{Arc, Mutex};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (seen2, stop2) = (seen.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop2.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        let seen = seen2.clone();
-                        std::thread::spawn(move || raw_upstream_conn(s, seen));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        RawUpstream { addr, seen, stop }
-    }
-
-    pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    pub fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    /// Request-targets received so far, lossily decoded.
-    pub fn targets(&self) -> Vec<String> {
-        self.seen().iter().map(Seen::target_str).collect()
-    }
-
-    /// Whether any received request line or header block contains `marker`.
-    pub fn saw(&self, marker: &str) -> bool {
-        self.seen()
-            .iter()
-            .any(|s| s.head.contains(marker) || String::from_utf8_lossy(&s.body).contains(marker))
-    }
-
-    /// Whether any received request line (not body) contains `marker`.
-    pub fn saw_request_for(&self, marker: &str) -> bool {
-        self.seen().iter().any(|s| s.target_str().contains(marker))
-    }
-}
-
-impl Drop for RawUpstream {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-fn raw_upstream_conn(mut s: TcpStream, seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>) {
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    // Read until `buf` holds at least `n` bytes; false on EOF or error.
-    let mut fill = |s: &mut TcpStream, buf: &mut Vec<u8>, n: usize| -> bool {
-        while buf.len() < n {
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return false,
-                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-            }
-        }
-        true
-    };
-    loop {
-        // the head
-        let end = loop {
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p;
-            }
-            let want = buf.len() + 1;
-            if !fill(&mut s, &mut buf, want) {
-                return;
-            }
-        };
-        let head_bytes: Vec<u8> = buf.drain(..end + 4).collect();
-        let head = String::from_utf8_lossy(&head_bytes[..end]).into_owned();
-        let line_end = head_bytes
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .unwrap_or(end);
-        let line = &head_bytes[..line_end];
-        let target = line
-            .split(|&b| b == b' ')
-            .nth(1)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
-        let mut cls: Vec<String> = Vec::new();
-        let mut chunked = false;
-        for l in head.split("\r\n").skip(1) {
-            if let Some((k, v)) = l.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    cls.push(v.trim().to_string());
-                } else if k.eq_ignore_ascii_case("transfer-encoding") {
-                    chunked |= v.to_ascii_lowercase().contains("chunked");
-                }
-            }
-        }
-        let mut body = Vec::new();
-        let mut framing_ok = true;
-        if chunked {
-            if !cls.is_empty() {
-                framing_ok = false;
-            }
-            loop {
-                let p = loop {
-                    if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
-                        break p;
-                    }
-                    let want = buf.len() + 1;
-                    if !fill(&mut s, &mut buf, want) {
-                        return;
-                    }
-                };
-                let size_line = String::from_utf8_lossy(&buf[..p]).into_owned();
-                let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
-                    .unwrap_or(0);
-                buf.drain(..p + 2);
-                if size == 0 {
-                    // trailers up to the empty line
-                    loop {
-                        let q = loop {
-                            if let Some(q) = buf.windows(2).position(|w| w == b"\r\n") {
-                                break q;
-                            }
-                            let want = buf.len() + 1;
-                            if !fill(&mut s, &mut buf, want) {
-                                return;
-                            }
-                        };
-                        buf.drain(..q + 2);
-                        if q == 0 {
-                            break;
-                        }
-                    }
-                    break;
-                }
-                if !fill(&mut s, &mut buf, size + 2) {
-                    return;
-                }
-                body.extend_from_slice(&buf[..size]);
-                buf.drain(..size + 2);
-            }
-        } else if !cls.is_empty() {
-            let first = cls[0].clone();
-            if cls.iter().any(|v| *v != first) || first.contains(',') {
-                framing_ok = false;
-            }
-            let n: usize = first.split(',').next().unwrap().trim().parse().unwrap_or(0);
-            if !fill(&mut s, &mut buf, n) {
-                return;
-            }
-            body = buf.drain(..n).collect();
-        }
-        let index = {
-            let mut seen = seen.lock().unwrap();
-            seen.push(Seen {
-                target: target.clone(),
-                head,
-                body,
-            });
-            seen.len() - 1
-        };
-        let json = serde_json::json!({
-            "n": index,
-            "target": String::from_utf8_lossy(&target),
-        })
-        .to_string();
-        let status = if framing_ok {
-            "200 OK"
-        } else {
-            "400 Bad Request"
-        };
-        let resp = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
-            json.len()
-        );
-        if s.write_all(resp.as_bytes()).is_err() || !framing_ok {
-            return;
-        }
-    }
-}
-
-/// The echo upstream on its own runtime, which can be stopped (listener and
-/// every open connection closed, like a killed process) and started again on
-/// the same address.
-pub struct KillableEcho {
-    pub addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl KillableEcho {
-    /// Bind `addr` (`127.0.0.1:0` for a free port) and serve.
-    pub fn start(addr: SocketAddr) -> std::io::Result<KillableEcho> {
-        let std_listener = std::net::TcpListener::bind(addr)?;
-        std_listener.set_nonblocking(true)?;
-        let addr = std_listener.local_addr()?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-                tokio::select! {
-                    _ = keyward::echo::serve(listener) => {}
-                    _ = rx => {}
-                }
-            });
-            // Dropping the runtime drops every connection task: their sockets close.
-            drop(rt);
-        });
-        Ok(KillableEcho {
-            addr,
-            stop: Some(tx),
-            thread: Some(thread),
-        })
-    }
-
-    /// Start again on `addr`, retrying while the port is briefly unavailable.
-    pub fn restart_on(addr: SocketAddr) -> KillableEcho {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match KillableEcho::start(addr) {
-                Ok(e) => return e,
-                Err(e) if Instant::now() > deadline => panic!("rebind {addr}: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-
-    /// Close the listener and every open connection; returns once they are closed.
-    pub fn kill(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for KillableEcho {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }

@@ -20,7 +20,7 @@ fn normal_traffic(kw: &Keyward, key: &str, for_how_long: Duration) -> (usize, Du
         assert_eq!(r.status, 200);
         slowest = slowest.max(start.elapsed());
         n += 1;
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(NORMAL_REQUEST_GAP);
     }
     (n, slowest)
 }
@@ -40,19 +40,26 @@ fn still_open(conns: &mut [TcpStream]) -> usize {
     open
 }
 
-fn setup() -> (Snap, Keyward, String) {
-    let snap = Snap::new();
-    snap.org("org_a", "free").workspace("ws_a", "org_a");
-    let key = snap.api_key("org_a");
-    let mut opts = Opts::new(echo());
-    opts.extra = "[plans.free]\nrequests_per_window = 1000000\n".into();
-    let kw = Keyward::start(&snap, opts);
-    (snap, kw, key)
+/// The world, keyward in front of the echo upstream, the org-wide key.
+fn setup() -> (World, Keyward, String) {
+    let w = World::new();
+    let kw = w.start(echo());
+    let key = w.org_key.clone();
+    (w, kw, key)
 }
+
+/// Pause between two requests of [`normal_traffic`].
+const NORMAL_REQUEST_GAP: Duration = Duration::from_millis(50);
+/// How often a header dribbler sends its next byte.
+const DRIBBLE_EVERY: Duration = Duration::from_secs(1);
+/// How often the dribbler checks whether to stop while it waits.
+const DRIBBLE_STOP_CHECK: Duration = Duration::from_millis(50);
+/// How often a slow body gets its next byte.
+const SLOW_BODY_BYTE_EVERY: Duration = Duration::from_millis(500);
 
 #[test]
 fn header_dribblers_do_not_starve_other_clients() {
-    let (_snap, kw, key) = setup();
+    let (_w, kw, key) = setup();
     let request = format!(
         "GET /api/v1/slow HTTP/1.1\r\nHost: kw.test\r\nAuthorization: Bearer {key}\r\nX-Pad: {}\r\n\r\n",
         "p".repeat(64)
@@ -73,11 +80,9 @@ fn header_dribblers_do_not_starve_other_clients() {
                     let _ = c.write_all(&bytes[i..i + 1]);
                 }
                 i += 1;
-                for _ in 0..20 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
+                let next = Instant::now() + DRIBBLE_EVERY;
+                while Instant::now() < next && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(DRIBBLE_STOP_CHECK);
                 }
             }
             i
@@ -101,7 +106,7 @@ fn header_dribblers_do_not_starve_other_clients() {
 
 #[test]
 fn slow_bodies_on_an_inspected_route_do_not_starve_other_clients() {
-    let (_snap, kw, key) = setup();
+    let (_w, kw, key) = setup();
     // the route reads the body before deciding: each of these holds a task
     let head = format!(
         "POST /api/v1/connections HTTP/1.1\r\nHost: kw.test\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"workspaceId\":"
@@ -122,7 +127,7 @@ fn slow_bodies_on_an_inspected_route_do_not_starve_other_clients() {
                 for c in conns.iter_mut() {
                     let _ = c.write_all(b" ");
                 }
-                std::thread::sleep(Duration::from_millis(500));
+                std::thread::sleep(SLOW_BODY_BYTE_EVERY);
             }
         })
     };
@@ -142,7 +147,7 @@ fn slow_bodies_on_an_inspected_route_do_not_starve_other_clients() {
 
 #[test]
 fn many_idle_connections_do_not_starve_other_clients() {
-    let (_snap, kw, key) = setup();
+    let (_w, kw, key) = setup();
     // 300 connections that never send a byte, and 100 that sent one full
     // request and now sit idle in keep-alive
     let mut idle: Vec<TcpStream> = (0..300)
@@ -178,7 +183,7 @@ fn many_idle_connections_do_not_starve_other_clients() {
 #[ignore = "slow measurement (~70 s); run with --run-ignored only"]
 fn idle_connection_lifetimes() {
     use std::io::Read;
-    let (_snap, kw, key) = setup();
+    let (_w, kw, key) = setup();
     let lifetime = |mut c: TcpStream| {
         std::thread::spawn(move || {
             let start = Instant::now();

@@ -4,7 +4,7 @@
 use super::*;
 
 struct Setup {
-    snap: Snap,
+    w: World,
     kw: Keyward,
     /// used before the fault: in the positive cache
     cached: String,
@@ -12,36 +12,40 @@ struct Setup {
     fresh: String,
 }
 
-fn setup(extra: &str) -> Setup {
-    let snap = Snap::new();
-    snap.org("org_a", "free").workspace("ws_a", "org_a");
-    snap.sql(&format!(
+/// The world stamped as generated now, keyward started with `opts` (and
+/// the generous plan), the org-wide key in the positive cache.
+fn setup(opts: Opts) -> Setup {
+    let w = World::new();
+    w.snap.sql(&format!(
         "INSERT INTO meta (key, value) VALUES ('generated_at', '{}')",
         now()
     ));
-    let cached = snap.api_key("org_a");
-    let fresh = snap.api_key("org_a");
-    let mut opts = Opts::new(echo());
-    opts.extra = format!("[plans.free]\nrequests_per_window = 1000000\n{extra}");
-    let kw = Keyward::start(&snap, opts);
+    let cached = w.org_key.clone();
+    let fresh = w.snap.api_key("org_a");
+    let kw = w.start_with(opts);
     assert_eq!(kw.get("/api/v1/x", Some(&cached)).status, 200);
     assert_eq!(kw.get("/api/v1/x", Some(&cached)).status, 200);
     assert!(kw.metric("keyward_cache_lookups_total{result=\"hit\"}") >= 1.0);
     Setup {
-        snap,
+        w,
         kw,
         cached,
         fresh,
     }
 }
 
+/// Traffic with the cached key before the fault, and after the fault was
+/// counted, so the fault lands in a stream of requests.
+const LOAD_BEFORE_FAULT: Duration = Duration::from_millis(200);
+const LOAD_AFTER_FAULT: Duration = Duration::from_millis(300);
+/// Time for a dying process to be reaped, so its exit status can be shown.
+const LET_EXIT_SHOW: Duration = Duration::from_millis(300);
+/// Four poll intervals of the harness (100 ms): long enough for a
+/// once-per-poll mistake to show.
+const SEVERAL_POLLS: Duration = Duration::from_millis(400);
+
 fn failed_reloads(kw: &Keyward) -> f64 {
     kw.metric("keyward_snapshot_reloads_total{result=\"failed\"}")
-}
-
-fn readyz(kw: &Keyward) -> (u16, serde_json::Value) {
-    let r = get(kw.admin, "/readyz");
-    (r.status, r.json())
 }
 
 /// Break the snapshot with `fault` while a load runs with the cached key;
@@ -51,15 +55,15 @@ fn under_load(s: &Setup, fault: impl FnOnce(&Snap)) -> f64 {
     assert!(gen >= 1.0);
     let failed_before = failed_reloads(&s.kw);
     let load = Load::start(s.kw.addr, "/api/v1/x", &s.cached, 2);
-    std::thread::sleep(Duration::from_millis(200));
-    fault(&s.snap);
+    std::thread::sleep(LOAD_BEFORE_FAULT);
+    fault(&s.w.snap);
     assert!(
         wait_until(Duration::from_secs(3), || failed_reloads(&s.kw)
             > failed_before),
         "the broken snapshot was not counted: {}",
         s.kw.metrics()
     );
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(LOAD_AFTER_FAULT);
     let results = load.stop();
     assert!(results.len() > 20, "too little traffic: {}", results.len());
     let bad: Vec<_> = results.iter().filter(|r| r.1 != 200).collect();
@@ -102,7 +106,7 @@ fn get_or_dump(s: &mut Setup, token: &str, case: &str) -> Resp {
     );
     let out = exchange(s.kw.addr, req.as_bytes(), Duration::from_millis(500));
     if out.is_empty() {
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(LET_EXIT_SHOW);
         panic!(
             "{case}: connection closed without a response; keyward exit status {:?}; log:\n{}",
             s.kw.child.try_wait(),
@@ -113,7 +117,7 @@ fn get_or_dump(s: &mut Setup, token: &str, case: &str) -> Resp {
 }
 
 fn assert_reload_error_reported(kw: &Keyward, contains: &str) {
-    let (status, j) = readyz(kw);
+    let (status, j) = kw.readyz();
     assert_eq!(status, 200, "still fresh, still ready: {j}");
     assert_eq!(j["ready"], true);
     let err = j["snapshot"]["last_reload_error"].as_str().unwrap_or("");
@@ -133,7 +137,7 @@ fn assert_reload_error_reported(kw: &Keyward, contains: &str) {
 
 #[test]
 fn garbage_renamed_over_the_snapshot_keeps_the_last_good_generation() {
-    let mut s = setup("");
+    let mut s = setup(Opts::new(echo()));
     under_load(&s, |snap| {
         let tmp = snap.dir.path().join("garbage.db");
         std::fs::write(&tmp, b"this is not an SQLite database\n".repeat(200)).unwrap();
@@ -143,7 +147,7 @@ fn garbage_renamed_over_the_snapshot_keeps_the_last_good_generation() {
     assert_reload_error_reported(&s.kw, "");
     // a good version published afterwards is picked up and clears the error
     let key = publish_good_version(&s);
-    let (status, j) = readyz(&s.kw);
+    let (status, j) = s.kw.readyz();
     assert_eq!(status, 200);
     assert_eq!(j["degraded"], serde_json::json!([]));
     assert_eq!(s.kw.get("/api/v1/x", Some(&key)).status, 200);
@@ -151,7 +155,7 @@ fn garbage_renamed_over_the_snapshot_keeps_the_last_good_generation() {
 
 #[test]
 fn garbage_written_in_place_keeps_cached_keys_and_never_401s_valid_ones() {
-    let mut s = setup("");
+    let mut s = setup(Opts::new(echo()));
     under_load(&s, |snap| {
         // same inode, new contents: the last good version is gone from disk
         std::fs::write(&snap.path, b"garbage ".repeat(4096)).unwrap();
@@ -161,13 +165,13 @@ fn garbage_written_in_place_keeps_cached_keys_and_never_401s_valid_ones() {
 }
 
 #[test]
-fn truncated_snapshot_in_place_or_by_rename_keeps_serving() {
-    for (case, in_place) in [
-        ("truncated in place to half", true),
-        ("truncated copy renamed in", false),
-    ] {
-        truncate_case(case, in_place);
-    }
+fn snapshot_truncated_in_place_to_half_keeps_serving() {
+    truncate_case("truncated in place to half", true);
+}
+
+#[test]
+fn truncated_copy_renamed_over_the_snapshot_keeps_serving() {
+    truncate_case("truncated copy renamed in", false);
 }
 
 /// Truncating the served file to zero bytes in place (what `cp new.db
@@ -176,7 +180,7 @@ fn truncated_snapshot_in_place_or_by_rename_keeps_serving() {
 /// `snapshot::open_read_only`) and touch pages past the new end of file.
 #[test]
 fn snapshot_truncated_to_zero_in_place_does_not_crash_keyward() {
-    let mut s = setup("[rate_limit]\nauth_failures_per_ip = 0\n");
+    let mut s = setup(Opts::new(echo()).set("rate_limit.auth_failures_per_ip", 0));
     under_load(&s, |snap| {
         std::fs::OpenOptions::new()
             .write(true)
@@ -195,7 +199,7 @@ fn snapshot_truncated_to_zero_in_place_does_not_crash_keyward() {
 }
 
 fn truncate_case(case: &str, in_place: bool) {
-    let mut s = setup("");
+    let mut s = setup(Opts::new(echo()));
     under_load(&s, |snap| {
         let keep = std::fs::metadata(&snap.path).unwrap().len() / 2;
         if in_place {
@@ -228,13 +232,13 @@ fn truncate_case(case: &str, in_place: bool) {
 
 #[test]
 fn deleted_snapshot_keeps_serving_and_recovers_when_it_returns() {
-    let mut s = setup("");
+    let mut s = setup(Opts::new(echo()));
     under_load(&s, |snap| std::fs::remove_file(&snap.path).unwrap());
     assert_fresh_key(&mut s, "deleted");
     assert_reload_error_reported(&s.kw, "missing");
     // counted once per disappearance, not once per poll
     let failed = failed_reloads(&s.kw);
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(SEVERAL_POLLS);
     assert_eq!(failed_reloads(&s.kw), failed);
     let key = publish_good_version(&s);
     assert!(s.kw.metric("keyward_snapshot_generation") >= 2.0);
@@ -253,7 +257,7 @@ fn unreadable_snapshot_keeps_the_last_good_generation() {
         eprintln!("SKIPPED unreadable_snapshot_keeps_the_last_good_generation: running as root, chmod 000 does not deny reads");
         return;
     }
-    let mut s = setup("");
+    let mut s = setup(Opts::new(echo()));
     under_load(&s, |snap| {
         // a new version the process cannot open
         let tmp = snap.dir.path().join("locked.db");
@@ -263,23 +267,23 @@ fn unreadable_snapshot_keeps_the_last_good_generation() {
     });
     assert_fresh_key(&mut s, "unreadable");
     assert_reload_error_reported(&s.kw, "open");
-    let _ = std::fs::set_permissions(&s.snap.path, std::fs::Permissions::from_mode(0o644));
+    let _ = std::fs::set_permissions(&s.w.snap.path, std::fs::Permissions::from_mode(0o644));
 }
 
 #[test]
 fn a_stale_snapshot_fails_readyz_but_keeps_serving() {
-    let s = setup("[snapshot]\nmax_staleness_s = 2\n");
+    let s = setup(Opts::new(echo()).set("snapshot.max_staleness_s", 2));
     let gen = under_load(&s, |snap| {
         let tmp = snap.dir.path().join("garbage.db");
         std::fs::write(&tmp, b"not a database").unwrap();
         std::fs::rename(&tmp, &snap.path).unwrap();
     });
     assert!(
-        wait_until(Duration::from_secs(5), || readyz(&s.kw).0 == 503),
+        wait_until(Duration::from_secs(5), || s.kw.readyz().0 == 503),
         "never stale: {}",
-        readyz(&s.kw).1
+        s.kw.readyz().1
     );
-    let (_, j) = readyz(&s.kw);
+    let (_, j) = s.kw.readyz();
     assert_eq!(j["ready"], false);
     assert_eq!(j["snapshot"]["loaded"], true);
     assert_eq!(j["snapshot"]["generation"].as_f64(), Some(gen));
@@ -298,28 +302,23 @@ fn a_stale_snapshot_fails_readyz_but_keeps_serving() {
 /// admitted again.
 #[test]
 fn a_key_revoked_by_the_last_good_generation_stays_revoked_when_the_next_is_broken() {
-    let snap = Snap::new();
-    snap.org("org_a", "free");
-    let (key, id) = snap.api_key_full("org_a", None, None, None);
-    let mut opts = Opts::new(echo());
-    opts.extra = "[rate_limit]\nauth_failures_per_ip = 0\n".into();
-    let kw = Keyward::start(&snap, opts);
+    let w = World::new();
+    let (key, id) = (w.org_key.clone(), w.org_key_id.clone());
+    let kw = w.start_with(Opts::new(echo()).set("rate_limit.auth_failures_per_ip", 0));
     // every worker thread opens its per-thread connection on generation 1
     for i in 0..40 {
         kw.get("/api/v1/x", Some(&format!("wvz_warm_{i}")));
     }
-    let gen1 = kw.metric("keyward_snapshot_generation");
+    let gen1 = kw.generation();
     // generation 2 revokes the key; no proxied request until it is broken
-    snap.replace_by_rename(|c| {
+    w.snap.replace_by_rename(|c| {
         c.execute("UPDATE api_keys SET revoked_at = 1 WHERE id = ?1", [&id])
             .unwrap();
     });
-    assert!(wait_until(Duration::from_secs(3), || kw
-        .metric("keyward_snapshot_generation")
-        > gen1));
-    let tmp = snap.dir.path().join("garbage.db");
+    kw.wait_reloaded(gen1);
+    let tmp = w.snap.dir.path().join("garbage.db");
     std::fs::write(&tmp, b"not a database").unwrap();
-    std::fs::rename(&tmp, &snap.path).unwrap();
+    std::fs::rename(&tmp, &w.snap.path).unwrap();
     assert!(wait_until(Duration::from_secs(3), || failed_reloads(&kw) >= 1.0));
     for _ in 0..10 {
         let r = kw.get("/api/v1/x", Some(&key));
@@ -337,13 +336,13 @@ fn publish_good_version(s: &Setup) -> String {
     let next = Snap::new();
     next.org("org_a", "free");
     let key = next.api_key("org_a");
-    std::fs::rename(&next.path, &s.snap.path).unwrap();
+    std::fs::rename(&next.path, &s.w.snap.path).unwrap();
     assert!(
-        wait_until(Duration::from_secs(3), || readyz(&s.kw).1["snapshot"]
+        wait_until(Duration::from_secs(3), || s.kw.readyz().1["snapshot"]
             ["last_reload_error"]
             .is_null()),
         "{}",
-        readyz(&s.kw).1
+        s.kw.readyz().1
     );
     key
 }

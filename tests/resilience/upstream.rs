@@ -5,42 +5,48 @@
 use super::*;
 use std::io::{Read, Write};
 
-fn keyward_for(upstream: std::net::SocketAddr, extra: &str) -> (Snap, Keyward, String) {
-    keyward_with_threads(upstream, extra, 2)
+/// keyward (connect timeout 300 ms, read timeout `read_timeout_ms`, two
+/// workers) in front of `upstream`; the world and its org-wide key.
+fn keyward_for(upstream: std::net::SocketAddr, read_timeout_ms: i32) -> (World, Keyward, String) {
+    keyward_with_threads(upstream, read_timeout_ms, 2)
 }
 
 fn keyward_with_threads(
     upstream: std::net::SocketAddr,
-    extra: &str,
+    read_timeout_ms: i32,
     threads: usize,
-) -> (Snap, Keyward, String) {
-    let snap = Snap::new();
-    snap.org("org_a", "free");
-    let key = snap.api_key("org_a");
-    let mut opts = Opts::new(upstream);
+) -> (World, Keyward, String) {
+    let w = World::new();
+    let mut opts = Opts::new(upstream)
+        .set("upstream.connect_timeout_ms", 300)
+        .set("upstream.read_timeout_ms", read_timeout_ms);
     // one worker: one upstream pool, so a wrongly pooled connection is reused
     opts.threads = threads;
-    opts.extra = format!(
-        "[plans.free]\nrequests_per_window = 1000000\n[upstream]\nconnect_timeout_ms = 300\n{extra}"
-    );
-    let kw = Keyward::start(&snap, opts);
-    (snap, kw, key)
+    let kw = w.start_with(opts);
+    let key = w.org_key.clone();
+    (w, kw, key)
 }
+
+/// Traffic before the upstream is killed, while it is down, and after it
+/// is back: each phase must see enough answers to judge.
+const LOAD_BEFORE_KILL: Duration = Duration::from_millis(400);
+const DOWN_FOR: Duration = Duration::from_millis(800);
+const UP_AGAIN_FOR: Duration = Duration::from_millis(800);
 
 #[test]
 fn upstream_killed_and_restarted_under_load() {
     let mut echo = KillableEcho::start("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = echo.addr;
-    let (_snap, kw, key) = keyward_for(addr, "read_timeout_ms = 2000\n");
+    let (_w, kw, key) = keyward_for(addr, 2000);
     assert_eq!(kw.get("/api/v1/x", Some(&key)).status, 200);
     let load = Load::start(kw.addr, "/api/v1/x", &key, 4);
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(LOAD_BEFORE_KILL);
     let killed = Instant::now();
     echo.kill();
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(DOWN_FOR);
     let restarted = Instant::now();
     let echo2 = KillableEcho::restart_on(addr);
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(UP_AGAIN_FOR);
     let results = load.stop();
     drop(echo2);
 
@@ -97,29 +103,9 @@ fn upstream_killed_and_restarted_under_load() {
     );
 }
 
-/// A listener that accepts and then does `f` with each connection.
-fn fake_upstream(f: impl Fn(std::net::TcpStream) + Send + Sync + 'static) -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let f = Arc::new(f);
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let f = f.clone();
-            std::thread::spawn(move || f(s));
-        }
-    });
-    addr
-}
-
 #[test]
 fn silent_upstream_is_504_within_the_read_timeout() {
-    // reads the request, never answers
-    let up = fake_upstream(|mut s| {
-        let mut b = [0u8; 4096];
-        let _ = s.read(&mut b);
-        std::thread::sleep(Duration::from_secs(30));
-    });
-    let (_snap, kw, key) = keyward_for(up, "read_timeout_ms = 500\n");
+    let (_w, kw, key) = keyward_for(silent_upstream(), 500);
     let start = Instant::now();
     let r = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5)).expect("hung");
     r.assert_error(504, "UPSTREAM_TIMEOUT");
@@ -132,31 +118,28 @@ fn silent_upstream_is_504_within_the_read_timeout() {
 }
 
 #[test]
-fn upstream_that_resets_or_answers_garbage_is_502() {
-    let reset = fake_upstream(|s| {
-        // close with unread data: the kernel answers with a reset
-        drop(s);
-    });
-    let half = fake_upstream(|mut s| {
-        let mut b = [0u8; 4096];
-        let _ = s.read(&mut b);
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part");
-    });
-    let garbage = fake_upstream(|mut s| {
-        let mut b = [0u8; 4096];
-        let _ = s.read(&mut b);
-        let _ = s.write_all(b"\x00\x01\x02 definitely not HTTP\r\n\r\n");
-    });
-    for (case, up) in [("reset", reset), ("garbage", garbage)] {
-        let (_snap, kw, key) = keyward_for(up, "read_timeout_ms = 1000\n");
-        let r = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5))
-            .unwrap_or_else(|| panic!("{case}: hung"));
-        assert_eq!(r.status, 502, "{case}: {}", r.body_str());
-        r.assert_error(502, "UPSTREAM_UNAVAILABLE");
-    }
-    // a body cut short after the head was sent: the client must not hang
-    // waiting for the rest (the head is already out, so no 502 is possible)
-    let (_snap, kw, key) = keyward_for(half, "read_timeout_ms = 1000\n");
+fn upstream_that_resets_is_502() {
+    let (_w, kw, key) = keyward_for(resetting_upstream(), 1000);
+    let r = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("reset: hung"));
+    assert_eq!(r.status, 502, "reset: {}", r.body_str());
+    r.assert_error(502, "UPSTREAM_UNAVAILABLE");
+}
+
+#[test]
+fn upstream_that_answers_garbage_is_502() {
+    let (_w, kw, key) = keyward_for(garbage_upstream(), 1000);
+    let r = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("garbage: hung"));
+    assert_eq!(r.status, 502, "garbage: {}", r.body_str());
+    r.assert_error(502, "UPSTREAM_UNAVAILABLE");
+}
+
+#[test]
+fn a_body_the_upstream_cuts_short_does_not_hang_the_client() {
+    // the head is already out, so no 502 is possible: the client must not
+    // hang waiting for the rest
+    let (_w, kw, key) = keyward_for(truncating_upstream(), 1000);
     let start = Instant::now();
     let _ = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5));
     assert!(
@@ -173,18 +156,8 @@ fn a_pooled_connection_the_upstream_drops_is_retried_once_on_a_new_one() {
     // Answers the first request on each connection, then reads the next one
     // and closes without a word: what an upstream whose keep-alive timeout
     // fires just as keyward reuses the connection looks like.
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = accepted.clone();
-    let up = fake_upstream(move |mut s| {
-        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let mut b = [0u8; 4096];
-        if s.read(&mut b).unwrap_or(0) == 0 {
-            return;
-        }
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-        let _ = s.read(&mut b);
-    });
-    let (_snap, kw, key) = keyward_for(up, "read_timeout_ms = 2000\n");
+    let (up, accepted) = one_answer_per_connection_upstream();
+    let (_w, kw, key) = keyward_for(up, 2000);
     for i in 0..10 {
         let r = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5))
             .unwrap_or_else(|| panic!("request {i} hung"));
@@ -203,23 +176,8 @@ fn an_upstream_that_answers_mid_upload_never_gets_another_request_on_that_connec
     // Answers as soon as the head is in, without reading the body, and then
     // only listens: a connection whose request body was cut off must be
     // closed, never pooled (the next request would land inside the body).
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = accepted.clone();
-    let up = fake_upstream(move |mut s| {
-        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            match s.read(&mut b) {
-                Ok(1) => head.push(b[0]),
-                _ => return,
-            }
-        }
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-        let mut rest = [0u8; 4096];
-        while matches!(s.read(&mut rest), Ok(n) if n > 0) {}
-    });
-    let (_snap, kw, key) = keyward_with_threads(up, "read_timeout_ms = 2000\n", 1);
+    let (up, accepted) = answers_before_the_body_upstream();
+    let (_w, kw, key) = keyward_with_threads(up, 2000, 1);
     let mut c = std::net::TcpStream::connect(kw.addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     c.write_all(format!("POST /api/v1/x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").as_bytes()).unwrap();
@@ -248,25 +206,8 @@ fn a_post_that_failed_on_a_reused_connection_is_not_replayed() {
     // Every connection: answer one request, then read the next and close
     // without answering. A GET on the dead reuse is retried (idempotent); a
     // POST may already have been acted on, so it is 502, sent once.
-    let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = posts.clone();
-    let up = fake_upstream(move |mut s| {
-        let mut b = [0u8; 4096];
-        let n = s.read(&mut b).unwrap_or(0);
-        if n == 0 {
-            return;
-        }
-        if b.starts_with(b"POST") {
-            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-        if let Ok(n) = s.read(&mut b) {
-            if b[..n].starts_with(b"POST") {
-                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-    });
-    let (_snap, kw, key) = keyward_with_threads(up, "read_timeout_ms = 2000\n", 1);
+    let (up, posts) = one_answer_per_connection_counting_posts();
+    let (_w, kw, key) = keyward_with_threads(up, 2000, 1);
     // leaves one pooled connection the upstream will drop on its next request
     let r = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5)).expect("hung");
     assert_eq!(r.status, 200);

@@ -3,13 +3,6 @@
 //! credential; non-UTF-8 bytes give a JSON 4xx, never a 5xx.
 use super::*;
 
-fn head(kw: &Keyward, path: &str, lines: &[u8]) -> Resp {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: kw.test\r\n").into_bytes();
-    req.extend_from_slice(lines);
-    req.extend_from_slice(b"Connection: close\r\n\r\n");
-    raw_bytes(kw.addr, &req)
-}
-
 #[test]
 fn authorization_header_forms() {
     let w = World::new();
@@ -41,8 +34,7 @@ fn authorization_header_forms() {
         ),
     ];
     for (value, want) in &refused {
-        let r = head(
-            &kw,
+        let r = kw.send_head(
             "/api/v1/things",
             format!("Authorization: {value}\r\n").as_bytes(),
         );
@@ -59,8 +51,7 @@ fn authorization_header_forms() {
         format!("bEaReR     {k}"),
         format!("Bearer {k}   "),
     ] {
-        let r = head(
-            &kw,
+        let r = kw.send_head(
             "/api/v1/things",
             format!("Authorization: {value}\r\n").as_bytes(),
         );
@@ -99,7 +90,7 @@ fn several_authorization_headers_are_401_and_nothing_rescues_them() {
         ),
     ];
     for (case, lines) in &cases {
-        let r = head(&kw, "/api/v1/things", lines.as_bytes());
+        let r = kw.send_head("/api/v1/things", lines.as_bytes());
         r.assert_error(401, "UNAUTHENTICATED");
         let want = if case.starts_with("one bad") {
             "malformed_authorization"
@@ -160,14 +151,14 @@ fn non_utf8_bytes_give_a_4xx_never_a_5xx() {
         ),
     ];
     for (case, lines, status, code, why) in &cases {
-        let r = head(&kw, "/api/v1/things", lines);
+        let r = kw.send_head("/api/v1/things", lines);
         r.assert_error(*status, code);
         assert_eq!(reason(&r), *why, "{case}");
     }
     // a workspace taken from a header must be a visible-ASCII id
     let mut lines = bearer(&w.org_key).into_bytes();
     lines.extend_from_slice(b"X-Target-Workspace: ws_\xff\r\n");
-    let r = head(&kw, "/api/v1/by-header", &lines);
+    let r = kw.send_head("/api/v1/by-header", &lines);
     r.assert_error(400, "BAD_REQUEST");
     assert_eq!(reason(&r), "malformed_id");
     assert_eq!(up.count(), 0, "{:?}", up.seen());
@@ -187,7 +178,7 @@ fn non_utf8_bytes_give_a_4xx_never_a_5xx() {
         ),
     ] {
         let lines = [valid.as_bytes(), hidden].concat();
-        let r = head(&kw, "/api/v1/things", &lines);
+        let r = kw.send_head("/api/v1/things", &lines);
         r.assert_error(401, "UNAUTHENTICATED");
         assert_eq!(reason(&r), why);
     }
@@ -195,7 +186,7 @@ fn non_utf8_bytes_give_a_4xx_never_a_5xx() {
     // and non-ASCII bytes in another cookie do not hide a valid session cookie
     let mut lines = b"Cookie: theme=caf\xc3\xa9; ".to_vec();
     lines.extend_from_slice(&valid.as_bytes()["Cookie: ".len()..]);
-    let r = head(&kw, "/api/v1/things", &lines);
+    let r = kw.send_head("/api/v1/things", &lines);
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_eq!(up.seen()[0].header("x-user-id"), vec!["user_1"]);
     assert_eq!(up.count(), 1);

@@ -13,22 +13,12 @@ enum Want {
 }
 use Want::*;
 
-fn request(kw: &Keyward, target: &str, token: &str) -> Resp {
-    raw(
-        kw.addr,
-        &format!(
-            "GET {target} HTTP/1.1\r\nHost: kw.test\r\n{}Connection: close\r\n\r\n",
-            bearer(token)
-        ),
-    )
-}
-
 /// Run every case; report all mismatches at once.
 fn check(kw: &Keyward, up: &RawUpstream, token: &str, cases: &[(&str, Want)], ws: Option<&str>) {
     let mut failures = Vec::new();
     for (target, want) in cases {
         let before = up.count();
-        let r = request(kw, target, token);
+        let r = kw.send_head(target, bearer(token));
         let seen = up.seen();
         let new: Vec<&Seen> = seen[before..].iter().collect();
         let ok = match want {
@@ -327,13 +317,7 @@ fn the_upstream_receives_exactly_the_normalized_target() {
     ];
     check(&kw, &up, &w.org_key, cases, None);
     // a raw space in the target: pingora escapes it before keyward decides
-    let r = raw(
-        kw.addr,
-        &format!(
-            "GET /api/v1/x y HTTP/1.1\r\nHost: kw.test\r\n{}Connection: close\r\n\r\n",
-            bearer(&w.org_key)
-        ),
-    );
+    let r = kw.send_head("/api/v1/x y", bearer(&w.org_key));
     assert_eq!(r.status, 200);
     assert_eq!(up.targets().last().unwrap(), "/api/v1/x%20y");
 }

@@ -6,36 +6,11 @@
 //! of what reached it.
 use super::*;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-/// The generous plan of [`World::start`], for configs built here.
-const PLAN: &str = "[plans.free]\nrequests_per_window = 1000000\n";
 /// How long a response may take to start when reading keep-alive answers.
 const QUIET: Duration = Duration::from_millis(400);
-
-/// keyward with `extra` config (a `[server]` table in it gets the listen
-/// lines) and `routes` (None: DEFAULT_ROUTES).
-fn start_with(w: &World, upstream: SocketAddr, extra: &str, routes: Option<&str>) -> Keyward {
-    let mut opts = Opts::new(upstream);
-    opts.extra = format!("{extra}\n{PLAN}");
-    if let Some(r) = routes {
-        opts.routes = r.into();
-    }
-    Keyward::start(&w.snap, opts)
-}
-
-/// One request with `headers` (each line ending in CRLF), a Content-Length
-/// framed `body` and `Connection: close`.
-fn send(kw: &Keyward, method: &str, target: &str, headers: &str, body: &str) -> Resp {
-    raw(
-        kw.addr,
-        &format!(
-            "{method} {target} HTTP/1.1\r\nHost: kw.test\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-}
 
 /// keyward's own JSON error with this status, code and `details.reason`.
 fn assert_denied(case: &str, r: &Resp, status: u16, code: &str, why: &str) {
@@ -91,7 +66,7 @@ fn client_forwarding_headers_are_replaced_by_keywards_own_on_auth_none_routes() 
     let w = World::new();
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
-    let r = send(&kw, "GET", "/api/auth/sign-in", SPOOFED_FORWARDING, "");
+    let r = kw.send("GET", "/api/auth/sign-in", SPOOFED_FORWARDING, "");
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_forwarding_is_keywards("auth = none", &only_seen(&up));
 }
@@ -102,24 +77,27 @@ fn client_forwarding_headers_are_replaced_by_keywards_own_on_authenticated_route
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
     let headers = format!("{}{SPOOFED_FORWARDING}", bearer(&w.org_key));
-    let r = send(&kw, "GET", "/api/v1/things", &headers, "");
+    let r = kw.send("GET", "/api/v1/things", &headers, "");
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_forwarding_is_keywards("api key", &only_seen(&up));
 }
 
-const TRUSTED: &str = "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n";
+/// keyward behind a trusted proxy at 127.0.0.1 (the test client).
+fn trusting_loopback(upstream: SocketAddr) -> Opts {
+    Opts::new(upstream).set("server.trusted_proxies", vec!["127.0.0.1/32"])
+}
 
 #[test]
 fn trusted_proxy_forwarding_headers_are_extended_and_kept() {
     let w = World::new();
     let up = RawUpstream::start();
-    let kw = start_with(&w, up.addr, TRUSTED, None);
+    let kw = w.start_with(trusting_loopback(up.addr));
     let headers = format!(
         "{}X-Forwarded-For: 203.0.113.7\r\nX-Real-IP: 198.51.100.99\r\nX-Forwarded-Proto: https\r\n\
          X-Forwarded-Host: app.example\r\nForwarded: for=203.0.113.7;proto=https;host=app.example\r\n",
         bearer(&w.org_key)
     );
-    let r = send(&kw, "GET", "/api/v1/things", &headers, "");
+    let r = kw.send("GET", "/api/v1/things", &headers, "");
     assert_eq!(r.status, 200, "{}", r.body_str());
     let seen = only_seen(&up);
     assert_eq!(
@@ -146,12 +124,12 @@ fn trusted_proxy_forwarding_headers_are_extended_and_kept() {
 fn trusted_proxy_scheme_other_than_http_or_https_becomes_http() {
     let w = World::new();
     let up = RawUpstream::start();
-    let kw = start_with(&w, up.addr, TRUSTED, None);
+    let kw = w.start_with(trusting_loopback(up.addr));
     let headers = format!(
         "{}X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: ftp\r\n",
         bearer(&w.org_key)
     );
-    let r = send(&kw, "GET", "/api/v1/things", &headers, "");
+    let r = kw.send("GET", "/api/v1/things", &headers, "");
     assert_eq!(r.status, 200, "{}", r.body_str());
     let seen = only_seen(&up);
     assert_eq!(
@@ -180,7 +158,7 @@ fn form_encoded_body_on_a_body_route_is_unsupported_media_type() {
         "{}Content-Type: application/x-www-form-urlencoded\r\n",
         bearer(&w.scoped_key)
     );
-    let r = send(&kw, "POST", "/api/v1/connections", &headers, POLYGLOT);
+    let r = kw.send("POST", "/api/v1/connections", &headers, POLYGLOT);
     assert_denied(
         "form",
         &r,
@@ -196,8 +174,7 @@ fn body_without_content_type_on_a_body_route_is_unsupported_media_type() {
     let w = World::new();
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
-    let r = send(
-        &kw,
+    let r = kw.send(
         "POST",
         "/api/v1/connections",
         &bearer(&w.scoped_key),
@@ -223,7 +200,7 @@ fn content_encoded_body_on_a_body_route_is_refused_as_encoded_body() {
             "{}Content-Type: application/json\r\nContent-Encoding: {coding}\r\n",
             bearer(&w.scoped_key)
         );
-        let r = send(&kw, "POST", "/api/v1/connections", &headers, POLYGLOT);
+        let r = kw.send("POST", "/api/v1/connections", &headers, POLYGLOT);
         assert_denied(coding, &r, 415, "UNSUPPORTED_MEDIA_TYPE", "encoded_body");
     }
     assert_not_forwarded("encoded", &up);
@@ -240,7 +217,7 @@ fn json_content_types_with_parameters_or_a_json_suffix_are_inspected_and_forward
     ] {
         let before = up.count();
         let headers = format!("{}Content-Type: {ct}\r\n", bearer(&w.scoped_key));
-        let r = send(&kw, "POST", "/api/v1/connections", &headers, POLYGLOT);
+        let r = kw.send("POST", "/api/v1/connections", &headers, POLYGLOT);
         assert_eq!(r.status, 200, "{ct}: {}", r.body_str());
         let seen = up.seen();
         assert_eq!(seen.len(), before + 1, "{ct}");
@@ -258,7 +235,7 @@ fn empty_body_with_a_form_content_type_is_not_unsupported_media_type() {
         "{}Content-Type: application/x-www-form-urlencoded\r\n",
         bearer(&w.org_key)
     );
-    let r = send(&kw, "POST", "/api/v1/connections", &headers, "");
+    let r = kw.send("POST", "/api/v1/connections", &headers, "");
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_eq!(only_seen(&up).target_str(), "/api/v1/connections");
 }
@@ -297,16 +274,14 @@ fn noncanonical_method_spelling_is_refused() {
         "{}Content-Type: application/json\r\n",
         bearer(&w.scoped_key)
     );
-    let r = send(
-        &kw,
+    let r = kw.send(
         "post",
         "/api/v1/connections",
         &json,
         r#"{"workspaceId":"ws_a1"}"#,
     );
     assert_denied("post", &r, 400, "BAD_REQUEST", "noncanonical_method");
-    let r = send(
-        &kw,
+    let r = kw.send(
         "Get",
         "/api/v1/workspaces/ws_a1/x",
         &bearer(&w.scoped_key),
@@ -333,7 +308,7 @@ fn a_second_method_named_in_a_header_or_the_query_is_refused() {
     ];
     for (header, target) in cases {
         let headers = format!("{}{header}", bearer(&w.scoped_key));
-        let r = send(&kw, "GET", target, &headers, "");
+        let r = kw.send("GET", target, &headers, "");
         assert_denied(target, &r, 400, "BAD_REQUEST", "method_override");
     }
     assert_not_forwarded("method override", &up);
@@ -354,17 +329,17 @@ scoped_keys = "filter"
 fn head_is_judged_by_the_get_route_it_matches() {
     let w = World::new();
     let up = RawUpstream::start();
-    let kw = start_with(&w, up.addr, "", Some(GET_ONLY_ROUTES));
+    let kw = w.start_with(Opts::new(up.addr).routes(GET_ONLY_ROUTES));
     let auth = bearer(&w.scoped_key);
     // another organization's workspace: the GET rule applies, not the catch-all
-    let r = send(&kw, "HEAD", "/api/v1/workspaces/ws_b/x", &auth, "");
+    let r = kw.send("HEAD", "/api/v1/workspaces/ws_b/x", &auth, "");
     assert_eq!(r.status, 403, "{:?}", r.headers);
     if !r.body.is_empty() {
         r.assert_error(403, "SCOPE_DENIED");
     }
     assert_not_forwarded("HEAD ws_b", &up);
     // its own workspace: forwarded with the workspace the GET rule resolved
-    let r = send(&kw, "HEAD", "/api/v1/workspaces/ws_a1/x", &auth, "");
+    let r = kw.send("HEAD", "/api/v1/workspaces/ws_a1/x", &auth, "");
     assert_eq!(r.status, 200, "{:?}", r.headers);
     let seen = only_seen(&up);
     assert!(seen.head.starts_with("HEAD "), "{}", seen.head);
@@ -384,16 +359,14 @@ fn semicolon_in_the_path_is_refused_as_a_path_parameter() {
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
     let json = format!("{}Content-Type: application/json\r\n", bearer(&w.org_key));
-    let r = send(
-        &kw,
+    let r = kw.send(
         "POST",
         "/api/v1/actions;x/execute",
         &json,
         r#"{"workspaceId":"ws_b"}"#,
     );
     assert_denied("actions;x", &r, 400, "BAD_REQUEST", "path_parameter");
-    let r = send(
-        &kw,
+    let r = kw.send(
         "GET",
         "/api/v1/workspaces/ws_a1/..;/ws_b/x",
         &bearer(&w.scoped_key),
@@ -408,7 +381,7 @@ fn encoded_semicolon_is_not_a_path_parameter() {
     let w = World::new();
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
-    let r = send(&kw, "GET", "/api/v1/things%3Bx", &bearer(&w.org_key), "");
+    let r = kw.send("GET", "/api/v1/things%3Bx", &bearer(&w.org_key), "");
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_eq!(only_seen(&up).target_str(), "/api/v1/things%3Bx");
 }
@@ -426,7 +399,7 @@ fn query_parameter_naming_another_workspace_than_the_path_conflicts() {
         "workspaceId%5B%5D=ws_b",
     ] {
         let target = format!("/api/v1/workspaces/ws_a1/x?{query}");
-        let r = send(&kw, "GET", &target, &bearer(&w.scoped_key), "");
+        let r = kw.send("GET", &target, &bearer(&w.scoped_key), "");
         assert_denied(query, &r, 400, "BAD_REQUEST", "conflicting_workspace");
     }
     assert_not_forwarded("conflicting", &up);
@@ -438,7 +411,7 @@ fn query_parameter_naming_the_path_workspace_is_forwarded() {
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
     let target = "/api/v1/workspaces/ws_a1/x?workspaceId=ws_a1";
-    let r = send(&kw, "GET", target, &bearer(&w.scoped_key), "");
+    let r = kw.send("GET", target, &bearer(&w.scoped_key), "");
     assert_eq!(r.status, 200, "{}", r.body_str());
     let seen = only_seen(&up);
     assert_eq!(seen.target_str(), target);
@@ -454,7 +427,7 @@ fn bracketed_workspace_parameter_beside_the_plain_one_is_ambiguous() {
         "/api/v1/workspaces/ws_a1/x?workspaceId=ws_a1&workspaceId[]=ws_a1",
         "/api/v1/triggers?workspaceId=ws_a1&workspaceId[0]=ws_b",
     ] {
-        let r = send(&kw, "GET", target, &bearer(&w.scoped_key), "");
+        let r = kw.send("GET", target, &bearer(&w.scoped_key), "");
         assert_denied(target, &r, 400, "BAD_REQUEST", "ambiguous_workspace");
     }
     assert_not_forwarded("ambiguous", &up);
@@ -467,13 +440,7 @@ fn workspace_missing_from_the_snapshot_is_scope_denied() {
     let w = World::new();
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
-    let r = send(
-        &kw,
-        "GET",
-        "/api/v1/workspaces/WS_B/x",
-        &bearer(&w.org_key),
-        "",
-    );
+    let r = kw.send("GET", "/api/v1/workspaces/WS_B/x", &bearer(&w.org_key), "");
     assert_denied("WS_B", &r, 403, "SCOPE_DENIED", "unknown_workspace");
     assert_not_forwarded("WS_B", &up);
 }
@@ -482,19 +449,8 @@ fn workspace_missing_from_the_snapshot_is_scope_denied() {
 fn unknown_workspaces_pass_lets_the_upstream_decide() {
     let w = World::new();
     let up = RawUpstream::start();
-    let kw = start_with(
-        &w,
-        up.addr,
-        "[scopes]\nunknown_workspaces = \"pass\"\n",
-        None,
-    );
-    let r = send(
-        &kw,
-        "GET",
-        "/api/v1/workspaces/WS_B/x",
-        &bearer(&w.org_key),
-        "",
-    );
+    let kw = w.start_with(Opts::new(up.addr).set("scopes.unknown_workspaces", "pass"));
+    let r = kw.send("GET", "/api/v1/workspaces/WS_B/x", &bearer(&w.org_key), "");
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_eq!(only_seen(&up).header("x-workspace-id"), vec!["WS_B"]);
 }
@@ -510,8 +466,7 @@ fn workspace_id_with_a_control_character_is_malformed() {
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
     let before = kw.metric(BAD_REQUEST_METRIC);
-    let r = send(
-        &kw,
+    let r = kw.send(
         "GET",
         "/api/v1/workspaces/kw%0Aprobe/x",
         &bearer(&w.org_key),
@@ -534,7 +489,7 @@ fn workspace_id_longer_than_256_bytes_is_malformed() {
     let kw = w.start(up.addr);
     let before = kw.metric(BAD_REQUEST_METRIC);
     let target = format!("/api/v1/workspaces/{}/x", "w".repeat(300));
-    let r = send(&kw, "GET", &target, &bearer(&w.org_key), "");
+    let r = kw.send("GET", &target, &bearer(&w.org_key), "");
     assert_denied("300 bytes", &r, 400, "BAD_REQUEST", "malformed_id");
     assert!(
         wait_until(Duration::from_secs(5), || kw.metric(BAD_REQUEST_METRIC)
@@ -551,28 +506,33 @@ fn header_workspace_id_with_a_space_is_malformed() {
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
     let headers = format!("{}X-Target-Workspace: ws a1\r\n", bearer(&w.org_key));
-    let r = send(&kw, "GET", "/api/v1/by-header", &headers, "");
+    let r = kw.send("GET", "/api/v1/by-header", &headers, "");
     assert_denied("space", &r, 400, "BAD_REQUEST", "malformed_id");
     assert_not_forwarded("space", &up);
 }
 
 // ------------------------------------------- §6 auth failure throttle
 
-const THROTTLE: &str = "[rate_limit]\nauth_failures_per_ip = 3\nwindow_s = 3600\n";
+/// keyward throttling an address after 3 failed authentications an hour.
+fn throttled(upstream: SocketAddr) -> Opts {
+    Opts::new(upstream)
+        .set("rate_limit.auth_failures_per_ip", 3)
+        .set("rate_limit.window_s", 3600)
+}
 
 #[test]
 fn requests_without_a_credential_are_never_throttled() {
     let w = World::new();
     let up = RawUpstream::start();
-    let kw = start_with(&w, up.addr, THROTTLE, None);
+    let kw = w.start_with(throttled(up.addr));
     for i in 0..10 {
-        let r = send(&kw, "GET", "/api/v1/things", "", "");
+        let r = kw.send("GET", "/api/v1/things", "", "");
         assert_eq!(r.status, 401, "request {i}: {}", r.body_str());
         r.assert_error(401, "UNAUTHENTICATED");
     }
     assert_not_forwarded("no credential", &up);
     // nothing was counted: a key never seen before still works
-    let r = send(&kw, "GET", "/api/v1/things", &bearer(&w.org_key), "");
+    let r = kw.send("GET", "/api/v1/things", &bearer(&w.org_key), "");
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_eq!(up.count(), 1);
 }
@@ -581,10 +541,9 @@ fn requests_without_a_credential_are_never_throttled() {
 fn unknown_keys_past_the_per_ip_limit_are_rate_limited() {
     let w = World::new();
     let up = RawUpstream::start();
-    let kw = start_with(&w, up.addr, THROTTLE, None);
+    let kw = w.start_with(throttled(up.addr));
     for i in 0..3 {
-        let r = send(
-            &kw,
+        let r = kw.send(
             "GET",
             "/api/v1/things",
             &bearer(&format!("wvz_unknown_{i}")),
@@ -592,7 +551,7 @@ fn unknown_keys_past_the_per_ip_limit_are_rate_limited() {
         );
         r.assert_error(401, "UNAUTHENTICATED");
     }
-    let r = send(&kw, "GET", "/api/v1/things", &bearer("wvz_unknown_4"), "");
+    let r = kw.send("GET", "/api/v1/things", &bearer("wvz_unknown_4"), "");
     r.assert_error(429, "RATE_LIMIT_EXCEEDED");
     assert_not_forwarded("unknown keys", &up);
 }
@@ -610,7 +569,7 @@ fn session_cookie_is_found_across_a_tab_after_the_semicolon() {
         format!("Cookie: other=1;\tbetter-auth.session_token={cookie}\r\n"),
     ] {
         let before = up.count();
-        let r = send(&kw, "GET", "/api/v1/things", &line, "");
+        let r = kw.send("GET", "/api/v1/things", &line, "");
         assert_eq!(r.status, 200, "{line:?}: {}", r.body_str());
         let seen = up.seen();
         assert_eq!(seen.len(), before + 1);
@@ -632,7 +591,7 @@ fn session_cookie_with_two_different_values_is_ambiguous() {
         ),
         format!("Cookie: better-auth.session_token={a}; better-auth.session_token={b}\r\n"),
     ] {
-        let r = send(&kw, "GET", "/api/v1/things", &line, "");
+        let r = kw.send("GET", "/api/v1/things", &line, "");
         assert_denied(
             &line,
             &r,
@@ -676,48 +635,11 @@ fn repeated_chunked_coding_reaches_the_upstream_as_one_chunked() {
     assert_eq!(seen.body, b"hello");
 }
 
-/// An upstream that answers every request with `101 Switching Protocols`
-/// and holds the connection open for a while; stops accepting after 30 s.
-fn switching_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            match listener.accept() {
-                Ok((s, _)) => {
-                    std::thread::spawn(move || answer_101(s));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
-    addr
-}
-
-fn answer_101(mut s: TcpStream) {
-    s.set_nonblocking(false).ok();
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut head = Vec::new();
-    let mut b = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut b) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&b[..n]),
-        }
-    }
-    let _ = s.write_all(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n",
-    );
-    std::thread::sleep(Duration::from_secs(2));
-}
-
 #[test]
 fn switching_protocols_without_an_upgrade_request_is_bad_gateway() {
     let w = World::new();
     let kw = w.start(switching_upstream());
-    let r = send(&kw, "GET", "/api/v1/things", &bearer(&w.org_key), "");
+    let r = kw.send("GET", "/api/v1/things", &bearer(&w.org_key), "");
     r.assert_error(502, "UPSTREAM_UNAVAILABLE");
 }
 
@@ -734,7 +656,7 @@ fn empty_workspace_scope_list_is_malformed_permissions() {
     );
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
-    let r = send(&kw, "GET", "/api/v1/list", &bearer(&key), "");
+    let r = kw.send("GET", "/api/v1/list", &bearer(&key), "");
     assert_denied("[]", &r, 403, "FORBIDDEN", "malformed_permissions");
     assert_not_forwarded("[]", &up);
 }
@@ -759,7 +681,7 @@ fn mcp_request_from_an_origin_not_allowed_is_forbidden_before_the_token() {
     let kw = w.start(up.addr);
     for (case, tok) in [("valid token", token.as_str()), ("unknown", "mcp_unknown")] {
         let headers = format!("{}Origin: http://evil.example\r\n", bearer(tok));
-        let r = send(&kw, "POST", "/mcp/srv_1/messages", &headers, "{}");
+        let r = kw.send("POST", "/mcp/srv_1/messages", &headers, "{}");
         assert_denied(case, &r, 403, "FORBIDDEN", "origin_not_allowed");
     }
     assert_not_forwarded("evil origin", &up);
@@ -771,7 +693,7 @@ fn mcp_request_without_origin_is_not_affected() {
     let token = mcp_world(&w);
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
-    let r = send(&kw, "POST", "/mcp/srv_1/messages", &bearer(&token), "{}");
+    let r = kw.send("POST", "/mcp/srv_1/messages", &bearer(&token), "{}");
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_eq!(only_seen(&up).header("x-mcp-server-id"), vec!["srv_1"]);
 }
@@ -781,14 +703,10 @@ fn mcp_origin_listed_in_allowed_origins_is_accepted() {
     let w = World::new();
     let token = mcp_world(&w);
     let up = RawUpstream::start();
-    let kw = start_with(
-        &w,
-        up.addr,
-        "[mcp]\nallowed_origins = [\"https://app.example\"]\n",
-        None,
-    );
+    let kw =
+        w.start_with(Opts::new(up.addr).set("mcp.allowed_origins", vec!["https://app.example"]));
     let headers = format!("{}Origin: https://app.example\r\n", bearer(&token));
-    let r = send(&kw, "POST", "/mcp/srv_1/messages", &headers, "{}");
+    let r = kw.send("POST", "/mcp/srv_1/messages", &headers, "{}");
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_eq!(only_seen(&up).header("x-mcp-server-id"), vec!["srv_1"]);
 }
@@ -805,7 +723,7 @@ fn mcp_401_for_a_presented_token_says_invalid_token() {
     let kw = w.start(up.addr);
     for server in ["srv_oauth", "srv_both"] {
         let target = format!("/mcp/{server}/sse");
-        let r = send(&kw, "GET", &target, &bearer("mcp_unknown"), "");
+        let r = kw.send("GET", &target, &bearer("mcp_unknown"), "");
         r.assert_error(401, "UNAUTHENTICATED");
         let c = challenge(&r);
         assert!(c.starts_with("Bearer "), "{server}: {c}");
@@ -825,7 +743,7 @@ fn mcp_401_without_a_credential_has_no_error_attribute() {
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
     for server in ["srv_oauth", "srv_both"] {
-        let r = send(&kw, "GET", &format!("/mcp/{server}/sse"), "", "");
+        let r = kw.send("GET", &format!("/mcp/{server}/sse"), "", "");
         r.assert_error(401, "UNAUTHENTICATED");
         let c = challenge(&r);
         assert!(c.contains("resource_metadata=\""), "{server}: {c}");
@@ -839,13 +757,8 @@ fn mcp_resource_metadata_is_based_on_public_url() {
     let w = World::new();
     mcp_world(&w);
     let up = RawUpstream::start();
-    let kw = start_with(
-        &w,
-        up.addr,
-        "[server]\npublic_url = \"https://api.example.com\"\n",
-        None,
-    );
-    let r = send(&kw, "GET", "/mcp/srv_oauth/sse", "", "");
+    let kw = w.start_with(Opts::new(up.addr).set("server.public_url", "https://api.example.com"));
+    let r = kw.send("GET", "/mcp/srv_oauth/sse", "", "");
     r.assert_error(401, "UNAUTHENTICATED");
     let c = challenge(&r);
     assert!(
@@ -861,7 +774,7 @@ fn mcp_resource_metadata_ignores_an_untrusted_forwarded_host() {
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
     let headers = "X-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: https\r\n";
-    let r = send(&kw, "GET", "/mcp/srv_oauth/sse", headers, "");
+    let r = kw.send("GET", "/mcp/srv_oauth/sse", headers, "");
     r.assert_error(401, "UNAUTHENTICATED");
     let c = challenge(&r);
     assert!(!c.contains("evil.example"), "{c}");
@@ -876,9 +789,9 @@ fn mcp_resource_metadata_follows_a_trusted_proxys_host_and_scheme() {
     let w = World::new();
     mcp_world(&w);
     let up = RawUpstream::start();
-    let kw = start_with(&w, up.addr, TRUSTED, None);
+    let kw = w.start_with(trusting_loopback(up.addr));
     let headers = "X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Host: api.example.org\r\nX-Forwarded-Proto: https\r\n";
-    let r = send(&kw, "GET", "/mcp/srv_oauth/sse", headers, "");
+    let r = kw.send("GET", "/mcp/srv_oauth/sse", headers, "");
     r.assert_error(401, "UNAUTHENTICATED");
     let c = challenge(&r);
     assert!(
@@ -962,7 +875,7 @@ fn access_log_key_prefix_is_at_most_8_characters() {
         .unwrap();
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
-    let r = send(&kw, "GET", "/api/v1/things", &bearer(&token), "");
+    let r = kw.send("GET", "/api/v1/things", &bearer(&token), "");
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert!(
         wait_until(Duration::from_secs(5), || kw.log().lines().any(|l| l
