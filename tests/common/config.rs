@@ -152,43 +152,6 @@ fn merge(into: &mut toml::Table, from: toml::Table) {
     }
 }
 
-pub const DEFAULT_ROUTES: &str = r#"
-[[route]]
-path = "/api/auth/**"
-auth = "none"
-[[route]]
-path = "/api/v1/workspaces/{workspaceId}/**"
-workspace = "path:workspaceId"
-[[route]]
-path = "/api/v1/connections"
-methods = ["POST"]
-workspace = "body:workspaceId"
-[[route]]
-path = "/api/v1/connections/{id}/**"
-workspace = "resource_path:id"
-[[route]]
-path = "/api/v1/triggers/disable"
-workspace = "resource_body:triggerSourceId"
-[[route]]
-path = "/api/v1/triggers"
-workspace = "query:workspaceId"
-[[route]]
-path = "/api/v1/by-header"
-workspace = "header:X-Target-Workspace"
-[[route]]
-path = "/api/v1/actions/execute"
-workspace = "body:workspaceId"
-quota = true
-[[route]]
-path = "/api/v1/api-keys/**"
-org_wide_only = true
-[[route]]
-path = "/api/v1/orgs/**"
-org_optional = true
-[[route]]
-path = "/api/v1/list"
-scoped_keys = "filter"
-[[route]]
-path = "/mcp/{server}/**"
-auth = "mcp"
-"#;
+/// The route table the tests run with (`tests/routes.toml`, shared with the
+/// decision core's unit tests).
+pub const DEFAULT_ROUTES: &str = include_str!("../routes.toml");

@@ -15,52 +15,17 @@ use crate::store::memory::MemoryDirectory;
 const NOW: i64 = 1_900_000_000;
 const SECRET: &str = "better-auth-secret-12345678901234567890";
 
-const CONFIG: &str = r#"
+const CONFIG: &str = concat!(
+    r#"
 [session]
 secret = "better-auth-secret-12345678901234567890"
 [plans.free]
 requests_per_window = 1000
 [plans.tiny]
 requests_per_window = 2
-[[route]]
-path = "/api/auth/**"
-auth = "none"
-[[route]]
-path = "/api/v1/workspaces/{workspaceId}/**"
-workspace = "path:workspaceId"
-[[route]]
-path = "/api/v1/connections"
-methods = ["POST"]
-workspace = "body:workspaceId"
-[[route]]
-path = "/api/v1/connections/{id}/**"
-workspace = "resource_path:id"
-[[route]]
-path = "/api/v1/triggers/disable"
-workspace = "resource_body:triggerSourceId"
-[[route]]
-path = "/api/v1/triggers"
-workspace = "query:workspaceId"
-[[route]]
-path = "/api/v1/by-header"
-workspace = "header:X-Target-Workspace"
-[[route]]
-path = "/api/v1/actions/execute"
-workspace = "body:workspaceId"
-quota = true
-[[route]]
-path = "/api/v1/api-keys/**"
-org_wide_only = true
-[[route]]
-path = "/api/v1/orgs/**"
-org_optional = true
-[[route]]
-path = "/api/v1/list"
-scoped_keys = "filter"
-[[route]]
-path = "/mcp/{server}/**"
-auth = "mcp"
-"#;
+"#,
+    include_str!("../../../tests/routes.toml")
+);
 
 fn key(id: &str, org: &str, permissions: Option<&str>) -> ApiKeyRecord {
     ApiKeyRecord {
