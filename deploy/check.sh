@@ -38,8 +38,8 @@ echo "== promtool test rules"
 promtool test rules "$RULE_TESTS"
 
 if [ -z "${KEYWARD_BIN:-}" ]; then
-  echo "== cargo build --bin keyward"
-  cargo build --bin keyward
+  echo "== cargo build --features otel --bin keyward"
+  cargo build --features otel --bin keyward   # the same build as the test suite
   KEYWARD_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/keyward
 fi
 [ -x "$KEYWARD_BIN" ] || { echo "no keyward binary at $KEYWARD_BIN" >&2; exit 1; }

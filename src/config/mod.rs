@@ -21,11 +21,12 @@ mod validate;
 
 pub use model::{
     CacheConfig, Config, McpConfig, RateLimitBackend, RateLimitConfig, RedisConfig, Secret,
-    ServerConfig, SessionConfig, SnapshotConfig, TlsConfig, UnknownWorkspaces, UpstreamConfig,
+    ServerConfig, SessionConfig, SnapshotConfig, TlsConfig, TracingConfig, UnknownWorkspaces,
+    UpstreamConfig,
 };
 pub use raw::{
     RawCache, RawConfig, RawMcp, RawPlan, RawRateLimit, RawScopes, RawServer, RawSession,
-    RawSnapshot, RawTls, RawUpstream,
+    RawSnapshot, RawTls, RawTracing, RawUpstream,
 };
 pub use reload::frozen_change;
 
@@ -97,6 +98,7 @@ impl Config {
             cache,
             session,
             rate_limit,
+            tracing,
             scopes,
             mcp,
             plans,
@@ -110,6 +112,7 @@ impl Config {
             cache: validate::cache(cache)?,
             session: validate::session(session, env)?,
             rate_limit: validate::rate_limit(rate_limit)?,
+            tracing: validate::tracing(tracing)?,
             unknown_workspaces: validate::scopes(scopes)?,
             mcp: validate::mcp(mcp)?,
             plans: validate::plans(plans),

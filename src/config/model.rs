@@ -106,6 +106,20 @@ pub struct RateLimitConfig {
     pub backend: RateLimitBackend,
 }
 
+/// `[tracing]` (SPEC §8.2): OpenTelemetry spans exported over OTLP/HTTP.
+/// Only a build with the `otel` feature accepts it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// `http://host:port/path` of an OTLP/HTTP (protobuf) traces receiver
+    pub endpoint: String,
+    /// share of new traces sampled (0.0–1.0); a client's sampled
+    /// `traceparent` is followed whatever the ratio
+    pub sample_ratio: f64,
+    pub service_name: String,
+    /// the organization id as a span attribute
+    pub include_org: bool,
+}
+
 /// What a workspace id the snapshot lacks gets (SPEC §5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnknownWorkspaces {
@@ -131,6 +145,8 @@ pub struct Config {
     pub cache: CacheConfig,
     pub session: SessionConfig,
     pub rate_limit: RateLimitConfig,
+    /// None: no `[tracing]` table
+    pub tracing: Option<TracingConfig>,
     pub unknown_workspaces: UnknownWorkspaces,
     pub mcp: McpConfig,
     /// plan name → requests per window

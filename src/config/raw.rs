@@ -25,6 +25,9 @@ pub struct RawConfig {
     pub session: RawSession,
     #[serde(default)]
     pub rate_limit: RawRateLimit,
+    /// Absent: no tracing (a client's `traceparent` passes unchanged).
+    #[serde(default)]
+    pub tracing: Option<RawTracing>,
     #[serde(default)]
     pub scopes: RawScopes,
     #[serde(default)]
@@ -191,6 +194,28 @@ impl Default for RawRateLimit {
             expected_replicas: None,
             redis_batch: 16,
             redis_sync_interval_ms: 10,
+        }
+    }
+}
+
+/// `[tracing]`: OpenTelemetry spans over OTLP/HTTP (SPEC §8.2). The
+/// defaults apply to keys left out of a `[tracing]` table that is present.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTracing {
+    pub endpoint: String,
+    pub sample_ratio: f64,
+    pub service_name: String,
+    pub include_org: bool,
+}
+
+impl Default for RawTracing {
+    fn default() -> Self {
+        Self {
+            endpoint: "http://127.0.0.1:4318/v1/traces".into(),
+            sample_ratio: 1.0,
+            service_name: "keyward".into(),
+            include_org: false,
         }
     }
 }

@@ -2,9 +2,10 @@
 //! reloaded one a SIGHUP may apply (SPEC §8.2). A setting is frozen when
 //! keyward reads it only at start — listeners, threads, the shutdown grace,
 //! TLS, the upstream connector, where and how often the snapshot is polled,
-//! the limiter and the failed-authentication throttle — and live when it is
-//! read per request or rebuilt by `Engine::reload_policy` (routes, plans, the
-//! verdict cache, session settings, scopes, MCP origins, ...).
+//! the limiter, the failed-authentication throttle, the trace exporter — and
+//! live when it is read per request or rebuilt by `Engine::reload_policy`
+//! (routes, plans, the verdict cache, session settings, scopes, MCP origins,
+//! ...).
 //!
 //! The functions below destructure the model exhaustively, so a field added
 //! to it does not compile until it is classified here. They only compare two
@@ -12,7 +13,7 @@
 
 use super::model::{
     CacheConfig, Config, McpConfig, RateLimitBackend, RateLimitConfig, RedisConfig, ServerConfig,
-    SessionConfig, SnapshotConfig, TlsConfig, UpstreamConfig,
+    SessionConfig, SnapshotConfig, TlsConfig, TracingConfig, UpstreamConfig,
 };
 
 /// The dotted key (as written in the file, SPEC §8.1) of the first frozen
@@ -40,6 +41,7 @@ pub fn frozen_change(old: &Config, new: &Config) -> Option<&'static str> {
                 trusted_origins: _,
             },
         rate_limit,
+        tracing,
         // live: read per request
         unknown_workspaces: _,
         // live: read per request
@@ -52,6 +54,7 @@ pub fn frozen_change(old: &Config, new: &Config) -> Option<&'static str> {
         .or_else(|| upstream_change(upstream, &new.upstream))
         .or_else(|| snapshot_change(snapshot, &new.snapshot))
         .or_else(|| rate_limit_change(rate_limit, &new.rate_limit))
+        .or_else(|| tracing_change(tracing.as_ref(), new.tracing.as_ref()))
 }
 
 /// The first key whose flag is set.
@@ -195,6 +198,32 @@ fn backend_change(old: &RateLimitBackend, new: &RateLimitBackend) -> Option<&'st
         ]),
         (RateLimitBackend::Local, RateLimitBackend::Redis(_))
         | (RateLimitBackend::Redis(_), RateLimitBackend::Local) => Some("rate_limit.backend"),
+    }
+}
+
+/// The exporter, its sampler and the service name are built once, at start.
+fn tracing_change(
+    old: Option<&TracingConfig>,
+    new: Option<&TracingConfig>,
+) -> Option<&'static str> {
+    match (old, new) {
+        (None, None) => None,
+        (
+            Some(TracingConfig {
+                endpoint,
+                sample_ratio,
+                service_name,
+                // live: read per request
+                include_org: _,
+            }),
+            Some(new),
+        ) => first([
+            ("tracing.endpoint", *endpoint != new.endpoint),
+            ("tracing.sample_ratio", *sample_ratio != new.sample_ratio),
+            ("tracing.service_name", *service_name != new.service_name),
+        ]),
+        // turning tracing on or off starts or stops the exporter
+        (Some(_), None) | (None, Some(_)) => Some("tracing"),
     }
 }
 
@@ -406,6 +435,29 @@ auth = "none"
         assert_eq!(new.routes.len(), old.routes.len() + 1);
         assert_eq!(new.plans.len(), 2);
         assert_eq!(frozen_change(&old, &new), None);
+    }
+
+    /// `[tracing]` needs the `otel` feature, so it is not in [`BASE`].
+    #[cfg(feature = "otel")]
+    #[test]
+    fn tracing_keys_are_frozen_but_include_org() {
+        let base = format!(
+            "{BASE}\n[tracing]\nendpoint = \"http://127.0.0.1:4318/v1/traces\"\nsample_ratio = 0.5\nservice_name = \"keyward\"\ninclude_org = false\n"
+        );
+        let old = parse(&base);
+        for (key, value) in [
+            ("tracing.endpoint", r#""http://127.0.0.1:4319/v1/traces""#),
+            ("tracing.sample_ratio", "0.25"),
+            ("tracing.service_name", r#""other""#),
+        ] {
+            let new = parse(&set(&base, key, value));
+            assert_eq!(frozen_change(&old, &new), Some(key), "changing {key}");
+        }
+        let new = parse(&set(&base, "tracing.include_org", "true"));
+        assert_eq!(frozen_change(&old, &new), None);
+        let without = parse(BASE);
+        assert_eq!(frozen_change(&old, &without), Some("tracing"));
+        assert_eq!(frozen_change(&without, &old), Some("tracing"));
     }
 
     #[test]

@@ -15,11 +15,12 @@ use ipnet::IpNet;
 
 use super::model::{
     CacheConfig, Config, McpConfig, RateLimitBackend, RateLimitConfig, RedisConfig, Secret,
-    ServerConfig, SessionConfig, SnapshotConfig, TlsConfig, UnknownWorkspaces, UpstreamConfig,
+    ServerConfig, SessionConfig, SnapshotConfig, TlsConfig, TracingConfig, UnknownWorkspaces,
+    UpstreamConfig,
 };
 use super::raw::{
     RawCache, RawMcp, RawPlan, RawRateLimit, RawScopes, RawServer, RawSession, RawSnapshot, RawTls,
-    RawUpstream,
+    RawTracing, RawUpstream,
 };
 use super::{invalid, ConfigError};
 use crate::routes::{RawRoute, RouteTable};
@@ -256,6 +257,71 @@ pub(super) fn rate_limit(raw: RawRateLimit) -> Result<RateLimitConfig, ConfigErr
     })
 }
 
+/// `[tracing]`: refused by a build without the `otel` feature, which could
+/// not honour it (an operator who asked for traces would get none, silently).
+pub(super) fn tracing(raw: Option<RawTracing>) -> Result<Option<TracingConfig>, ConfigError> {
+    let Some(RawTracing {
+        endpoint,
+        sample_ratio,
+        service_name,
+        include_org,
+    }) = raw
+    else {
+        return Ok(None);
+    };
+    if !cfg!(feature = "otel") {
+        return Err(invalid(
+            "tracing",
+            "this keyward was built without the otel feature (cargo build --features otel); remove [tracing] or use a build with it",
+        ));
+    }
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|_| invalid("tracing.endpoint", format!("`{endpoint}` is not a URL")))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(invalid(
+                "tracing.endpoint",
+                format!("`{endpoint}`: https is not supported; export over http to a collector (e.g. an OpenTelemetry Collector beside keyward)"),
+            ))
+        }
+        _ => {
+            return Err(invalid(
+                "tracing.endpoint",
+                format!("`{endpoint}`: expected http://host:port/path"),
+            ))
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid(
+            "tracing.endpoint",
+            format!("`{endpoint}`: no host"),
+        ));
+    }
+    if uri.path() == "/" {
+        return Err(invalid(
+            "tracing.endpoint",
+            format!("`{endpoint}`: name the traces path too (OTLP/HTTP: /v1/traces)"),
+        ));
+    }
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        return Err(invalid(
+            "tracing.sample_ratio",
+            format!("{sample_ratio}: must be between 0.0 and 1.0"),
+        ));
+    }
+    if service_name.is_empty() {
+        return Err(invalid("tracing.service_name", "must not be empty"));
+    }
+    Ok(Some(TracingConfig {
+        endpoint,
+        sample_ratio,
+        service_name,
+        include_org,
+    }))
+}
+
 pub(super) fn scopes(raw: RawScopes) -> Result<UnknownWorkspaces, ConfigError> {
     let RawScopes { unknown_workspaces } = raw;
     match unknown_workspaces.as_str() {
@@ -334,4 +400,77 @@ pub(super) fn tls_files(cfg: &Config) -> Result<(), ConfigError> {
         certs("upstream.ca_file", ca)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::from_toml_str(text, Path::new("/etc/keyward")).map_err(|e| e.to_string())
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).err().expect("an invalid config")
+    }
+
+    #[test]
+    fn no_tracing_table_is_no_tracing() {
+        assert!(parse("").unwrap().tracing.is_none());
+    }
+
+    #[cfg(not(feature = "otel"))]
+    #[test]
+    fn a_build_without_otel_refuses_a_tracing_table_by_name() {
+        let err = error("[tracing]\n");
+        assert!(
+            err.contains("tracing") && err.contains("built without the otel feature"),
+            "{err}"
+        );
+    }
+
+    #[cfg(feature = "otel")]
+    #[test]
+    fn tracing_defaults_and_values() {
+        let t = parse("[tracing]\n").unwrap().tracing.unwrap();
+        assert_eq!(t.endpoint, "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(t.sample_ratio, 1.0);
+        assert_eq!(t.service_name, "keyward");
+        assert!(!t.include_org);
+        let t = parse(
+            "[tracing]\nendpoint = \"http://otel:4318/v1/traces\"\nsample_ratio = 0.01\nservice_name = \"kw\"\ninclude_org = true\n",
+        )
+        .unwrap()
+        .tracing
+        .unwrap();
+        assert_eq!(t.endpoint, "http://otel:4318/v1/traces");
+        assert_eq!(t.sample_ratio, 0.01);
+        assert_eq!(t.service_name, "kw");
+        assert!(t.include_org);
+    }
+
+    #[cfg(feature = "otel")]
+    #[test]
+    fn bad_tracing_values_name_their_key() {
+        for (line, key) in [
+            (
+                "endpoint = \"https://otel:4318/v1/traces\"",
+                "tracing.endpoint",
+            ),
+            ("endpoint = \"otel:4318\"", "tracing.endpoint"),
+            ("endpoint = \"http://otel:4318\"", "tracing.endpoint"),
+            ("endpoint = \"not a url\"", "tracing.endpoint"),
+            ("sample_ratio = 1.5", "tracing.sample_ratio"),
+            ("sample_ratio = -0.1", "tracing.sample_ratio"),
+            ("sample_ratio = nan", "tracing.sample_ratio"),
+            ("service_name = \"\"", "tracing.service_name"),
+        ] {
+            let err = error(&format!("[tracing]\n{line}\n"));
+            assert!(err.contains(key), "{line}: {err}");
+        }
+        let err = error("[tracing]\nsampel_ratio = 1.0\n");
+        assert!(err.contains("sampel_ratio"), "{err}");
+    }
 }

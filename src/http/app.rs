@@ -50,6 +50,9 @@ struct Ctx {
     route: Option<usize>,
     /// `details.reason` of keyward's answer
     reason: &'static str,
+    /// this request's spans, when `[tracing]` is on and it is sampled
+    #[cfg(feature = "otel")]
+    trace: Option<crate::ops::otel::RequestTrace>,
 }
 
 impl Ctx {
@@ -65,6 +68,8 @@ impl Ctx {
             client_ip: None,
             route: None,
             reason: "",
+            #[cfg(feature = "otel")]
+            trace: None,
         }
     }
 
@@ -86,6 +91,9 @@ pub struct KeywardApp {
     pub engine: Arc<Engine>,
     upstream: Upstream,
     https: bool,
+    /// `[tracing]`: None when off (one check per request)
+    #[cfg(feature = "otel")]
+    tracing: Option<Arc<crate::ops::otel::Tracing>>,
 }
 
 impl KeywardApp {
@@ -97,7 +105,16 @@ impl KeywardApp {
             engine,
             upstream,
             https,
+            #[cfg(feature = "otel")]
+            tracing: None,
         }
+    }
+
+    /// Trace requests (`[tracing]`, SPEC §8.2).
+    #[cfg(feature = "otel")]
+    pub fn with_tracing(mut self, tracing: Option<Arc<crate::ops::otel::Tracing>>) -> KeywardApp {
+        self.tracing = tracing;
+        self
     }
 
     /// One request, after its head was read. Returns whether the downstream
@@ -144,6 +161,10 @@ impl KeywardApp {
         ctx.client_ip = Some(client.ip);
         let now = crate::clock::now_unix();
         let auth_start = Instant::now();
+        #[cfg(feature = "otel")]
+        if let Some(t) = &mut ctx.trace {
+            t.decision_started();
+        }
         let mut decision = pinned.decide(&facts(session.req_header(), client), now);
 
         // phase 4: the body, when the route inspects it
@@ -160,6 +181,16 @@ impl KeywardApp {
             up.headers.remove(http::header::EXPECT);
             inspected = Some(body.unwrap_or_default());
         }
+        #[cfg(feature = "otel")]
+        let propagation = ctx.trace.as_mut().and_then(|t| {
+            let generation = self.engine.store.generation_id();
+            let config = &pinned.policy.config;
+            let inspected = inspected.is_some();
+            t.decided(crate::ops::otel::Decided::of(
+                &decision, config, generation, inspected,
+            ));
+            t.propagation()
+        });
 
         // phase 5: apply
         match decision {
@@ -181,8 +212,15 @@ impl KeywardApp {
                 ctx.org_id = grant.identity.org_id.clone();
                 ctx.outcome = Outcome::Forwarded;
                 let strip = pinned.policy.config.upstream.strip_credentials;
-                let apply = |up: &mut HeaderMap, down: &HeaderMap| {
-                    upstream_headers(up, down, &ctx.request_id, client, &grant.identity, strip)
+                let apply = |up: &mut HeaderMap,
+                             down: &HeaderMap|
+                 -> std::result::Result<(), InvalidHeaderValue> {
+                    upstream_headers(up, down, &ctx.request_id, client, &grant.identity, strip)?;
+                    #[cfg(feature = "otel")]
+                    if let Some(p) = &propagation {
+                        p.apply(up);
+                    }
+                    Ok(())
                 };
                 if let Err(e) = apply(&mut up.headers, &session.req_header().headers) {
                     // An identity value from the snapshot that cannot be a
@@ -347,6 +385,10 @@ impl KeywardApp {
             m.auth_duration.observe(ctx.auth_time.as_secs_f64());
         }
         let req = session.req_header();
+        #[cfg(feature = "otel")]
+        if let Some(t) = &ctx.trace {
+            t.finish(req.uri.path(), status, ctx.outcome, &ctx.request_id);
+        }
         crate::access_log::write(&crate::access_log::Line {
             method: req.method.as_str(),
             path: req.uri.path(),
@@ -541,6 +583,11 @@ impl HttpServerApp for KeywardApp {
             session.set_keepalive(None);
         }
         let mut ctx = Ctx::new();
+        #[cfg(feature = "otel")]
+        if let Some(t) = &self.tracing {
+            let head = session.req_header();
+            ctx.trace = t.request(&head.method, &head.headers);
+        }
         let reusable = self.handle(&mut session, &mut ctx).await;
         self.log(&session, &ctx);
         if !reusable {

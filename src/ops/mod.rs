@@ -10,3 +10,5 @@ pub mod demo;
 pub mod echo;
 pub mod explain;
 pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;

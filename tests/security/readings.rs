@@ -177,7 +177,7 @@ fn body_without_content_type_on_a_body_route_is_unsupported_media_type() {
     let r = kw.send(
         "POST",
         "/api/v1/connections",
-        &bearer(&w.scoped_key),
+        bearer(&w.scoped_key),
         POLYGLOT,
     );
     assert_denied(
@@ -284,7 +284,7 @@ fn noncanonical_method_spelling_is_refused() {
     let r = kw.send(
         "Get",
         "/api/v1/workspaces/ws_a1/x",
-        &bearer(&w.scoped_key),
+        bearer(&w.scoped_key),
         "",
     );
     assert_denied("Get", &r, 400, "BAD_REQUEST", "noncanonical_method");
@@ -369,7 +369,7 @@ fn semicolon_in_the_path_is_refused_as_a_path_parameter() {
     let r = kw.send(
         "GET",
         "/api/v1/workspaces/ws_a1/..;/ws_b/x",
-        &bearer(&w.scoped_key),
+        bearer(&w.scoped_key),
         "",
     );
     assert_denied("..;", &r, 400, "BAD_REQUEST", "path_parameter");
@@ -381,7 +381,7 @@ fn encoded_semicolon_is_not_a_path_parameter() {
     let w = World::new();
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
-    let r = kw.send("GET", "/api/v1/things%3Bx", &bearer(&w.org_key), "");
+    let r = kw.send("GET", "/api/v1/things%3Bx", bearer(&w.org_key), "");
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_eq!(only_seen(&up).target_str(), "/api/v1/things%3Bx");
 }
@@ -399,7 +399,7 @@ fn query_parameter_naming_another_workspace_than_the_path_conflicts() {
         "workspaceId%5B%5D=ws_b",
     ] {
         let target = format!("/api/v1/workspaces/ws_a1/x?{query}");
-        let r = kw.send("GET", &target, &bearer(&w.scoped_key), "");
+        let r = kw.send("GET", &target, bearer(&w.scoped_key), "");
         assert_denied(query, &r, 400, "BAD_REQUEST", "conflicting_workspace");
     }
     assert_not_forwarded("conflicting", &up);
@@ -411,7 +411,7 @@ fn query_parameter_naming_the_path_workspace_is_forwarded() {
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
     let target = "/api/v1/workspaces/ws_a1/x?workspaceId=ws_a1";
-    let r = kw.send("GET", target, &bearer(&w.scoped_key), "");
+    let r = kw.send("GET", target, bearer(&w.scoped_key), "");
     assert_eq!(r.status, 200, "{}", r.body_str());
     let seen = only_seen(&up);
     assert_eq!(seen.target_str(), target);
@@ -427,7 +427,7 @@ fn bracketed_workspace_parameter_beside_the_plain_one_is_ambiguous() {
         "/api/v1/workspaces/ws_a1/x?workspaceId=ws_a1&workspaceId[]=ws_a1",
         "/api/v1/triggers?workspaceId=ws_a1&workspaceId[0]=ws_b",
     ] {
-        let r = kw.send("GET", target, &bearer(&w.scoped_key), "");
+        let r = kw.send("GET", target, bearer(&w.scoped_key), "");
         assert_denied(target, &r, 400, "BAD_REQUEST", "ambiguous_workspace");
     }
     assert_not_forwarded("ambiguous", &up);
@@ -440,7 +440,7 @@ fn workspace_missing_from_the_snapshot_is_scope_denied() {
     let w = World::new();
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
-    let r = kw.send("GET", "/api/v1/workspaces/WS_B/x", &bearer(&w.org_key), "");
+    let r = kw.send("GET", "/api/v1/workspaces/WS_B/x", bearer(&w.org_key), "");
     assert_denied("WS_B", &r, 403, "SCOPE_DENIED", "unknown_workspace");
     assert_not_forwarded("WS_B", &up);
 }
@@ -450,7 +450,7 @@ fn unknown_workspaces_pass_lets_the_upstream_decide() {
     let w = World::new();
     let up = RawUpstream::start();
     let kw = w.start_with(Opts::new(up.addr).set("scopes.unknown_workspaces", "pass"));
-    let r = kw.send("GET", "/api/v1/workspaces/WS_B/x", &bearer(&w.org_key), "");
+    let r = kw.send("GET", "/api/v1/workspaces/WS_B/x", bearer(&w.org_key), "");
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_eq!(only_seen(&up).header("x-workspace-id"), vec!["WS_B"]);
 }
@@ -469,7 +469,7 @@ fn workspace_id_with_a_control_character_is_malformed() {
     let r = kw.send(
         "GET",
         "/api/v1/workspaces/kw%0Aprobe/x",
-        &bearer(&w.org_key),
+        bearer(&w.org_key),
         "",
     );
     assert_denied("%0A", &r, 400, "BAD_REQUEST", "malformed_id");
@@ -489,7 +489,7 @@ fn workspace_id_longer_than_256_bytes_is_malformed() {
     let kw = w.start(up.addr);
     let before = kw.metric(BAD_REQUEST_METRIC);
     let target = format!("/api/v1/workspaces/{}/x", "w".repeat(300));
-    let r = kw.send("GET", &target, &bearer(&w.org_key), "");
+    let r = kw.send("GET", &target, bearer(&w.org_key), "");
     assert_denied("300 bytes", &r, 400, "BAD_REQUEST", "malformed_id");
     assert!(
         wait_until(Duration::from_secs(5), || kw.metric(BAD_REQUEST_METRIC)
@@ -532,7 +532,7 @@ fn requests_without_a_credential_are_never_throttled() {
     }
     assert_not_forwarded("no credential", &up);
     // nothing was counted: a key never seen before still works
-    let r = kw.send("GET", "/api/v1/things", &bearer(&w.org_key), "");
+    let r = kw.send("GET", "/api/v1/things", bearer(&w.org_key), "");
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_eq!(up.count(), 1);
 }
@@ -546,12 +546,12 @@ fn unknown_keys_past_the_per_ip_limit_are_rate_limited() {
         let r = kw.send(
             "GET",
             "/api/v1/things",
-            &bearer(&format!("wvz_unknown_{i}")),
+            bearer(&format!("wvz_unknown_{i}")),
             "",
         );
         r.assert_error(401, "UNAUTHENTICATED");
     }
-    let r = kw.send("GET", "/api/v1/things", &bearer("wvz_unknown_4"), "");
+    let r = kw.send("GET", "/api/v1/things", bearer("wvz_unknown_4"), "");
     r.assert_error(429, "RATE_LIMIT_EXCEEDED");
     assert_not_forwarded("unknown keys", &up);
 }
@@ -639,7 +639,7 @@ fn repeated_chunked_coding_reaches_the_upstream_as_one_chunked() {
 fn switching_protocols_without_an_upgrade_request_is_bad_gateway() {
     let w = World::new();
     let kw = w.start(switching_upstream());
-    let r = kw.send("GET", "/api/v1/things", &bearer(&w.org_key), "");
+    let r = kw.send("GET", "/api/v1/things", bearer(&w.org_key), "");
     r.assert_error(502, "UPSTREAM_UNAVAILABLE");
 }
 
@@ -656,7 +656,7 @@ fn empty_workspace_scope_list_is_malformed_permissions() {
     );
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
-    let r = kw.send("GET", "/api/v1/list", &bearer(&key), "");
+    let r = kw.send("GET", "/api/v1/list", bearer(&key), "");
     assert_denied("[]", &r, 403, "FORBIDDEN", "malformed_permissions");
     assert_not_forwarded("[]", &up);
 }
@@ -693,7 +693,7 @@ fn mcp_request_without_origin_is_not_affected() {
     let token = mcp_world(&w);
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
-    let r = kw.send("POST", "/mcp/srv_1/messages", &bearer(&token), "{}");
+    let r = kw.send("POST", "/mcp/srv_1/messages", bearer(&token), "{}");
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_eq!(only_seen(&up).header("x-mcp-server-id"), vec!["srv_1"]);
 }
@@ -723,7 +723,7 @@ fn mcp_401_for_a_presented_token_says_invalid_token() {
     let kw = w.start(up.addr);
     for server in ["srv_oauth", "srv_both"] {
         let target = format!("/mcp/{server}/sse");
-        let r = kw.send("GET", &target, &bearer("mcp_unknown"), "");
+        let r = kw.send("GET", &target, bearer("mcp_unknown"), "");
         r.assert_error(401, "UNAUTHENTICATED");
         let c = challenge(&r);
         assert!(c.starts_with("Bearer "), "{server}: {c}");
@@ -875,7 +875,7 @@ fn access_log_key_prefix_is_at_most_8_characters() {
         .unwrap();
     let up = RawUpstream::start();
     let kw = w.start(up.addr);
-    let r = kw.send("GET", "/api/v1/things", &bearer(&token), "");
+    let r = kw.send("GET", "/api/v1/things", bearer(&token), "");
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert!(
         wait_until(Duration::from_secs(5), || kw.log().lines().any(|l| l
