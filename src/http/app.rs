@@ -196,6 +196,12 @@ impl KeywardApp {
         match decision {
             Decision::Refuse(r) => {
                 ctx.auth_time = auth_start.elapsed();
+                // the organization acted for, refusals too (operators look
+                // up a customer's 403 by it)
+                ctx.org_id = r
+                    .caller
+                    .as_ref()
+                    .and_then(|c| c.org.as_ref().map(|o| o.id.clone()));
                 ctx.caller = r.caller;
                 ctx.route = r.route;
                 if matches!(r.denial, Denial::PayloadTooLarge) {
