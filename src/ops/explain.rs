@@ -211,7 +211,6 @@ pub fn explain(policy: &Policy, directory: &dyn Directory, req: &Request, now: i
         ),
         Decision::NeedBody(_) => (refuse(503, "AUTH_UNAVAILABLE", "body_asked_twice"), None),
     };
-    let _ = env;
     done(answer, rate, trace)
 }
 
@@ -577,6 +576,34 @@ impl Fixtures {
     }
 }
 
+impl Fixtures {
+    /// The request a case sends: its headers, its credential's header, and
+    /// `Content-Type: application/json` for a body that names no type.
+    fn request(&self, case: &Case, secret: &Secret) -> Result<Request, String> {
+        let mut headers: Vec<(String, String)> = case
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        headers.extend(self.credential(case, secret)?);
+        if case.body.is_some()
+            && !case
+                .headers
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case("content-type"))
+        {
+            headers.push(("content-type".into(), "application/json".into()));
+        }
+        Ok(Request {
+            method: case.method.clone(),
+            target: case.path.clone(),
+            headers,
+            body: case.body.clone().map(String::into_bytes),
+            peer: IpAddr::from([127, 0, 0, 1]),
+        })
+    }
+}
+
 /// Run every case; the report lists each mismatch like a diff. Returns
 /// (report, failures).
 pub fn run_cases(mut config: Config, file: &CaseFile, now: i64) -> (String, usize) {
@@ -593,34 +620,13 @@ pub fn run_cases(mut config: Config, file: &CaseFile, now: i64) -> (String, usiz
     let mut report = String::new();
     let mut failures = 0;
     for case in &file.cases {
-        let mut headers: Vec<(String, String)> = case
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        match file.fixtures.credential(case, &secret) {
-            Ok(Some(h)) => headers.push(h),
-            Ok(None) => {}
+        let req = match file.fixtures.request(case, &secret) {
+            Ok(req) => req,
             Err(e) => {
                 failures += 1;
                 report.push_str(&format!("FAIL {}: {e}\n", case.name));
                 continue;
             }
-        }
-        if case.body.is_some()
-            && !case
-                .headers
-                .keys()
-                .any(|k| k.eq_ignore_ascii_case("content-type"))
-        {
-            headers.push(("content-type".into(), "application/json".into()));
-        }
-        let req = Request {
-            method: case.method.clone(),
-            target: case.path.clone(),
-            headers,
-            body: case.body.clone().map(String::into_bytes),
-            peer: IpAddr::from([127, 0, 0, 1]),
         };
         let got = explain(&policy, &directory, &req, now);
         let diffs = compare(&case.expect, &got.answer);
@@ -807,28 +813,10 @@ expect = { status = 403, absent = ["X-Org-ID"] }
         let dir = file.fixtures.directory(now);
         let (mut allowed, mut refused) = (vec![false; routes], vec![false; routes]);
         for case in &file.cases {
-            let mut headers: Vec<(String, String)> = case
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            if let Some(h) = file
+            let req = file
                 .fixtures
-                .credential(case, &Secret::new(FIXTURE_SECRET))
-                .unwrap()
-            {
-                headers.push(h);
-            }
-            if case.body.is_some() && !case.headers.contains_key("Content-Type") {
-                headers.push(("content-type".into(), "application/json".into()));
-            }
-            let req = Request {
-                method: case.method.clone(),
-                target: case.path.clone(),
-                headers,
-                body: case.body.clone().map(String::into_bytes),
-                peer: IpAddr::from([127, 0, 0, 1]),
-            };
+                .request(case, &Secret::new(FIXTURE_SECRET))
+                .unwrap();
             let e = explain(&policy, &dir, &req, now);
             // a refusal before routing (hygiene) counts for the route the
             // path would have matched
