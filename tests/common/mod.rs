@@ -45,18 +45,6 @@ pub fn hash(token: &str) -> String {
     keyward::snapshot::schema::token_hash_hex(token.as_bytes())
 }
 
-/// The snapshot tables whose row counts `/readyz` reports.
-const COUNTED_TABLES: [&str; 8] = [
-    "organizations",
-    "workspaces",
-    "api_keys",
-    "sessions",
-    "service_keys",
-    "mcp_servers",
-    "mcp_tokens",
-    "resources",
-];
-
 /// A snapshot file in its own temp dir.
 pub struct Snap {
     pub dir: tempfile::TempDir,
@@ -195,7 +183,8 @@ impl Snap {
     pub fn counts(&self) -> serde_json::Value {
         let c = self.conn();
         let mut out = serde_json::Map::new();
-        for t in COUNTED_TABLES {
+        // the tables whose row counts `/readyz` reports
+        for t in keyward::snapshot::TABLES {
             let n: i64 = c
                 .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
                 .unwrap();

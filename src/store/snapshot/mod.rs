@@ -67,7 +67,7 @@ pub struct OrgRecord {
     pub disabled: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRecord {
     pub id: String,
     pub organization_id: String,

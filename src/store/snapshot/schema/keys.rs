@@ -70,17 +70,9 @@ pub fn open(path: &Path, writable: bool) -> Result<Connection, KeysError> {
     Ok(conn)
 }
 
-/// One API key as an operator may see it: no hash, no secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyInfo {
-    pub id: String,
-    pub organization_id: String,
-    pub key_prefix: Option<String>,
-    /// `api_keys.permissions` verbatim
-    pub permissions: Option<String>,
-    pub expires_at: Option<i64>,
-    pub revoked_at: Option<i64>,
-}
+/// One API key as an operator may see it: the snapshot's row without the
+/// hash (the row type the proxy reads; no secret is in it).
+pub type KeyInfo = crate::snapshot::ApiKeyRecord;
 
 impl KeyInfo {
     /// Read the way the proxy reads it (`Scope::parse`).
