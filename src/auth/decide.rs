@@ -255,7 +255,7 @@ fn on_route<'p>(
     // The route's own rules come before any body is read (a request they
     // refuse is never buffered).
     if let Err(d) = check_flags(route, &caller, env) {
-        return refusal(env, &caller, d, None);
+        return refusal(env, caller, d);
     }
     let inspects_body = route
         .workspace
@@ -266,7 +266,7 @@ fn on_route<'p>(
         // Only a body keyward and the upstream read the same way is
         // inspected, judged from the head (415 before 413, SPEC §5.1).
         if let Err(e) = scope::inspectable_body(facts.headers) {
-            return refusal(env, &caller, Denial::UnsupportedMediaType(e.reason()), None);
+            return refusal(env, caller, Denial::UnsupportedMediaType(e.reason()));
         }
         env.note("body", || {
             format!(
@@ -307,7 +307,7 @@ pub fn decide_body<'p>(
     } = pending;
     match body {
         Body::Read(body) => authorize(facts, route, &captures, caller, Some(body), env),
-        Body::TooLarge => refusal(env, &caller, Denial::PayloadTooLarge, None),
+        Body::TooLarge => refusal(env, caller, Denial::PayloadTooLarge),
     }
     .at(route)
 }
@@ -315,25 +315,16 @@ pub fn decide_body<'p>(
 /// A refusal for an authenticated caller: it carries the organization's
 /// rate-limit state when it has one (SPEC §6: every response to a
 /// rate-limited organization carries the headers).
-fn refusal<'p>(
-    env: &Env<'p>,
-    caller: &Caller,
-    denial: Denial,
-    plan: Option<PlanUse<'p>>,
-) -> Decision<'p> {
-    let rate = match (&caller.org, limit_for(caller, &env.policy.config)) {
+fn refusal<'p>(env: &Env<'p>, caller: Caller, denial: Denial) -> Decision<'p> {
+    let rate = match (&caller.org, limit_for(&caller, &env.policy.config)) {
         (Some(org), Some((n, _))) => Some(env.limiter.peek(&org.id, n, env.now)),
         _ => None,
     };
     Decision::Refuse(Refusal {
         denial,
         rate,
-        caller: Some(Caller {
-            method: caller.method,
-            verdict: caller.verdict.clone(),
-            org: caller.org.clone(),
-        }),
-        plan,
+        caller: Some(caller),
+        plan: None,
         route: None,
     })
 }
@@ -774,7 +765,7 @@ fn authorize<'p>(
     let cfg = &env.policy.config;
     let identity = match check_route(facts, route, captures, &caller, body, env) {
         Ok(id) => id,
-        Err(d) => return refusal(env, &caller, d, None),
+        Err(d) => return refusal(env, caller, d),
     };
     let limit = limit_for(&caller, cfg);
     env.note("rate limit", || match (&caller.org, limit) {

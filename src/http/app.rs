@@ -44,8 +44,9 @@ struct Ctx {
     /// keyward's own answer, when it made one
     status: u16,
     auth_time: Duration,
+    /// who the request acted for (its organization is the access line's
+    /// `org_id`, for refusals too: operators look up a customer's 403 by it)
     caller: Option<Caller>,
-    org_id: Option<Arc<str>>,
     client_ip: Option<std::net::IpAddr>,
     route: Option<usize>,
     /// `details.reason` of keyward's answer
@@ -64,7 +65,6 @@ impl Ctx {
             status: 0,
             auth_time: Duration::ZERO,
             caller: None,
-            org_id: None,
             client_ip: None,
             route: None,
             reason: "",
@@ -143,9 +143,7 @@ impl KeywardApp {
         // phase 2: the upstream's copy of the head (hop-by-hop fields and
         // every client spelling of keyward's headers out)
         let has_body = !session.is_body_empty();
-        let mut up = match upstream_request(session.req_header(), has_body, |n| {
-            headers::is_keywards(n.as_str())
-        }) {
+        let mut up = match upstream_copy(session.req_header(), has_body) {
             Ok(parts) => parts,
             Err(Unforwardable(reason)) => {
                 session.set_keepalive(None);
@@ -196,12 +194,6 @@ impl KeywardApp {
         match decision {
             Decision::Refuse(r) => {
                 ctx.auth_time = auth_start.elapsed();
-                // the organization acted for, refusals too (operators look
-                // up a customer's 403 by it)
-                ctx.org_id = r
-                    .caller
-                    .as_ref()
-                    .and_then(|c| c.org.as_ref().map(|o| o.id.clone()));
                 ctx.caller = r.caller;
                 ctx.route = r.route;
                 if matches!(r.denial, Denial::PayloadTooLarge) {
@@ -215,7 +207,6 @@ impl KeywardApp {
                 }
                 ctx.caller = grant.caller;
                 ctx.route = grant.route;
-                ctx.org_id = grant.identity.org_id.clone();
                 ctx.outcome = Outcome::Forwarded;
                 let strip = pinned.policy.config.upstream.strip_credentials;
                 let apply = |up: &mut HeaderMap,
@@ -238,10 +229,7 @@ impl KeywardApp {
                     return false;
                 }
                 let rebuild = |s: &ServerSession| {
-                    let mut parts = upstream_request(s.req_header(), has_body, |n| {
-                        headers::is_keywards(n.as_str())
-                    })
-                    .ok()?;
+                    let mut parts = upstream_copy(s.req_header(), has_body).ok()?;
                     if inspected.is_some() {
                         parts.headers.remove(http::header::EXPECT);
                     }
@@ -401,7 +389,11 @@ impl KeywardApp {
             status,
             auth_method: method,
             outcome: ctx.outcome.as_str(),
-            org_id: ctx.org_id.as_deref().unwrap_or(""),
+            org_id: ctx
+                .caller
+                .as_ref()
+                .and_then(|c| c.org.as_ref())
+                .map_or("", |o| &o.id),
             key_prefix: ctx
                 .caller
                 .as_ref()
@@ -421,6 +413,12 @@ impl KeywardApp {
             ),
         });
     }
+}
+
+/// The upstream's copy of the head without any client spelling of
+/// keyward's own headers (built again for the one retry).
+fn upstream_copy(h: &RequestHeader, has_body: bool) -> Result<Parts, Unforwardable> {
+    upstream_request(h, has_body, |n| headers::is_keywards(n.as_str()))
 }
 
 /// The facts the core reads, from the (normalized) head.
