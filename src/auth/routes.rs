@@ -136,6 +136,24 @@ pub fn method_override(headers: &http::HeaderMap, query: Option<&str>) -> bool {
     })
 }
 
+/// The method rules of SPEC §5.1 as the shell and `keyward explain` apply
+/// them: `Err(details.reason)` for a standard method in another case or a
+/// second method named in a header or the query.
+pub fn check_method(
+    method: &Method,
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+) -> Result<(), &'static str> {
+    if is_noncanonical_method(method) {
+        // `post` would miss POST routes here and hit them upstream
+        return Err("noncanonical_method");
+    }
+    if method_override(headers, query) {
+        return Err("method_override");
+    }
+    Ok(())
+}
+
 /// The standard methods (SPEC §5.1).
 const STANDARD_METHODS: [Method; 7] = [
     Method::GET,

@@ -61,13 +61,8 @@ pub fn check(session: &ServerSession) -> Result<Option<String>, Refused> {
         return Err(refused("malformed_framing", true));
     }
     let h = session.req_header();
-    // `post` would miss POST routes here and hit them upstream (SPEC §5.1).
-    if routes::is_noncanonical_method(&h.method) {
-        return Err(refused("noncanonical_method", false));
-    }
-    if routes::method_override(&h.headers, h.uri.query()) {
-        return Err(refused("method_override", false));
-    }
+    routes::check_method(&h.method, &h.headers, h.uri.query())
+        .map_err(|reason| refused(reason, false))?;
     normalized_target(h).map_err(|reason| refused(reason, false))
 }
 

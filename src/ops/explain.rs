@@ -107,17 +107,6 @@ pub fn explain(policy: &Policy, directory: &dyn Directory, req: &Request, now: i
         note("method", format!("`{}` is not a method", req.method));
         return done(refuse(400, "BAD_REQUEST", "malformed_request"), None, trace);
     };
-    if routes::is_noncanonical_method(&method) {
-        note(
-            "method",
-            format!("`{method}` is a standard method in another case"),
-        );
-        return done(
-            refuse(400, "BAD_REQUEST", "noncanonical_method"),
-            None,
-            trace,
-        );
-    }
     let mut headers = HeaderMap::new();
     for (k, v) in &req.headers {
         let (Ok(name), Ok(value)) = (
@@ -138,12 +127,15 @@ pub fn explain(policy: &Policy, directory: &dyn Directory, req: &Request, now: i
         Some((p, q)) => (p, Some(q)),
         None => (req.target.as_str(), None),
     };
-    if routes::method_override(&headers, query) {
+    if let Err(reason) = routes::check_method(&method, &headers, query) {
         note(
             "method",
-            "a second method is named (override header or _method)".into(),
+            match reason {
+                "noncanonical_method" => format!("`{method}` is a standard method in another case"),
+                _ => "a second method is named (override header or _method)".into(),
+            },
         );
-        return done(refuse(400, "BAD_REQUEST", "method_override"), None, trace);
+        return done(refuse(400, "BAD_REQUEST", reason), None, trace);
     }
     let path = match routes::normalize(raw_path) {
         Ok(p) => p,
