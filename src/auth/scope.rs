@@ -163,6 +163,12 @@ pub fn find<'a>(
 /// case as ASP.NET binds it), whether any was bracketed, and the first raw
 /// value. A `;` that older parsers split pairs on, inside a pair that names
 /// NAME or before a NAME, is a second reading: `Ambiguous`.
+/// Where some upstream parser starts another pair inside what a standard
+/// one reads as one: `;` (Rack 2, Go < 1.17, Python < 3.9.2) and `?` (Hono
+/// finds a parameter by searching the raw URL for `?NAME=`, so
+/// `??workspaceId=ws_b` or `x=?workspaceId=ws_b` names ws_b to it).
+const SECOND_READING: [char; 2] = [';', '?'];
+
 #[derive(Debug, Default)]
 struct QueryScan<'a> {
     count: usize,
@@ -178,15 +184,15 @@ impl<'a> QueryScan<'a> {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match key_names(k, name) {
                 Some(variant) => {
-                    if v.contains(';') {
+                    if v.contains(SECOND_READING) {
                         return Err(SourceError::Ambiguous);
                     }
                     scan.count += 1;
                     scan.variant |= variant;
                     scan.value.get_or_insert(v);
                 }
-                None if pair.contains(';') => {
-                    let split = pair.split(';');
+                None if pair.contains(SECOND_READING) => {
+                    let split = pair.split(SECOND_READING);
                     if split
                         .map(|p| p.split_once('=').map_or(p, |(k, _)| k))
                         .any(|k| key_names(k, name).is_some())
@@ -253,6 +259,26 @@ fn query_param<'a>(query: &'a str, name: &str) -> Result<Option<Cow<'a, str>>, S
     }
 }
 
+/// No `charset` parameter, or `utf-8` (any case, quoted or not): keyward
+/// reads the body as UTF-8, and Express' body-parser decodes any `utf-*`
+/// charset it is given (`charset=utf-7` hides a second key in `+ACI-`).
+fn utf8_charset(content_type: &[u8]) -> bool {
+    content_type.split(|&b| b == b';').skip(1).all(|param| {
+        let Some(eq) = param.iter().position(|&b| b == b'=') else {
+            return true;
+        };
+        if !param[..eq].trim_ascii().eq_ignore_ascii_case(b"charset") {
+            return true;
+        }
+        let value = param[eq + 1..].trim_ascii();
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
+        value.eq_ignore_ascii_case(b"utf-8")
+    })
+}
+
 /// Why an inspected body is refused (415 UNSUPPORTED_MEDIA_TYPE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaError {
@@ -303,6 +329,9 @@ pub fn inspectable_body(headers: &HeaderMap) -> Result<(), MediaError> {
     if ct.contains(&b',') {
         return Err(MediaError::Unsupported);
     }
+    if !utf8_charset(ct) {
+        return Err(MediaError::Unsupported);
+    }
     let media = ct
         .split(|&b| b == b';')
         .next()
@@ -326,6 +355,17 @@ pub fn inspectable_body(headers: &HeaderMap) -> Result<(), MediaError> {
     } else {
         Err(MediaError::Unsupported)
     }
+}
+
+/// Whether a JSON key is `field` to a decoder that matches names ignoring
+/// case (Go folds `ſ` to `s` and the Kelvin sign to `k` too).
+fn folds_to(key: &str, field: &str) -> bool {
+    let fold = |c: char| match c {
+        '\u{17F}' => 's',
+        '\u{212A}' => 'k',
+        c => c.to_ascii_lowercase(),
+    };
+    key.chars().map(fold).eq(field.chars().map(fold))
 }
 
 /// The string value of a top-level JSON field. Empty body or missing field:
@@ -367,6 +407,11 @@ pub fn body_field(body: &[u8], field: &str) -> Result<Option<String>, SourceErro
                         _ => found.error = found.error.or(Some(SourceError::NotString)),
                     }
                 } else {
+                    if folds_to(&key, self.0) {
+                        // Go's encoding/json and System.Text.Json match
+                        // field names ignoring case: a second copy to them
+                        found.error = Some(SourceError::Ambiguous);
+                    }
                     map.next_value::<IgnoredAny>()?;
                 }
             }
@@ -443,6 +488,17 @@ mod tests {
             body_field(br#"{"work\u0073paceId":"ws_9"}"#, "workspaceId"),
             Ok(Some("ws_9".into()))
         );
+        for body in [
+            r#"{"workspaceId":"a","WorkspaceId":"b"}"#,
+            r#"{"WORKSPACEID":"b","workspaceId":"a"}"#,
+            "{\"workspaceId\":\"a\",\"work\u{17F}paceId\":\"b\"}",
+        ] {
+            assert_eq!(
+                body_field(body.as_bytes(), "workspaceId"),
+                Err(SourceError::Ambiguous),
+                "{body}"
+            );
+        }
     }
 
     #[test]
@@ -503,6 +559,9 @@ mod tests {
             "workspaceId=a;b",
             "x=1;workspaceId=b&workspaceId=a",
             "workspaceId=0&workspaceId;",
+            "?workspaceId=b&workspaceId=a",
+            "x=?workspaceId=b&workspaceId=a",
+            "workspaceId=a?workspaceId=b",
         ] {
             assert_eq!(
                 query_param(q, "workspaceId"),
@@ -641,6 +700,18 @@ mod tests {
         );
         assert_eq!(h(&[cl, ("content-type", "application/+json")]), bad);
         assert_eq!(h(&[cl, ("content-type", "text/json")]), bad);
+        assert_eq!(
+            h(&[cl, ("content-type", "application/json; charset=utf-7")]),
+            bad
+        );
+        assert_eq!(
+            h(&[cl, ("content-type", "application/json; charset=UTF-16")]),
+            bad
+        );
+        assert_eq!(
+            h(&[cl, ("content-type", "application/json; charset=\"UTF-8\"")]),
+            Ok(())
+        );
         assert_eq!(
             h(&[
                 cl,

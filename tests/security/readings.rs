@@ -893,3 +893,68 @@ fn access_log_key_prefix_is_at_most_8_characters() {
         );
     }
 }
+
+/// Found by an outside attack on this change: Hono's `c.req.query(NAME)`
+/// searches the raw URL for `?NAME=`, so a `?` inside the query starts a
+/// second reading keyward's parser does not see.
+#[test]
+fn a_question_mark_inside_the_query_is_a_second_reading() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    for target in [
+        "/api/v1/triggers??workspaceId=ws_b&workspaceId=ws_a1",
+        "/api/v1/triggers?x=?workspaceId=ws_b&workspaceId=ws_a1",
+        "/api/v1/workspaces/ws_a1/x??workspaceId=ws_b",
+    ] {
+        let r = kw.send("GET", target, bearer(&w.scoped_key), "");
+        assert_denied(target, &r, 400, "BAD_REQUEST", "ambiguous_workspace");
+    }
+    assert_not_forwarded("second reading after ?", &up);
+}
+
+/// Found by an outside attack: body-parser decodes any `utf-*` charset, so
+/// in UTF-7 `+ACI-` is a quote and hides a second workspaceId.
+#[test]
+fn an_inspected_body_in_another_charset_is_unsupported_media_type() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let body = r#"{"workspaceId":"ws_a1","a":"+ACI-,+ACI-workspaceId+ACI-:+ACI-ws_b+ACI-,+ACI-b+ACI-:+ACI-"}"#;
+    for charset in ["utf-7", "UTF-16", "iso-8859-1"] {
+        let headers = format!(
+            "{}Content-Type: application/json; charset={charset}\r\n",
+            bearer(&w.scoped_key)
+        );
+        let r = kw.send("POST", "/api/v1/connections", &headers, body);
+        assert_denied(
+            charset,
+            &r,
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "unsupported_media_type",
+        );
+    }
+    assert_not_forwarded("charset", &up);
+}
+
+/// Found by an outside attack: Go's encoding/json and ASP.NET's
+/// System.Text.Json match JSON field names ignoring case (the last wins).
+#[test]
+fn a_body_field_in_another_letter_case_is_ambiguous() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let headers = format!(
+        "{}Content-Type: application/json\r\n",
+        bearer(&w.scoped_key)
+    );
+    for body in [
+        r#"{"workspaceId":"ws_a1","WorkspaceId":"ws_b"}"#,
+        r#"{"workspaceId":"ws_a1","WORKSPACEID":"ws_b"}"#,
+    ] {
+        let r = kw.send("POST", "/api/v1/connections", &headers, body);
+        assert_denied(body, &r, 400, "BAD_REQUEST", "ambiguous_workspace");
+    }
+    assert_not_forwarded("case variant", &up);
+}
