@@ -63,6 +63,9 @@ pub fn check(session: &ServerSession) -> Result<Option<String>, Refused> {
     let h = session.req_header();
     routes::check_method(&h.method, &h.headers, h.uri.query())
         .map_err(|reason| refused(reason, false))?;
+    if !plausible_host(&h.headers) {
+        return Err(refused("malformed_host", false));
+    }
     normalized_target(h).map_err(|reason| refused(reason, false))
 }
 
@@ -84,6 +87,25 @@ fn normalized_target(h: &RequestHeader) -> Result<Option<String>, &'static str> 
             None => p.into_owned(),
         })),
         Err(e) => Err(e.reason()),
+    }
+}
+
+/// At most one `Host`, and one that is only `host[:port]` (RFC 3986
+/// reg-name or IP literal): an upstream that builds its URL as
+/// `http://${host}${url}` would read the path or query out of
+/// `Host: x/api/v1/workspaces/ws_b?` (found by an outside attack).
+fn plausible_host(headers: &http::HeaderMap) -> bool {
+    match count(headers, http::header::HOST) {
+        Count::Absent => true,
+        Count::Repeated => false,
+        Count::Once(v) => {
+            let v = v.as_bytes();
+            !v.is_empty()
+                && v.iter().all(|&b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+                })
+        }
     }
 }
 
@@ -162,6 +184,15 @@ mod tests {
         assert!(!ok("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"));
         assert!(is_absolute_http(b"HTTPS://h/p") && is_absolute_http(b"http://h"));
         assert!(!is_absolute_http(b"foo:/p") && !is_absolute_http(b"/http://h"));
+        let host = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::HOST, v.parse().unwrap());
+            plausible_host(&h)
+        };
+        assert!(host("api.example.com:8443") && host("[::1]:80") && host("kw.test"));
+        for bad in ["x/api/v1/workspaces/ws_b?", "x#y", "a b", "x\\y", "u@h"] {
+            assert!(!host(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -107,6 +107,7 @@ pub fn is_keywards(name: &str) -> bool {
         || spelled_as(name, X_SERVICE_KEY.as_str())
         || spelled_as(name, X_REQUEST_ID.as_str())
         || is_forwarding_header(name)
+        || CLIENT_CLAIMS.iter().any(|c| spelled_as(name, c))
 }
 
 /// The forwarding headers keyward writes itself (SPEC §4.1), lowercase.
@@ -116,6 +117,23 @@ const FORWARDING: [&str; 5] = [
     "x-forwarded-proto",
     "x-forwarded-host",
     "forwarded",
+];
+
+/// Other headers through which a client would name its own address or
+/// re-route the request (IP helpers read `CF-Connecting-IP` or
+/// `X-Client-IP` before `X-Forwarded-For`; IIS, Symfony and Zuul honour
+/// `X-Original-URL`): keyward vouches for none of them, so none is
+/// forwarded (found by an outside attack).
+const CLIENT_CLAIMS: [&str; 9] = [
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-original-forwarded-for",
+    "x-proxyuser-ip",
+    "x-original-url",
+    "x-rewrite-url",
 ];
 
 /// A client copy of a forwarding header, in any spelling: never forwarded
@@ -147,6 +165,8 @@ mod tests {
             "X_Allowed_Workspaces",
             "x_request_id",
             "X_Forwarded_For",
+            "CF-Connecting-IP",
+            "x_original_url",
         ] {
             assert!(is_keywards(n), "{n}");
         }

@@ -958,3 +958,57 @@ fn a_body_field_in_another_letter_case_is_ambiguous() {
     }
     assert_not_forwarded("case variant", &up);
 }
+
+/// Found by an outside attack: a Host that is more than `host[:port]`
+/// re-routes an upstream that builds `http://${host}${url}`.
+#[test]
+fn a_host_that_is_not_a_host_is_refused() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    for host in ["x/api/v1/workspaces/ws_b/connections?", "x#", "a b"] {
+        let req = format!(
+            "GET /api/v1/workspaces/ws_a1/x HTTP/1.1\r\nHost: {host}\r\n{}Connection: close\r\n\r\n",
+            bearer(&w.scoped_key)
+        );
+        let r = raw(kw.addr, &req);
+        assert_eq!(r.status, 400, "{host}: {}", r.body_str());
+    }
+    let r = raw(
+        kw.addr,
+        &format!(
+            "GET /api/v1/workspaces/ws_a1/x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n{}Connection: close\r\n\r\n",
+            bearer(&w.scoped_key)
+        ),
+    );
+    assert_eq!(r.status, 400, "two Host headers: {}", r.body_str());
+    assert_not_forwarded("host", &up);
+}
+
+/// Found by an outside attack: other client-address and URL-override
+/// headers never reach the upstream as the client wrote them.
+#[test]
+fn other_client_address_and_url_override_headers_are_not_forwarded() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let claims = "X-Client-IP: 203.0.113.1\r\nTrue-Client-IP: 203.0.113.2\r\nCF-Connecting-IP: 203.0.113.3\r\n\
+        Fastly-Client-IP: 203.0.113.4\r\nX-Cluster-Client-IP: 203.0.113.5\r\nX-Original-Forwarded-For: 203.0.113.6\r\n\
+        X-ProxyUser-Ip: 203.0.113.7\r\nX-Original-URL: /api/v1/workspaces/ws_b/x\r\nx_rewrite_url: /admin\r\n";
+    let r = kw.send(
+        "GET",
+        "/api/v1/workspaces/ws_a1/x",
+        format!("{}{claims}", bearer(&w.scoped_key)),
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let seen = only_seen(&up);
+    let head = seen.head.to_ascii_lowercase();
+    for gone in ["203.0.113.", "ws_b", "/admin", "original-url", "rewrite"] {
+        assert!(
+            !head.contains(gone),
+            "{gone} reached the upstream: {}",
+            seen.head
+        );
+    }
+}
