@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub public_url: String,
     pub shutdown_grace: Duration,
     pub max_body_inspect_bytes: usize,
+    /// the unix socket `keyward run --upgrade` takes the listeners over (SPEC §8.2)
+    pub upgrade_sock: PathBuf,
     pub tls: Option<TlsConfig>,
 }
 

@@ -48,6 +48,7 @@ pub struct RawServer {
     pub public_url: String,
     pub shutdown_grace_s: u64,
     pub max_body_inspect_bytes: usize,
+    pub upgrade_sock: String,
     pub tls: Option<RawTls>,
 }
 
@@ -61,6 +62,7 @@ impl Default for RawServer {
             public_url: String::new(),
             shutdown_grace_s: 5,
             max_body_inspect_bytes: 1 << 20,
+            upgrade_sock: "/tmp/keyward-upgrade.sock".into(),
             tls: None,
         }
     }

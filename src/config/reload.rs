@@ -78,6 +78,8 @@ fn server_change(old: &ServerConfig, new: &ServerConfig) -> Option<&'static str>
         shutdown_grace,
         // live: read per request
         max_body_inspect_bytes: _,
+        // frozen: pingora reads it when the server is built
+        upgrade_sock,
         // frozen: the listener's TLS settings are loaded once
         tls,
     } = old;
@@ -89,6 +91,7 @@ fn server_change(old: &ServerConfig, new: &ServerConfig) -> Option<&'static str>
             "server.shutdown_grace_s",
             *shutdown_grace != new.shutdown_grace,
         ),
+        ("server.upgrade_sock", *upgrade_sock != new.upgrade_sock),
     ])
     .or_else(|| tls_change(tls.as_ref(), new.tls.as_ref()))
 }
@@ -305,6 +308,7 @@ auth = "none"
         ("server.admin_listen", r#""127.0.0.1:9091""#),
         ("server.threads", "3"),
         ("server.shutdown_grace_s", "6"),
+        ("server.upgrade_sock", r#""/tmp/other.sock""#),
         ("server.tls.cert", r#""other-cert.pem""#),
         ("server.tls.key", r#""other-key.pem""#),
         ("upstream.address", r#""127.0.0.1:3001""#),

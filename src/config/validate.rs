@@ -52,6 +52,7 @@ pub(super) fn server(raw: RawServer, base: &Path) -> Result<ServerConfig, Config
         public_url,
         shutdown_grace_s,
         max_body_inspect_bytes,
+        upgrade_sock,
         tls,
     } = raw;
     if threads == 0 {
@@ -76,6 +77,19 @@ pub(super) fn server(raw: RawServer, base: &Path) -> Result<ServerConfig, Config
         public_url: public_url.trim_end_matches('/').to_string(),
         shutdown_grace: Duration::from_secs(shutdown_grace_s),
         max_body_inspect_bytes,
+        upgrade_sock: {
+            if upgrade_sock.is_empty() {
+                return Err(invalid("server.upgrade_sock", "must be a path"));
+            }
+            // sun_path holds 108 bytes; pingora derives no longer name
+            if upgrade_sock.len() > 100 {
+                return Err(invalid(
+                    "server.upgrade_sock",
+                    "a unix socket path must be under 100 bytes",
+                ));
+            }
+            resolve(base, &upgrade_sock)
+        },
         tls: tls.map(|RawTls { cert, key }| TlsConfig {
             cert: resolve(base, &cert),
             key: resolve(base, &key),
