@@ -35,6 +35,9 @@ use crate::request::headers::{self, IdentityHeader, X_REQUEST_ID};
 /// `Keep-Alive: timeout=N` is taken as asked), so an idle connection would be
 /// held forever; 60 s matches pingora's read timeout on a new connection.
 const KEEPALIVE_IDLE_S: u64 = 60;
+/// How long an idle keep-alive connection is kept for one more request once
+/// draining starts (bounded by pingora's grace period, which ends it anyway).
+const DRAIN_LINGER: Duration = Duration::from_secs(2);
 
 /// What one request leaves for its metrics and access line.
 struct Ctx {
@@ -557,16 +560,32 @@ impl HttpServerApp for KeywardApp {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        // phase 0: read the head. An idle keep-alive connection is dropped
-        // as soon as shutdown starts.
+        // phase 0: read the head. Once shutdown (or an upgrade's hand-over)
+        // starts, an idle keep-alive connection still gets DRAIN_LINGER for
+        // its next request, which is answered with `Connection: close`:
+        // closing it at once races a client that is sending on it, and
+        // that request would fail (zero failed requests through upgrades,
+        // SPEC §8.2). A connection idle for longer is closed as any idle one.
         let mut shutdown = shutdown.clone();
-        if *shutdown.borrow() {
-            return None;
-        }
-        let read = tokio::select! {
-            biased;
-            r = session.read_request() => r,
-            _ = shutdown.changed() => return None,
+        let read = {
+            let read = session.read_request();
+            tokio::pin!(read);
+            let first = if *shutdown.borrow() {
+                None
+            } else {
+                tokio::select! {
+                    biased;
+                    r = &mut read => Some(r),
+                    _ = shutdown.changed() => None,
+                }
+            };
+            match first {
+                Some(r) => r,
+                None => match tokio::time::timeout(DRAIN_LINGER, &mut read).await {
+                    Ok(r) => r,
+                    Err(_) => return None,
+                },
+            }
         };
         match read {
             Ok(true) => {}
