@@ -33,6 +33,10 @@ enum Command {
         config: PathBuf,
         #[arg(long, value_enum, default_value = "text", env = "KEYWARD_LOG_FORMAT")]
         log_format: LogFormat,
+        /// Take the listening sockets (proxy and admin) of the keyward running
+        /// with the same `server.upgrade_sock` when it gets SIGQUIT
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate config, snapshot and route table; print what was found
     Check {
@@ -370,10 +374,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config, log_format } => {
+        Command::Run {
+            config,
+            log_format,
+            upgrade,
+        } => {
             let _guard = init_logs(log_format);
             match keyward::config::Config::load(&config) {
-                Ok(cfg) => keyward::server::run(cfg).map_err(|e| e.to_string()),
+                Ok(cfg) => keyward::server::run(cfg, upgrade).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             }
         }

@@ -1,8 +1,10 @@
 //! Assembly: snapshot store + watcher, decision engine, admin listener,
 //! SIGHUP reloads, and the pingora server with its shutdown behaviour.
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -11,6 +13,7 @@ use crate::config::{Config, RateLimitBackend};
 use crate::engine::Engine;
 use crate::http::app::KeywardApp;
 use crate::metrics::Metrics;
+use crate::ops::upgrade::{self, AdminHandle};
 use crate::ratelimit::{LocalLimiter, RedisLimiter};
 use crate::snapshot::SnapshotStore;
 
@@ -30,6 +33,11 @@ pub fn reload_config(engine: &Engine, path: &std::path::Path) -> Result<(), Stri
 pub struct Running {
     pub engine: Arc<Engine>,
     pub admin_addr: std::net::SocketAddr,
+    /// the admin listener, to hand over on SIGQUIT (`None` once handed over
+    /// or while an upgrade has not received it yet)
+    _admin: Arc<Mutex<Option<AdminHandle>>>,
+    /// an upgrade's hand-over, to send the final rate-limit counts through
+    handed_over: upgrade::Pending,
     _admin_rt: tokio::runtime::Runtime,
     /// `[tracing]`: its batch exporter runs on the admin runtime
     #[cfg(feature = "otel")]
@@ -39,8 +47,21 @@ pub struct Running {
 /// Longest a SIGINT exit may take before keyward exits without pingora.
 const SIGINT_EXIT_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Longest an upgrading process waits for the running one's admin listener
+/// (pingora waits about as long for the proxy listeners, then exits).
+const ADMIN_HAND_OVER_WAIT: Duration = Duration::from_secs(10);
+
 /// Everything but the pingora server: store, watcher, engine, admin, SIGHUP.
-pub fn start_support(config: Config) -> anyhow::Result<Running> {
+/// With `upgrade`, the admin listener and the local rate-limit counts come
+/// from the running keyward when it gets SIGQUIT ([`upgrade`]).
+pub fn start_support(config: Config, upgrade: bool) -> anyhow::Result<Running> {
+    // Listen for the hand-over first: the operator may send SIGQUIT as soon
+    // as this process runs, before the snapshot has loaded.
+    let admin_sock = upgrade::admin_sock(&config.server.upgrade_sock);
+    let incoming = upgrade.then(|| {
+        let path = admin_sock.clone();
+        std::thread::spawn(move || upgrade::receive(&path, ADMIN_HAND_OVER_WAIT))
+    });
     let metrics = Metrics::new();
     let store = SnapshotStore::new(config.snapshot.path.clone());
     if config.session.secret.is_none() {
@@ -70,9 +91,28 @@ pub fn start_support(config: Config) -> anyhow::Result<Running> {
         )
         .map_err(|e| anyhow::anyhow!("rate_limit.redis_url: {e}"))?,
     };
+    let grace = config.server.shutdown_grace;
     let engine = Engine::with_limiter(config, store, metrics, limiter);
-    let admin_addr = crate::admin::start(&rt, admin_listen, engine.clone())
-        .map_err(|e| anyhow::anyhow!("cannot bind admin listener {admin_listen}: {e}"))?;
+    let admin: Arc<Mutex<Option<AdminHandle>>> = Arc::default();
+    let admin_addr = match incoming {
+        None => {
+            let listener = crate::admin::bind(admin_listen)
+                .map_err(|e| anyhow::anyhow!("cannot bind admin listener {admin_listen}: {e}"))?;
+            let (addr, handle) = crate::admin::start(rt.handle(), listener, engine.clone())?;
+            *admin.lock().unwrap() = Some(handle);
+            addr
+        }
+        Some(incoming) => {
+            take_over_admin(
+                incoming,
+                rt.handle().clone(),
+                engine.clone(),
+                admin.clone(),
+                grace,
+            );
+            admin_listen
+        }
+    };
     // SIGINT is a fast exit. pingora 0.9 can hang in it: with work stealing
     // off, a worker spins on accept errors once the listener's runtime
     // stopped and never reads its own shutdown (seen 2–5 times in 100 under
@@ -90,10 +130,16 @@ pub fn start_support(config: Config) -> anyhow::Result<Running> {
             });
         }
     });
+    let handed_over: upgrade::Pending = Arc::default();
     {
-        // pingora handles SIGTERM/SIGQUIT itself (drain, then exit); this
-        // only turns /readyz to 503 from the first moment of draining.
+        // pingora handles SIGTERM/SIGQUIT itself (drain, then exit; on
+        // SIGQUIT it first sends the proxy listeners to an upgrading
+        // process). This turns /readyz to 503 from the first moment of
+        // draining and, on SIGQUIT, hands the admin listener and the local
+        // rate-limit counts over too.
         let engine = engine.clone();
+        let admin = admin.clone();
+        let handed_over = handed_over.clone();
         rt.spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let (Ok(mut term), Ok(mut quit)) =
@@ -101,14 +147,20 @@ pub fn start_support(config: Config) -> anyhow::Result<Running> {
             else {
                 return;
             };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = quit.recv() => {}
-            }
+            let upgrading = tokio::select! {
+                _ = term.recv() => false,
+                _ = quit.recv() => true,
+            };
             engine
                 .draining
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             tracing::info!("draining: /readyz answers 503");
+            if upgrading {
+                let _ = tokio::task::spawn_blocking(move || {
+                    hand_over_admin(&admin_sock, &engine, &admin, &handed_over)
+                })
+                .await;
+            }
         });
     }
     if let Some(path) = source {
@@ -126,10 +178,82 @@ pub fn start_support(config: Config) -> anyhow::Result<Running> {
     Ok(Running {
         engine,
         admin_addr,
+        _admin: admin,
+        handed_over,
         _admin_rt: rt,
         #[cfg(feature = "otel")]
         tracing: otel,
     })
+}
+
+/// SIGQUIT: send the admin listener and the counts to an upgrading
+/// process, if one listens; stop accepting on the admin listener once sent.
+fn hand_over_admin(
+    path: &std::path::Path,
+    engine: &Engine,
+    admin: &Mutex<Option<AdminHandle>>,
+    handed_over: &upgrade::Pending,
+) {
+    let Some(handle) = admin.lock().unwrap().take() else {
+        return;
+    };
+    match upgrade::send(path, handle.fd.as_raw_fd(), &*engine.limiter) {
+        Ok(sent) => {
+            let _ = handle.stop.send(true);
+            *handed_over.lock().unwrap() = Some(sent);
+            tracing::info!("upgrade: admin listener and rate-limit counts handed over");
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "SIGQUIT: no upgrading keyward took the admin listener; it serves until exit");
+            *admin.lock().unwrap() = Some(handle);
+        }
+    }
+}
+
+/// `--upgrade`: serve the admin listener the running keyward hands over and
+/// add its counts; without a hand-over (a keyward that predates it), bind
+/// the address once the old process has released it.
+fn take_over_admin(
+    incoming: std::thread::JoinHandle<std::io::Result<upgrade::Received>>,
+    rt: tokio::runtime::Handle,
+    engine: Arc<Engine>,
+    slot: Arc<Mutex<Option<AdminHandle>>>,
+    grace: Duration,
+) {
+    let addr = engine.policy.load().config.server.admin_listen;
+    let spawned = std::thread::Builder::new()
+        .name("keyward-upgrade".into())
+        .spawn(move || {
+            let listener = match incoming.join() {
+                Ok(Ok(received)) => {
+                    let listener = received.admin.try_clone();
+                    received.absorb_counts(engine.limiter.clone(), grace + Duration::from_secs(15));
+                    listener
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "upgrade: no admin listener handed over; binding it when free");
+                    let deadline = std::time::Instant::now() + grace + Duration::from_secs(30);
+                    loop {
+                        match crate::admin::bind(addr) {
+                            Ok(l) => break Ok(l),
+                            Err(e) if std::time::Instant::now() < deadline => {
+                                let _ = e;
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                            Err(e) => break Err(e),
+                        }
+                    }
+                }
+                Err(_) => return,
+            };
+            match listener.and_then(|l| crate::admin::start(&rt, l, engine)) {
+                Ok((_, handle)) => *slot.lock().unwrap() = Some(handle),
+                Err(e) => tracing::error!(error = %e, %addr, "upgrade: no admin listener"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "upgrade: cannot start the admin take-over");
+    }
 }
 
 /// keyward's pingora settings (also what the bare proxies in `benches/` run
@@ -151,8 +275,11 @@ pub fn server_conf(threads: usize, grace_s: u64, ca_file: Option<String>) -> Ser
     }
 }
 
-/// Run keyward until SIGTERM (graceful, `server.shutdown_grace_s`) or SIGINT (fast).
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Run keyward until SIGTERM (graceful, `server.shutdown_grace_s`), SIGQUIT
+/// (hand the listeners to a `--upgrade` process, then the same) or SIGINT
+/// (fast). With `upgrade`, take the listeners of the keyward running with
+/// the same `server.upgrade_sock` when it gets SIGQUIT.
+pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
     let listen = config.server.listen;
     let threads = config.server.threads;
     let grace = config.server.shutdown_grace.as_secs();
@@ -162,10 +289,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .ca_file
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
-    let running = start_support(config)?;
-    tracing::info!(%listen, admin = %running.admin_addr, "keyward starting");
+    let mut conf = server_conf(threads, grace, ca_file);
+    conf.upgrade_sock = config.server.upgrade_sock.to_string_lossy().into_owned();
+    let running = start_support(config, upgrade)?;
+    tracing::info!(%listen, admin = %running.admin_addr, upgrade, "keyward starting");
 
-    let mut server = Server::new_with_opt_and_conf(None, server_conf(threads, grace, ca_file));
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    // with `upgrade`: waits for the running keyward's listeners (SIGQUIT)
     server.bootstrap();
     let app = KeywardApp::new(running.engine.clone(), &server.configuration);
     #[cfg(feature = "otel")]
@@ -185,6 +319,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     server.add_service(service);
     server.run(RunArgs::default());
+    // drained: the upgraded process adds what this one admitted meanwhile
+    if let Some(sent) = running.handed_over.lock().unwrap().take() {
+        sent.finish(&*running.engine.limiter);
+    }
     // spans of the last requests: exported before the runtime stops
     #[cfg(feature = "otel")]
     if let Some(t) = &running.tracing {

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::engine::Engine;
+use crate::ops::upgrade::AdminHandle;
 
 /// Longest wait for a complete request head on the admin listener.
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -90,9 +91,19 @@ async fn handle(
     })
 }
 
-pub async fn serve(listener: TcpListener, engine: Arc<Engine>) {
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            // handed over to an upgrading process, which accepts from now
+            // on (connections already accepted finish here)
+            _ = stop.changed() => return,
+        };
+        let Ok((stream, _)) = accepted else {
             continue;
         };
         let engine = engine.clone();
@@ -110,20 +121,30 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>) {
     }
 }
 
-/// Bind now (so errors surface at start) and serve on `rt`.
+/// Bind the admin address now, so errors surface at start.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr)
+}
+
+/// Serve `listener` on `rt`; the handle can hand it over to an upgrading
+/// process ([`crate::ops::upgrade`]) and stop this one accepting.
 pub fn start(
-    rt: &tokio::runtime::Runtime,
-    addr: SocketAddr,
+    rt: &tokio::runtime::Handle,
+    listener: std::net::TcpListener,
     engine: Arc<Engine>,
-) -> std::io::Result<SocketAddr> {
-    let std_listener = std::net::TcpListener::bind(addr)?;
-    std_listener.set_nonblocking(true)?;
-    let local = std_listener.local_addr()?;
+) -> std::io::Result<(SocketAddr, AdminHandle)> {
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let handle = AdminHandle {
+        fd: std::os::fd::OwnedFd::from(listener.try_clone()?),
+        stop: tokio::sync::watch::channel(false).0,
+    };
+    let stop = handle.stop.subscribe();
     rt.spawn(async move {
-        let listener = TcpListener::from_std(std_listener).expect("admin listener");
-        serve(listener, engine).await
+        let listener = TcpListener::from_std(listener).expect("admin listener");
+        serve(listener, engine, stop).await
     });
-    Ok(local)
+    Ok((local, handle))
 }
 
 /// `keyward healthcheck`: exit status for container health checks.

@@ -63,5 +63,5 @@ pub fn run() -> anyhow::Result<()> {
     println!("curl -s http://{a}/metrics | grep keyward_requests_total; curl -s http://{a}/readyz");
     println!();
     println!("Ctrl-C to stop.");
-    crate::server::run(config)
+    crate::server::run(config, false)
 }

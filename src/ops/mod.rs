@@ -12,3 +12,4 @@ pub mod explain;
 pub mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;
+pub mod upgrade;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use moka::sync::Cache;
 
 use super::window::{bounded_map, entry, FixedWindow, WindowCount};
-use super::{Limiter, RateOutcome, RateState, DEFAULT_ORG_CAPACITY};
+use super::{Limiter, RateOutcome, RateState, WindowUse, DEFAULT_ORG_CAPACITY};
 
 /// Exact per-key fixed windows on this instance.
 pub struct LocalLimiter {
@@ -59,6 +59,26 @@ impl Limiter for LocalLimiter {
             None => (w, 0),
         };
         RateState::counted(limit, used, self.window.reset(w))
+    }
+
+    fn export(&self) -> Vec<WindowUse> {
+        self.counts
+            .iter()
+            .filter_map(|(key, count)| {
+                let (window, used) = count.load();
+                (used > 0).then(|| WindowUse {
+                    key: key.to_string(),
+                    window,
+                    used,
+                })
+            })
+            .collect()
+    }
+
+    fn absorb(&self, uses: &[WindowUse]) {
+        for u in uses {
+            entry(&self.counts, &u.key, |_| Arc::default()).add(u.window, u.used);
+        }
     }
 }
 
@@ -109,6 +129,35 @@ mod tests {
         assert_eq!(l.peek("o", 5, 61).remaining, 4);
         assert_eq!(l.peek("o", 5, 61).retry_after(61), 59);
         assert_eq!(l.peek("o", 5, 119).retry_after(120), 1);
+    }
+
+    #[test]
+    fn a_hand_over_adds_the_old_process_counts_to_the_same_window() {
+        let old = LocalLimiter::new(60);
+        for _ in 0..7 {
+            old.admit("a", 10, 6_000);
+        }
+        old.admit("b", 10, 5_990); // an earlier window
+        let new = LocalLimiter::new(60);
+        new.admit("a", 10, 6_001);
+        let mut uses = old.export();
+        uses.sort_by(|x, y| x.key.cmp(&y.key));
+        assert_eq!(uses.len(), 2);
+        new.absorb(&uses);
+        assert_eq!(new.peek("a", 10, 6_001).remaining, 2, "7 old + 1 new");
+        assert_eq!(
+            new.peek("b", 10, 6_001).remaining,
+            10,
+            "a past window is not carried"
+        );
+        // a window the new process has moved past is ignored
+        new.admit("c", 10, 6_100);
+        new.absorb(&[WindowUse {
+            key: "c".into(),
+            window: 100,
+            used: 5,
+        }]);
+        assert_eq!(new.peek("c", 10, 6_100).remaining, 9);
     }
 
     #[test]

@@ -76,6 +76,24 @@ pub trait Limiter: Send + Sync {
             up: true,
         }
     }
+    /// The windows this instance counts itself, for a binary upgrade's
+    /// hand-over (`keyward run --upgrade`); empty where the counts live in a
+    /// shared backend.
+    fn export(&self) -> Vec<WindowUse> {
+        Vec::new()
+    }
+    /// Add what another process admitted (the hand-over's counts) to this
+    /// instance's windows; a window that has already ended here is ignored.
+    fn absorb(&self, _uses: &[WindowUse]) {}
+}
+
+/// Requests one organization was admitted in one window (an upgrade's
+/// hand-over between the old and the new process).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WindowUse {
+    pub key: String,
+    pub window: u64,
+    pub used: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

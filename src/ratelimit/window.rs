@@ -151,6 +151,34 @@ impl WindowCount {
 
     /// The window a request in `window` would be counted in, and its count,
     /// without counting.
+    /// The window stored and its count, as they are.
+    pub(crate) fn load(&self) -> (u64, u64) {
+        let cur = self.0.load(Ordering::Relaxed);
+        (cur >> 32, cur & COUNT_MASK)
+    }
+
+    /// Count `n` more in `window` (requests another process admitted);
+    /// ignored when this counter is already in a later window.
+    pub(crate) fn add(&self, window: u64, n: u64) {
+        let mut cur = self.0.load(Ordering::Relaxed);
+        loop {
+            let (stored, count) = (cur >> 32, cur & COUNT_MASK);
+            let used = match stored.cmp(&window) {
+                std::cmp::Ordering::Greater => return,
+                std::cmp::Ordering::Equal => count,
+                std::cmp::Ordering::Less => 0,
+            };
+            let next = (window << 32) | (used + n).min(COUNT_MASK);
+            match self
+                .0
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
     pub(crate) fn used(&self, window: u64) -> (u64, u64) {
         let cur = self.0.load(Ordering::Relaxed);
         let (stored, count) = (cur >> 32, cur & COUNT_MASK);
