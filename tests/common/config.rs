@@ -94,6 +94,16 @@ impl Opts {
             snapshot.to_string_lossy().into_owned(),
         );
         set_key(&mut doc, "snapshot.poll_interval_ms", self.poll_ms as i64);
+        // each test's own hand-over socket: a SIGQUIT in one test must not
+        // reach another test's upgrading process
+        if get_key(&doc, "server.upgrade_sock").is_none() {
+            let dir = snapshot.parent().unwrap_or(Path::new("."));
+            set_key(
+                &mut doc,
+                "server.upgrade_sock",
+                dir.join("upgrade.sock").to_string_lossy().into_owned(),
+            );
+        }
         merge(&mut doc, parse(&self.routes));
         doc
     }
