@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::auth::decide::{self, Body, Decision, Env, Pending, PlanUse, Policy, RequestFacts};
 use crate::config::Config;
+use crate::http::streams::Streams;
 use crate::metrics::Metrics;
 use crate::ratelimit::{AuthFailureThrottle, Limiter, LocalLimiter};
 use crate::snapshot::SnapshotStore;
@@ -25,6 +26,8 @@ pub struct Engine {
     pub limiter: Arc<dyn Limiter>,
     pub throttle: AuthFailureThrottle,
     pub metrics: Arc<Metrics>,
+    /// open WebSocket and SSE streams, closed when their credential lapses
+    pub streams: Arc<Streams>,
     warned_unconfigured: AtomicBool,
     /// set from SIGTERM/SIGQUIT on: `/readyz` answers 503 while in-flight
     /// requests drain, so a load balancer stops sending
@@ -58,6 +61,7 @@ impl Engine {
             ),
             limiter,
             verdicts: Verdicts::attach(&config.cache, &store),
+            streams: Streams::new(store.clone(), metrics.clone()),
             store,
             policy: ArcSwap::from_pointee(Policy { config }),
             metrics,

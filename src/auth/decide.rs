@@ -16,11 +16,11 @@ use http::{HeaderMap, Method};
 
 use crate::auth::credentials::{self, BearerKind, Credential, SessionSettings};
 use crate::auth::denial::Denial;
-use crate::auth::principal::{McpKind, Scope, TokenTable, Verdict};
+use crate::auth::principal::{ApiKey, McpKind, McpToken, Scope, Session, TokenTable, Verdict};
 use crate::auth::routes::{AuthMode, Captures, Route, WorkspaceSource};
 use crate::auth::scope;
-use crate::cache::Entry;
-use crate::config::{Config, UnknownWorkspaces};
+use crate::cache::{Entry, TokenKey};
+use crate::config::{Config, Plan, UnknownWorkspaces};
 use crate::ratelimit::{AuthFailureThrottle, Limiter, RateOutcome, RateState};
 use crate::request::forwarding::Client;
 use crate::snapshot::OrgRecord;
@@ -104,6 +104,8 @@ impl AuthMethod {
 /// An authenticated caller (before route rules).
 pub struct Caller {
     pub method: AuthMethod,
+    /// the credential's cache key (table, sha256): never the token itself
+    pub key: TokenKey,
     pub verdict: Arc<Entry<Verdict>>,
     /// the organization the request acts for
     pub org: Option<OrgRecord>,
@@ -377,7 +379,7 @@ fn authenticate(
             token.as_bytes(),
             env,
         )
-        .and_then(|v| check_api_key(v, env.now)),
+        .and_then(|(k, v)| check_api_key(k, v, env.now)),
         Credential::Bearer { .. } if !mcp_route => {
             Err(Denial::unauthenticated("mcp_token_outside_mcp_route"))
         }
@@ -389,13 +391,13 @@ fn authenticate(
             token.as_bytes(),
             env,
         )
-        .and_then(|v| check_mcp(v, kind, facts, route, captures, env.now)),
+        .and_then(|(k, v)| check_mcp(k, v, kind, facts, route, captures, env.now)),
         Credential::ServiceKey(_) if mcp_route => {
             Err(Denial::unauthenticated("service_key_on_mcp_route"))
         }
         Credential::ServiceKey(key) => {
             principal(facts, route, captures, TokenTable::ServiceKey, key, env)
-                .and_then(|v| check_service_key(v, facts, env))
+                .and_then(|(k, v)| check_service_key(k, v, facts, env))
         }
         Credential::Session { .. } if mcp_route => {
             Err(Denial::unauthenticated("session_on_mcp_route"))
@@ -408,7 +410,7 @@ fn authenticate(
             token.as_bytes(),
             env,
         )
-        .and_then(|v| check_session(v, facts, route, cfg, env.now)),
+        .and_then(|(k, v)| check_session(k, v, facts, route, cfg, env.now)),
     };
     match result {
         Ok(caller) => Ok(caller),
@@ -450,7 +452,7 @@ fn principal(
     table: TokenTable,
     token: &[u8],
     env: &Env<'_>,
-) -> Result<Arc<Entry<Verdict>>, Denial> {
+) -> Result<(TokenKey, Arc<Entry<Verdict>>), Denial> {
     let key = (table, crate::snapshot::schema::token_hash(token));
     let throttled = || {
         env.throttle
@@ -466,7 +468,7 @@ fn principal(
                 return Err(d);
             }
         }
-        return Ok(entry);
+        return Ok((key, entry));
     }
     if let Some(d) = throttled() {
         return Err(d);
@@ -490,6 +492,7 @@ fn principal(
     };
     env.directory
         .load_token(key, workspace.as_deref())
+        .map(|entry| (key, entry))
         .map_err(|_| Denial::AuthUnavailable)
 }
 
@@ -502,31 +505,37 @@ fn usable_org(org: Option<&OrgRecord>) -> Result<OrgRecord, Denial> {
 }
 
 /// SPEC §3.1 `wvz_…`.
-fn check_api_key(entry: Arc<Entry<Verdict>>, now: i64) -> Result<Caller, Denial> {
+fn check_api_key(key: TokenKey, entry: Arc<Entry<Verdict>>, now: i64) -> Result<Caller, Denial> {
     let org = match &entry.value {
         Verdict::Rejected(reason) => return Err(Denial::unauthenticated(reason)),
-        Verdict::ApiKey(k) => {
-            if k.expires_at.is_some_and(|t| t <= now) {
-                return Err(Denial::unauthenticated("expired"));
-            }
-            let org = usable_org(k.org.as_ref())?;
-            if matches!(k.scope, Scope::Malformed) {
-                return Err(Denial::Forbidden("malformed_permissions"));
-            }
-            org
-        }
+        Verdict::ApiKey(k) => api_key_org(k, now)?,
         _ => return Err(Denial::unauthenticated("unknown")),
     };
     Ok(Caller {
         method: AuthMethod::ApiKey,
+        key,
         verdict: entry,
         org: Some(org),
     })
 }
 
+/// An API key's own rules: not expired, a usable organization, readable
+/// permissions.
+fn api_key_org(k: &ApiKey, now: i64) -> Result<OrgRecord, Denial> {
+    if k.expires_at.is_some_and(|t| t <= now) {
+        return Err(Denial::unauthenticated("expired"));
+    }
+    let org = usable_org(k.org.as_ref())?;
+    if matches!(k.scope, Scope::Malformed) {
+        return Err(Denial::Forbidden("malformed_permissions"));
+    }
+    Ok(org)
+}
+
 /// SPEC §3.3: a BetterAuth session, its active organization and, for unsafe
 /// methods, a trusted `Origin`.
 fn check_session(
+    key: TokenKey,
     entry: Arc<Entry<Verdict>>,
     facts: &RequestFacts<'_>,
     route: &Route,
@@ -536,14 +545,7 @@ fn check_session(
     let org = match &entry.value {
         Verdict::Rejected(reason) => return Err(Denial::unauthenticated(reason)),
         Verdict::Session(s) => {
-            if s.expires_at <= now {
-                return Err(Denial::unauthenticated("expired"));
-            }
-            let org = match &s.active_org_id {
-                None if route.org_optional => None,
-                None => return Err(Denial::Forbidden("no_active_organization")),
-                Some(_) => Some(usable_org(s.org.as_ref())?),
-            };
+            let org = session_org(s, route.org_optional, now)?;
             let unsafe_method = matches!(
                 *facts.method,
                 Method::POST | Method::PUT | Method::PATCH | Method::DELETE
@@ -568,13 +570,28 @@ fn check_session(
     };
     Ok(Caller {
         method: AuthMethod::Session,
+        key,
         verdict: entry,
         org,
     })
 }
 
+/// A session's own rules: not expired, and its active organization usable
+/// (none only where the route is `org_optional`).
+fn session_org(s: &Session, org_optional: bool, now: i64) -> Result<Option<OrgRecord>, Denial> {
+    if s.expires_at <= now {
+        return Err(Denial::unauthenticated("expired"));
+    }
+    match &s.active_org_id {
+        None if org_optional => Ok(None),
+        None => Err(Denial::Forbidden("no_active_organization")),
+        Some(_) => Ok(Some(usable_org(s.org.as_ref())?)),
+    }
+}
+
 /// SPEC §3.2: a service key, acting for the organization in `X-Org-ID` or none.
 fn check_service_key(
+    key: TokenKey,
     entry: Arc<Entry<Verdict>>,
     facts: &RequestFacts<'_>,
     env: &Env<'_>,
@@ -609,6 +626,7 @@ fn check_service_key(
     };
     Ok(Caller {
         method: AuthMethod::ServiceKey,
+        key,
         verdict: entry,
         org,
     })
@@ -617,6 +635,7 @@ fn check_service_key(
 /// SPEC §3.1 `mcp_…` / `mcpo_…`: kind, prefix, server auth mode and the
 /// server the path names.
 fn check_mcp(
+    key: TokenKey,
     entry: Arc<Entry<Verdict>>,
     prefix: BearerKind,
     facts: &RequestFacts<'_>,
@@ -627,45 +646,58 @@ fn check_mcp(
     let (method, org) = match &entry.value {
         Verdict::Rejected(reason) => return Err(Denial::unauthenticated(reason)),
         Verdict::Mcp(t) => {
-            let kind = t
-                .kind
-                .ok_or(Denial::unauthenticated("unknown_token_kind"))?;
-            if (prefix == BearerKind::McpOAuth) != (kind == McpKind::OAuth) {
-                return Err(Denial::unauthenticated("token_kind_mismatch"));
-            }
-            if t.expires_at.is_some_and(|e| e <= now) {
-                return Err(Denial::unauthenticated("expired"));
-            }
-            let server = t
-                .server
-                .as_ref()
-                .ok_or(Denial::unauthenticated("unknown_server"))?;
-            let allowed = match kind {
-                McpKind::Static | McpKind::EndUser => server.auth_mode.allows_bearer(),
-                McpKind::OAuth => server.auth_mode.allows_oauth(),
-            };
-            if !allowed {
-                return Err(Denial::unauthenticated("auth_mode_not_allowed"));
-            }
             let path_server = mcp_server_id(facts, route, captures)
                 .map_err(|e| Denial::BadRequest(e.reason()))?;
-            if path_server.as_deref() != Some(&*t.server_id) {
-                return Err(Denial::Forbidden("wrong_mcp_server"));
-            }
-            let method = if kind == McpKind::OAuth {
-                AuthMethod::McpOAuth
-            } else {
-                AuthMethod::McpBearer
-            };
-            (method, usable_org(t.org.as_ref())?)
+            mcp_standing(t, prefix, path_server.as_deref(), now)?
         }
         _ => return Err(Denial::unauthenticated("unknown")),
     };
     Ok(Caller {
         method,
+        key,
         verdict: entry,
         org: Some(org),
     })
+}
+
+/// An MCP token's own rules: its kind fits the prefix it was presented
+/// with, not expired, its server takes it and is the one the path names,
+/// and the server's organization is usable.
+fn mcp_standing(
+    t: &McpToken,
+    prefix: BearerKind,
+    path_server: Option<&str>,
+    now: i64,
+) -> Result<(AuthMethod, OrgRecord), Denial> {
+    let kind = t
+        .kind
+        .ok_or(Denial::unauthenticated("unknown_token_kind"))?;
+    if (prefix == BearerKind::McpOAuth) != (kind == McpKind::OAuth) {
+        return Err(Denial::unauthenticated("token_kind_mismatch"));
+    }
+    if t.expires_at.is_some_and(|e| e <= now) {
+        return Err(Denial::unauthenticated("expired"));
+    }
+    let server = t
+        .server
+        .as_ref()
+        .ok_or(Denial::unauthenticated("unknown_server"))?;
+    let allowed = match kind {
+        McpKind::Static | McpKind::EndUser => server.auth_mode.allows_bearer(),
+        McpKind::OAuth => server.auth_mode.allows_oauth(),
+    };
+    if !allowed {
+        return Err(Denial::unauthenticated("auth_mode_not_allowed"));
+    }
+    if path_server != Some(&*t.server_id) {
+        return Err(Denial::Forbidden("wrong_mcp_server"));
+    }
+    let method = if kind == McpKind::OAuth {
+        AuthMethod::McpOAuth
+    } else {
+        AuthMethod::McpBearer
+    };
+    Ok((method, usable_org(t.org.as_ref())?))
 }
 
 /// `Origin` on an `auth = "mcp"` route (SPEC §3.1): absent, or one value
@@ -812,18 +844,31 @@ fn authorize<'p>(
     })
 }
 
-/// (limit, plan) for the acting organization; None: not limited.
-fn limit_for<'c>(caller: &Caller, cfg: &'c Config) -> Option<(u64, PlanUse<'c>)> {
+/// The `[plans.NAME]` table of an organization's plan, else
+/// `[plans.default]`, with the name it is counted under.
+fn plan_of<'c>(org: &OrgRecord, cfg: &'c Config) -> Option<(&'c str, &'c Plan)> {
+    cfg.plans
+        .get_key_value(&*org.plan)
+        .or_else(|| cfg.plans.get_key_value("default"))
+        .map(|(name, plan)| (name.as_str(), plan))
+}
+
+/// The acting organization of a caller the limits apply to (service keys
+/// only with `rate_limit.service_keys_limited`).
+fn limited_org<'c>(caller: &'c Caller, cfg: &Config) -> Option<&'c OrgRecord> {
     let org = caller.org.as_ref()?;
     if caller.method == AuthMethod::ServiceKey && !cfg.rate_limit.service_keys_limited {
         return None;
     }
-    let (plan_limit, label) = match cfg.plans.get_key_value(&*org.plan) {
-        Some((name, n)) => (Some(*n), name.as_str()),
-        None => match cfg.plans.get_key_value("default") {
-            Some((name, n)) => (Some(*n), name.as_str()),
-            None => (None, "unconfigured"),
-        },
+    Some(org)
+}
+
+/// (limit, plan) for the acting organization; None: not limited.
+fn limit_for<'c>(caller: &Caller, cfg: &'c Config) -> Option<(u64, PlanUse<'c>)> {
+    let org = limited_org(caller, cfg)?;
+    let (plan_limit, label) = match plan_of(org, cfg) {
+        Some((name, p)) => (Some(p.requests_per_window), name),
+        None => (None, "unconfigured"),
     };
     match (org.rate_limit, plan_limit) {
         (Some(n), _) => Some((n, PlanUse::Plan(label))),
@@ -961,30 +1006,52 @@ fn check_route(
         Some(o) => format!("workspace `{ws}` belongs to `{o}`"),
         None => format!("workspace `{ws}` is not in the snapshot"),
     });
-    match owner {
-        Some(owner) if caller.org.as_ref().map(|o| &*o.id) != Some(&*owner) => {
-            return Err(Denial::ScopeDenied("workspace_of_another_organization"));
-        }
-        Some(_) => {}
-        // X-Workspace-ID always names a workspace keyward verified
-        // (SPEC §5.1), unless the operator lets the upstream judge.
-        None if env.policy.config.unknown_workspaces == UnknownWorkspaces::Deny => {
-            return Err(Denial::ScopeDenied("unknown_workspace"));
-        }
-        None => {}
-    }
+    owner_rule(
+        owner.as_deref(),
+        caller.org.as_ref().map(|o| &*o.id),
+        env.policy.config.unknown_workspaces,
+    )?;
     if let Some(scope) = caller.scope() {
         let allowed = scope.allows(&ws);
         env.note("scope", || {
             let verdict = if allowed { "is in" } else { "is outside" };
             format!("`{ws}` {verdict} the key's scope")
         });
-        if !allowed {
-            return Err(Denial::ScopeDenied("workspace_not_in_scope"));
-        }
+        scope_rule(scope, &ws)?;
     }
     id.workspace_id = Some(Arc::from(&*ws));
     Ok(id)
+}
+
+/// SPEC §5, §5.1 for a resolved workspace whose owner the snapshot says is
+/// `owner`: it belongs to the caller's organization `org` (an unknown one
+/// per `scopes.unknown_workspaces`).
+fn owner_rule(
+    owner: Option<&str>,
+    org: Option<&str>,
+    unknown: UnknownWorkspaces,
+) -> Result<(), Denial> {
+    match owner {
+        Some(owner) if org != Some(owner) => {
+            return Err(Denial::ScopeDenied("workspace_of_another_organization"));
+        }
+        Some(_) => {}
+        // X-Workspace-ID always names a workspace keyward verified
+        // (SPEC §5.1), unless the operator lets the upstream judge.
+        None if unknown == UnknownWorkspaces::Deny => {
+            return Err(Denial::ScopeDenied("unknown_workspace"));
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// SPEC §5: a workspace-scoped key's list holds the resolved workspace.
+fn scope_rule(scope: &Scope, ws: &str) -> Result<(), Denial> {
+    if !scope.allows(ws) {
+        return Err(Denial::ScopeDenied("workspace_not_in_scope"));
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------ words for a trace
@@ -1075,6 +1142,9 @@ fn describe_caller(c: &Caller) -> String {
         Verdict::Rejected(r) => format!("rejected ({r})"),
     }
 }
+
+mod standing;
+pub use standing::{lapse_reason, stream_cap, Standing, LAPSE_REASONS};
 
 #[cfg(test)]
 mod tests;

@@ -25,6 +25,8 @@ pub enum Denial {
     UpstreamUnavailable,
     AuthUnavailable,
     UpstreamTimeout,
+    /// 429: the organization's `max_streams` streams are open (SPEC §8.2)
+    TooManyStreams,
 }
 
 impl Denial {
@@ -39,7 +41,7 @@ impl Denial {
         match self {
             Denial::Unauthenticated { .. } => 401,
             Denial::Forbidden(_) | Denial::ScopeDenied(_) | Denial::QuotaExceeded => 403,
-            Denial::RateLimited { .. } => 429,
+            Denial::RateLimited { .. } | Denial::TooManyStreams => 429,
             Denial::BadRequest(_) => 400,
             Denial::UnsupportedMediaType(_) => 415,
             Denial::PayloadTooLarge => 413,
@@ -55,7 +57,7 @@ impl Denial {
             Denial::Forbidden(_) => "FORBIDDEN",
             Denial::ScopeDenied(_) => "SCOPE_DENIED",
             Denial::QuotaExceeded => "QUOTA_EXCEEDED",
-            Denial::RateLimited { .. } => "RATE_LIMIT_EXCEEDED",
+            Denial::RateLimited { .. } | Denial::TooManyStreams => "RATE_LIMIT_EXCEEDED",
             Denial::BadRequest(_) => "BAD_REQUEST",
             Denial::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             Denial::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
@@ -73,6 +75,7 @@ impl Denial {
             Denial::QuotaExceeded => "Organization quota exceeded",
             Denial::RateLimited { per_ip: false, .. } => "Rate limit exceeded",
             Denial::RateLimited { per_ip: true, .. } => "Too many failed authentication attempts",
+            Denial::TooManyStreams => "Too many open streams for this organization",
             Denial::BadRequest(_) => "Bad request",
             Denial::UnsupportedMediaType(_) => {
                 "The route reads the body as JSON: send it as application/json, not content-encoded"
@@ -92,6 +95,7 @@ impl Denial {
             | Denial::ScopeDenied(reason)
             | Denial::BadRequest(reason)
             | Denial::UnsupportedMediaType(reason) => Some(reason),
+            Denial::TooManyStreams => Some("too_many_streams"),
             _ => None,
         }
     }
@@ -127,6 +131,8 @@ impl Denial {
             Denial::RateLimited { retry_after, .. } => {
                 Some((http::header::RETRY_AFTER, retry_after.to_string()))
             }
+            // a slot frees whenever a stream ends: try again shortly
+            Denial::TooManyStreams => Some((http::header::RETRY_AFTER, "1".to_string())),
             _ => None,
         }
     }

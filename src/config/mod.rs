@@ -20,7 +20,7 @@ mod reload;
 mod validate;
 
 pub use model::{
-    CacheConfig, Config, McpConfig, RateLimitBackend, RateLimitConfig, RedisConfig, Secret,
+    CacheConfig, Config, McpConfig, Plan, RateLimitBackend, RateLimitConfig, RedisConfig, Secret,
     ServerConfig, SessionConfig, SnapshotConfig, TlsConfig, TracingConfig, UnknownWorkspaces,
     UpstreamConfig,
 };

@@ -137,6 +137,14 @@ pub struct McpConfig {
     pub allowed_origins: Vec<String>,
 }
 
+/// One `[plans.NAME]` table (SPEC §6, §8.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub requests_per_window: u64,
+    /// concurrent streams (WebSocket, SSE) per organization; None: no cap
+    pub max_streams: Option<u64>,
+}
+
 /// The validated configuration.
 #[derive(Clone)]
 pub struct Config {
@@ -151,7 +159,7 @@ pub struct Config {
     pub tracing: Option<TracingConfig>,
     pub unknown_workspaces: UnknownWorkspaces,
     pub mcp: McpConfig,
-    /// plan name → requests per window
-    pub plans: HashMap<String, u64>,
+    /// plan name → its limits
+    pub plans: HashMap<String, Plan>,
     pub routes: RouteTable,
 }

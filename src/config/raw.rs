@@ -246,4 +246,7 @@ pub struct RawMcp {
 #[serde(deny_unknown_fields)]
 pub struct RawPlan {
     pub requests_per_window: u64,
+    /// concurrent streams per organization (SPEC §8.2); absent: no cap
+    #[serde(default)]
+    pub max_streams: Option<u64>,
 }

@@ -247,6 +247,7 @@ trusted_proxies = []
 public_url = ""
 shutdown_grace_s = 5
 max_body_inspect_bytes = 1048576
+upgrade_sock = "/tmp/keyward-upgrade.sock"
 
 [server.tls]
 cert = "cert.pem"
@@ -296,6 +297,7 @@ allowed_origins = []
 
 [plans.free]
 requests_per_window = 60
+max_streams = 10
 
 [[route]]
 path = "/api/auth/**"
@@ -347,6 +349,7 @@ auth = "none"
         ("scopes.unknown_workspaces", r#""pass""#),
         ("mcp.allowed_origins", r#"["https://a.example"]"#),
         ("plans.free.requests_per_window", "61"),
+        ("plans.free.max_streams", "11"),
     ];
 
     fn parse(text: &str) -> Config {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::model::{
-    CacheConfig, Config, McpConfig, RateLimitBackend, RateLimitConfig, RedisConfig, Secret,
+    CacheConfig, Config, McpConfig, Plan, RateLimitBackend, RateLimitConfig, RedisConfig, Secret,
     ServerConfig, SessionConfig, SnapshotConfig, TlsConfig, TracingConfig, UnknownWorkspaces,
     UpstreamConfig,
 };
@@ -362,16 +362,23 @@ pub(super) fn mcp(raw: RawMcp) -> Result<McpConfig, ConfigError> {
     Ok(McpConfig { allowed_origins })
 }
 
-/// plan name → requests per window.
-pub(super) fn plans(raw: HashMap<String, RawPlan>) -> HashMap<String, u64> {
+/// plan name → its limits.
+pub(super) fn plans(raw: HashMap<String, RawPlan>) -> HashMap<String, Plan> {
     raw.into_iter()
         .map(
             |(
                 name,
                 RawPlan {
                     requests_per_window,
+                    max_streams,
                 },
-            )| (name, requests_per_window),
+            )| {
+                let plan = Plan {
+                    requests_per_window,
+                    max_streams,
+                };
+                (name, plan)
+            },
         )
         .collect()
 }

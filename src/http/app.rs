@@ -20,11 +20,14 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use pingora::{ErrorType, Result};
 
-use crate::auth::decide::{AuthMethod, Body, Caller, Decision, Identity, RequestFacts};
+use crate::auth::decide::{
+    stream_cap, AuthMethod, Body, Caller, Decision, Grant, Identity, RequestFacts, Standing,
+};
 use crate::auth::denial::Denial;
 use crate::engine::Engine;
 use crate::http::forward::{upstream_request, Failure, Unforwardable, Upstream};
 use crate::http::hygiene;
+use crate::http::streams::Stream;
 use crate::ops::metrics::Outcome;
 use crate::ratelimit::RateState;
 use crate::request::forwarding::Client;
@@ -157,6 +160,9 @@ impl KeywardApp {
         };
 
         // phase 3: decide on the head, with one pinned policy and snapshot
+        // (the swaps seen first: a stream judged on a generation replaced
+        // before it is registered is judged again)
+        let swaps = self.engine.streams.swaps();
         let pinned = self.engine.pin();
         let client = self.client(session, &pinned.policy.config.server.trusted_proxies);
         ctx.client_ip = Some(client.ip);
@@ -208,6 +214,18 @@ impl KeywardApp {
                 if grant.caller.is_some() {
                     ctx.auth_time = auth_start.elapsed();
                 }
+                // a stream is registered (and capped) before it is forwarded
+                let mut stream = None;
+                if is_stream(session.req_header()) {
+                    match self.open_stream(&pinned.policy.config, &grant, swaps) {
+                        Ok(s) => stream = Some(s),
+                        Err(denial) => {
+                            ctx.caller = grant.caller;
+                            ctx.route = grant.route;
+                            return self.refuse(session, ctx, denial, grant.rate).await;
+                        }
+                    }
+                }
                 ctx.caller = grant.caller;
                 ctx.route = grant.route;
                 ctx.outcome = Outcome::Forwarded;
@@ -247,8 +265,10 @@ impl KeywardApp {
                         grant.rate,
                         &ctx.request_id,
                         rebuild,
+                        stream.as_mut(),
                     )
                     .await;
+                drop(stream);
                 ctx.outcome = sent.outcome;
                 ctx.status = sent.status;
                 sent.reusable
@@ -260,6 +280,31 @@ impl KeywardApp {
                 false
             }
         }
+    }
+
+    /// Register a granted stream (SPEC §8.2 Streams) with what it was
+    /// granted on; 429 `too_many_streams` past its organization's
+    /// `max_streams`.
+    fn open_stream(
+        &self,
+        config: &crate::config::Config,
+        grant: &Grant<'_>,
+        swaps: u64,
+    ) -> std::result::Result<Stream, Denial> {
+        let (standing, cap) = match &grant.caller {
+            Some(caller) => {
+                let route = grant.route.and_then(|i| config.routes.routes().get(i));
+                (
+                    Some(Standing::of(caller, &grant.identity, route, config)),
+                    stream_cap(caller, config),
+                )
+            }
+            None => (None, None),
+        };
+        self.engine
+            .streams
+            .open(standing, cap, swaps)
+            .map_err(|_| Denial::TooManyStreams)
     }
 
     /// The client as SPEC §4.1 resolves it.
@@ -322,6 +367,7 @@ impl KeywardApp {
         rate: Option<RateState>,
         request_id: &str,
         rebuild: impl Fn(&ServerSession) -> Option<Box<RequestHeader>>,
+        stream: Option<&mut Stream>,
     ) -> Sent {
         let on_response = |resp: &mut ResponseHeader| {
             if let Some(r) = &rate {
@@ -331,7 +377,7 @@ impl KeywardApp {
         let req = Box::new(RequestHeader::from(up));
         match self
             .upstream
-            .forward(session, req, inspected, on_response, rebuild)
+            .forward(session, req, inspected, on_response, rebuild, stream)
             .await
         {
             Ok(done) => Sent {
@@ -357,6 +403,25 @@ impl KeywardApp {
                     reusable: false,
                     status: if answered { 0 } else { denial.status() },
                     outcome: Outcome::of(&denial),
+                }
+            }
+            Err(Failure::Closed { closing, answered }) => {
+                tracing::info!(
+                    reason = closing.reason,
+                    request_id,
+                    "stream closed: its credential no longer stands"
+                );
+                if !answered {
+                    let _ = write_denial(session, &closing.denial, rate.as_ref(), request_id).await;
+                }
+                Sent {
+                    reusable: false,
+                    status: if answered { 0 } else { closing.denial.status() },
+                    outcome: if answered {
+                        Outcome::Forwarded
+                    } else {
+                        Outcome::of(&closing.denial)
+                    },
                 }
             }
             Err(Failure::Downstream) => Sent {
@@ -422,6 +487,18 @@ impl KeywardApp {
 /// keyward's own headers (built again for the one retry).
 fn upstream_copy(h: &RequestHeader, has_body: bool) -> Result<Parts, Unforwardable> {
     upstream_request(h, has_body, |n| headers::is_keywards(n.as_str()))
+}
+
+/// A request that opens a stream while its exchange lasts (SPEC §8.2): a
+/// WebSocket handshake, or one that accepts `text/event-stream`.
+fn is_stream(h: &RequestHeader) -> bool {
+    crate::http::forward::is_websocket_upgrade(h)
+        || h.headers.get_all(http::header::ACCEPT).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .filter_map(|t| t.split(|&b| b == b';').next())
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"text/event-stream"))
+        })
 }
 
 /// The facts the core reads, from the (normalized) head.

@@ -10,3 +10,4 @@ pub mod app;
 pub mod forward;
 #[cfg(feature = "server")]
 pub mod hygiene;
+pub mod streams;

@@ -91,6 +91,7 @@ impl Outcome {
             Denial::UpstreamUnavailable => Outcome::UpstreamUnavailable,
             Denial::AuthUnavailable => Outcome::AuthUnavailable,
             Denial::UpstreamTimeout => Outcome::UpstreamTimeout,
+            Denial::TooManyStreams => Outcome::RateLimited,
         }
     }
 }
@@ -115,6 +116,10 @@ pub struct Metrics {
     /// copy-on-write so the hot path never takes the registry's lock.
     plan_children: arc_swap::ArcSwap<std::collections::HashMap<Box<str>, [IntCounter; 2]>>,
     pub snapshot_lookups: IntCounterVec,
+    /// WebSocket and SSE streams open now (SPEC §8.2 Streams)
+    pub streams_open: IntGauge,
+    /// streams closed because their credential no longer stands, by reason
+    pub streams_closed: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -206,6 +211,19 @@ impl Metrics {
         for r in ["ok", "failed"] {
             snapshot_reloads.with_label_values(&[r]);
         }
+        let streams_open = IntGauge::with_opts(
+            Opts::new("streams_open", "WebSocket and SSE streams open now").namespace("keyward"),
+        )
+        .unwrap();
+        registry.register(Box::new(streams_open.clone())).unwrap();
+        let streams_closed = counter_vec(
+            "streams_closed_total",
+            "Streams closed because their credential was revoked, expired, or lost its organization or workspace scope",
+            &["reason"],
+        );
+        for r in crate::auth::decide::LAPSE_REASONS {
+            streams_closed.with_label_values(&[r]);
+        }
         for t in TABLES {
             snapshot_lookups.with_label_values(&[t]);
         }
@@ -239,6 +257,8 @@ impl Metrics {
             plan_children: Default::default(),
             upstream_errors,
             snapshot_lookups,
+            streams_open,
+            streams_closed,
         })
     }
 

@@ -10,6 +10,10 @@ use pingora::protocols::http::{HttpTask, ServerSession};
 use pingora::{Error, ErrorType, RetryType};
 
 use super::{Failure, Forwarded, Upstream};
+use crate::http::streams::{Closing, Stream};
+
+/// Longest keyward waits to hand a closing SSE stream its final event.
+const FINAL_EVENT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Upstream {
     pub(super) async fn exchange(
@@ -19,6 +23,7 @@ impl Upstream {
         req: Box<RequestHeader>,
         inspected: Option<Bytes>,
         on_response: impl Fn(&mut ResponseHeader),
+        mut stream: Option<&mut Stream>,
     ) -> Result<Forwarded, Exchange> {
         up.read_timeout = self.peer.options.read_timeout;
         up.write_timeout = self.peer.options.write_timeout;
@@ -56,11 +61,28 @@ impl Upstream {
         // The request body was not sent to its end (the upstream answered
         // early): pingora's reuse check looks only at the response.
         let mut request_cut = false;
+        // the response is an event stream (a closing one gets a final event)
+        let mut event_stream = false;
+        let follows = stream.is_some();
         // Duplex: the request body goes up while the response may already
         // come down (pingora's reads here are cancel-safe; writes are awaited
         // inside the branch, never cancelled).
         while !request_done || !response_done {
             tokio::select! {
+                closing = closed(&mut stream), if follows => {
+                    // The credential no longer stands (SPEC §8.2 Streams):
+                    // neither connection carries anything more.
+                    drop(up);
+                    session.set_keepalive(None);
+                    if answered && event_stream && !upgraded {
+                        let _ = tokio::time::timeout(FINAL_EVENT_WAIT, async {
+                            session.write_response_body(final_event(&closing), false).await?;
+                            session.write_response_body(Bytes::new(), true).await
+                        })
+                        .await;
+                    }
+                    return Err(Exchange::Failed(Failure::Closed { closing, answered }));
+                }
                 chunk = session.read_request_body(), if !request_done => match chunk {
                     Ok(Some(data)) => {
                         if upgraded {
@@ -96,6 +118,7 @@ impl Upstream {
                                 return Err(Exchange::Failed(Failure::Upstream { timeout: false, answered: false }));
                             }
                             status = code;
+                            event_stream = is_event_stream(&resp);
                             on_response(&mut resp);
                             session.write_response_header(resp).await.map_err(|_| down())?;
                             answered = true;
@@ -149,6 +172,39 @@ pub(super) enum Exchange {
     /// Nothing was answered and the failed connection was a reused one.
     Retry(Box<Error>),
     Failed(Failure),
+}
+
+/// Resolves when the followed stream must close.
+async fn closed(stream: &mut Option<&mut Stream>) -> Closing {
+    match stream {
+        Some(s) => s.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A chunked or close-delimited `text/event-stream` response, which can take
+/// one more event.
+fn is_event_stream(resp: &ResponseHeader) -> bool {
+    !resp.headers.contains_key(header::CONTENT_LENGTH)
+        && resp
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+            })
+}
+
+/// The last event of a closed SSE stream: `event: error` with the
+/// contract's JSON (SPEC §7) as its data. It starts with a blank line, which
+/// ends any event the upstream left half-sent.
+fn final_event(closing: &Closing) -> Bytes {
+    let mut out = b"\n\nevent: error\ndata: ".to_vec();
+    out.extend_from_slice(&closing.denial.body());
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
 }
 
 fn down() -> Exchange {

@@ -119,7 +119,7 @@ const ROOM_FOR_KEYWARD: usize = 12;
 
 /// An HTTP/1.1 WebSocket handshake: GET, `Connection: upgrade`,
 /// `Upgrade: websocket` (RFC 6455 §4.1).
-fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
     let has_token = |name: header::HeaderName, token: &[u8]| {
         req.headers.get_all(name).iter().any(|v| {
             v.as_bytes()

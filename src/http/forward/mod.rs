@@ -34,7 +34,7 @@ use pingora::server::configuration::ServerConf;
 
 use crate::config::UpstreamConfig;
 use exchange::{upstream_failure, Exchange};
-pub use head::{upstream_request, Unforwardable};
+pub use head::{is_websocket_upgrade, upstream_request, Unforwardable};
 use pool::UPSTREAM_IDLE;
 
 /// Tells apart the pools of several `Upstream`s in one process (tests).
@@ -50,6 +50,12 @@ pub enum Failure {
     Upstream { timeout: bool, answered: bool },
     /// The client went away or broke framing mid-request.
     Downstream,
+    /// A stream whose credential no longer stands was closed (SPEC §8.2);
+    /// `answered` as for `Upstream`.
+    Closed {
+        closing: crate::http::streams::Closing,
+        answered: bool,
+    },
 }
 
 /// What the upstream answered: its status, once the response went downstream.
@@ -106,6 +112,7 @@ impl Upstream {
         inspected: Option<Bytes>,
         on_response: impl Fn(&mut ResponseHeader) + Copy,
         rebuild: impl Fn(&ServerSession) -> Option<Box<RequestHeader>>,
+        mut stream: Option<&mut crate::http::streams::Stream>,
     ) -> Result<Forwarded, Failure> {
         // Replayable: an idempotent method (RFC 9110 §9.2.2: the upstream
         // may have acted on the lost attempt) whose body is not streamed.
@@ -119,7 +126,14 @@ impl Upstream {
             };
             let retry_possible = reused && replayable && !retried;
             match self
-                .exchange(session, up, req, inspected.clone(), on_response)
+                .exchange(
+                    session,
+                    up,
+                    req,
+                    inspected.clone(),
+                    on_response,
+                    stream.as_deref_mut(),
+                )
                 .await
             {
                 Err(Exchange::Retry(e)) if retry_possible => {
