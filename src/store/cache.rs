@@ -2,21 +2,50 @@
 //! holding positive and negative verdicts, plus small caches for the
 //! per-request lookups keyed by client input (organization, workspace,
 //! resource, MCP server ids). Every entry remembers the snapshot generation it
-//! came from and is ignored once a newer snapshot is loaded. On a swap the
-//! cache is replaced by one refilled from the new generation
-//! ([`AuthCache::refill`]), so the hot set stays warm and no verdict
-//! outlives the snapshot it was read from. Capacity-bounded: clients cannot
-//! grow it.
+//! came from. On a full swap (a new file, or an in-place change that did
+//! not say what it changed) the cache is replaced by one refilled from the
+//! new generation ([`AuthCache::refill`]), so the hot set stays warm and no
+//! verdict outlives the snapshot it was read from. On an incremental swap
+//! (SPEC §2.1) the same cache goes on and only what changed is dropped, by
+//! [`Tombs`]. Capacity-bounded: clients cannot grow it.
+//!
+//! # Which entry answers a request
+//!
+//! A request pinned to generation G accepts an entry tagged with generation
+//! E when `E >= G.cache_base()` (G's own id after a full load, inherited on
+//! an incremental one) and no tombstone names the entry's key, or a row its
+//! verdict embeds (its organization, its MCP server), with a generation
+//! newer than E. Why tombstones rather than only replacing the changed
+//! entries: a request pinned to the generation before a change may have
+//! read the row just before the commit and insert its (now stale) verdict
+//! after the watcher replaced that key's entry; or moka may evict or not
+//! admit the fresh entry (TinyLFU) and then admit the late stale one. Either
+//! way the stale entry is tagged with the older generation, which the
+//! tombstone (set before the new generation is served) outvotes, so it can
+//! never answer a request of a newer generation; it only costs a miss. A
+//! verdict that embeds an organization or MCP server is outvoted by that
+//! row's tombstone too, so dependents need not be found one by one.
+//! Inserts also never replace an entry tagged with a newer generation
+//! (per-key atomic `and_compute_with`), so the fresh verdict the watcher
+//! writes for a changed key normally stays.
+//!
+//! A tombstone for generation T matters only to entries tagged before T,
+//! which requests pinned to a generation before T inserted; those expire
+//! within the TTL of their insertion, so tombstones are dropped
+//! [`TOMB_GRACE`] after the longest TTL.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+use moka::ops::compute::Op;
 use moka::sync::Cache;
 
 use crate::config::CacheConfig;
 pub use crate::principal::TokenTable;
 use crate::principal::Verdict;
-use crate::snapshot::{Generation, McpServerRecord, OrgRecord, Reader, StoreError};
+use crate::snapshot::{Change, Generation, McpServerRecord, OrgRecord, Reader, StoreError};
 
 /// A token as the cache knows it: its table and `sha256(token)` (never the token).
 pub type TokenKey = (TokenTable, [u8; 32]);
@@ -74,9 +103,169 @@ const REFILL_BATCH: usize = 512;
 
 pub type LookupCache<V> = Cache<Arc<str>, Arc<Entry<Option<V>>>>;
 
+/// How long past the longest TTL a tombstone is kept: covers requests
+/// pinned to an older generation that insert late (after reading a body).
+pub const TOMB_GRACE: Duration = Duration::from_secs(300);
+/// Most tombstones kept; an incremental change that would exceed it takes
+/// the full path instead (a new cache needs none).
+pub const TOMB_CAP: usize = 200_000;
+
+type Ids = HashMap<Arc<str>, u64>;
+
+/// Keys changed in place (SPEC §2.1), each with the generation that changed
+/// it: an entry tagged with an older generation is not the answer (see the
+/// module documentation). Copy-on-write: only the watcher writes.
+#[derive(Default, Clone)]
+pub struct Tombs {
+    tokens: HashMap<TokenKey, u64>,
+    orgs: Ids,
+    workspaces: Ids,
+    resources: Ids,
+    mcp_servers: Ids,
+    /// generation and when its tombstones were set, oldest first
+    set: VecDeque<(u64, Instant)>,
+}
+
+impl Tombs {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+            + self.orgs.len()
+            + self.workspaces.len()
+            + self.resources.len()
+            + self.mcp_servers.len()
+    }
+
+    pub fn orgs(&self) -> &Ids {
+        &self.orgs
+    }
+    pub fn workspaces(&self) -> &Ids {
+        &self.workspaces
+    }
+    pub fn resources(&self) -> &Ids {
+        &self.resources
+    }
+    pub fn mcp_servers(&self) -> &Ids {
+        &self.mcp_servers
+    }
+
+    fn newer(map: &Ids, id: &str, than: u64) -> bool {
+        map.get(id).is_some_and(|&t| t > than)
+    }
+
+    /// A token entry tagged `generation` holding `v` is outvoted.
+    fn token_dead(&self, key: &TokenKey, v: &Verdict, generation: u64) -> bool {
+        if self.tokens.get(key).is_some_and(|&t| t > generation) {
+            return true;
+        }
+        let org = |id: Option<&str>| id.is_some_and(|id| Self::newer(&self.orgs, id, generation));
+        match v {
+            Verdict::ApiKey(k) => org(Some(&k.org_id)),
+            Verdict::Session(s) => org(s.active_org_id.as_deref()),
+            Verdict::Mcp(m) => {
+                Self::newer(&self.mcp_servers, &m.server_id, generation)
+                    || org(m.server.as_ref().map(|s| s.organization_id.as_str()))
+            }
+            Verdict::ServiceKey(_) | Verdict::Rejected(_) => false,
+        }
+    }
+
+    /// These tombstones plus `changes` made by `generation`, without the
+    /// ones older than `keep`; None when that would exceed [`TOMB_CAP`].
+    pub fn with(&self, changes: &[Change], generation: u64, keep: Duration) -> Option<Tombs> {
+        let mut t = self.clone();
+        let now = Instant::now();
+        // Drop generations whose tombstones were set more than `keep` ago.
+        let mut cut = None;
+        while let Some(&(g, at)) = t.set.front() {
+            if now.duration_since(at) <= keep {
+                break;
+            }
+            cut = Some(g);
+            t.set.pop_front();
+        }
+        if let Some(cut) = cut {
+            t.tokens.retain(|_, g| *g > cut);
+            for m in [
+                &mut t.orgs,
+                &mut t.workspaces,
+                &mut t.resources,
+                &mut t.mcp_servers,
+            ] {
+                m.retain(|_, g| *g > cut);
+            }
+        }
+        for c in changes {
+            match c {
+                Change::Token(table, hash) => {
+                    t.tokens.insert((*table, *hash), generation);
+                }
+                Change::Organization(id) => {
+                    t.orgs.insert(Arc::from(id.as_str()), generation);
+                }
+                Change::Workspace(id) => {
+                    t.workspaces.insert(Arc::from(id.as_str()), generation);
+                }
+                Change::Resource(id) => {
+                    t.resources.insert(Arc::from(id.as_str()), generation);
+                }
+                Change::McpServer(id) => {
+                    t.mcp_servers.insert(Arc::from(id.as_str()), generation);
+                }
+            }
+        }
+        t.set.push_back((generation, now));
+        (t.len() <= TOMB_CAP).then_some(t)
+    }
+}
+
+/// The tombstones every cache of one [`crate::store::verdicts::Verdicts`] reads.
+pub type SharedTombs = Arc<ArcSwap<Tombs>>;
+
+/// The generation a request is pinned to, as the cache needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct At {
+    /// what new entries are tagged with
+    pub id: u64,
+    /// the oldest tag accepted ([`Generation::cache_base`])
+    pub base: u64,
+}
+
+impl At {
+    pub fn of(gen: Option<&Generation>) -> At {
+        match gen {
+            Some(g) => At {
+                id: g.id,
+                base: g.cache_base(),
+            },
+            // nothing loaded: nothing cached is an answer
+            None => At {
+                id: 0,
+                base: u64::MAX,
+            },
+        }
+    }
+}
+
+/// Insert `entry` unless the key holds one tagged with a newer generation.
+fn put_unless_newer<K, V>(cache: &Cache<K, Arc<Entry<V>>>, key: K, entry: Arc<Entry<V>>)
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    cache.entry(key).and_compute_with(|cur| match cur {
+        Some(c) if c.value().generation > entry.generation => Op::Nop,
+        _ => Op::Put(entry),
+    });
+}
+
 pub struct AuthCache {
     ttl: Duration,
     negative_ttl: Duration,
+    tombs: SharedTombs,
     tokens: Cache<TokenKey, Arc<Entry<Verdict>>>,
     pub orgs: LookupCache<OrgRecord>,
     pub workspaces: LookupCache<Arc<str>>,
@@ -86,10 +275,17 @@ pub struct AuthCache {
 
 impl AuthCache {
     pub fn new(cfg: &CacheConfig) -> AuthCache {
+        AuthCache::with_tombs(cfg, SharedTombs::default())
+    }
+
+    /// A cache reading `tombs` (shared with the caches it replaces or that
+    /// replace it).
+    pub fn with_tombs(cfg: &CacheConfig, tombs: SharedTombs) -> AuthCache {
         let small = (cfg.capacity / 4).max(1024);
         AuthCache {
             ttl: cfg.ttl,
             negative_ttl: cfg.negative_ttl,
+            tombs,
             tokens: build(cfg.capacity),
             orgs: build(small),
             workspaces: build(small),
@@ -107,8 +303,18 @@ impl AuthCache {
             }
     }
 
-    pub fn token(&self, key: &TokenKey, generation: u64) -> Option<Arc<Entry<Verdict>>> {
-        self.tokens.get(key).filter(|e| e.generation == generation)
+    /// The entry for `key` that answers a request pinned `at` (see the
+    /// module documentation).
+    pub fn token(&self, key: &TokenKey, at: At) -> Option<Arc<Entry<Verdict>>> {
+        let e = self.tokens.get(key)?;
+        if e.generation < at.base {
+            return None;
+        }
+        let tombs = self.tombs.load();
+        if !tombs.is_empty() && tombs.token_dead(key, &e.value, e.generation) {
+            return None;
+        }
+        Some(e)
     }
 
     pub fn put_token(
@@ -119,27 +325,100 @@ impl AuthCache {
     ) -> Arc<Entry<Verdict>> {
         let negative = verdict.is_negative();
         let entry = Entry::new(generation, negative, self.expires(negative), verdict);
-        self.tokens.insert(key, entry.clone());
+        put_unless_newer(&self.tokens, key, entry.clone());
         entry
     }
 
-    /// Look `key` up in `cache`, loading (and caching, negative included) on
-    /// a miss. Loader errors are not cached.
+    /// Look `key` up in `cache` (whose tombstones `tombs` selects), loading
+    /// (and caching, negative included) on a miss. Loader errors are not
+    /// cached.
     pub fn lookup<V: Clone + Send + Sync + 'static, E>(
         &self,
         cache: &LookupCache<V>,
+        tombs: fn(&Tombs) -> &Ids,
         key: &str,
-        generation: u64,
+        at: At,
         load: impl FnOnce() -> Result<Option<V>, E>,
     ) -> Result<Option<V>, E> {
-        if let Some(e) = cache.get(key).filter(|e| e.generation == generation) {
+        if let Some(e) = cache.get(key).filter(|e| {
+            e.generation >= at.base && {
+                let t = self.tombs.load();
+                t.is_empty() || !Tombs::newer(tombs(&t), key, e.generation)
+            }
+        }) {
             return Ok(e.value.clone());
         }
         let value = load()?;
         let negative = value.is_none();
-        let entry = Entry::new(generation, negative, self.expires(negative), value.clone());
-        cache.insert(Arc::from(key), entry);
+        let entry = Entry::new(at.id, negative, self.expires(negative), value.clone());
+        put_unless_newer(cache, Arc::from(key), entry);
         Ok(value)
+    }
+
+    /// Apply an incremental generation's `changes` to this cache: the
+    /// tombstones first, then every changed key this cache holds re-read
+    /// from `gen` (tagged with it, keeping its TTL deadline), so hot keys
+    /// stay hits. Dependents (keys of a changed organization or MCP server)
+    /// are outvoted by the tombstones and re-read by the next request.
+    /// False (nothing changed) when the tombstones would exceed
+    /// [`TOMB_CAP`]: the caller takes the full path.
+    pub fn apply(&self, gen: &Generation, changes: &[Change]) -> bool {
+        let keep = self.ttl.max(self.negative_ttl) + TOMB_GRACE;
+        let Some(tombs) = self.tombs.load().with(changes, gen.id, keep) else {
+            return false;
+        };
+        self.tombs.store(Arc::new(tombs));
+        let started = Instant::now();
+        let mut plan = Refill {
+            tokens: Vec::new(),
+            orgs: Vec::new(),
+            workspaces: Vec::new(),
+            resources: Vec::new(),
+            mcp_servers: Vec::new(),
+        };
+        fn held<K, V>(c: &Cache<K, Arc<Entry<V>>>, k: K, to: &mut Vec<(K, Instant)>)
+        where
+            K: std::hash::Hash + Eq + Send + Sync + 'static,
+            V: Send + Sync + 'static,
+        {
+            if let Some(e) = c.get(&k) {
+                to.push((k, e.expires));
+            }
+        }
+        for c in changes {
+            match c {
+                Change::Token(t, h) => held(&self.tokens, (*t, *h), &mut plan.tokens),
+                Change::Organization(id) => {
+                    held(&self.orgs, Arc::from(id.as_str()), &mut plan.orgs)
+                }
+                Change::Workspace(id) => held(
+                    &self.workspaces,
+                    Arc::from(id.as_str()),
+                    &mut plan.workspaces,
+                ),
+                Change::Resource(id) => {
+                    held(&self.resources, Arc::from(id.as_str()), &mut plan.resources)
+                }
+                Change::McpServer(id) => held(
+                    &self.mcp_servers,
+                    Arc::from(id.as_str()),
+                    &mut plan.mcp_servers,
+                ),
+            }
+        }
+        let held = plan.tokens.len();
+        // No deadline: at most MAX_CHANGES keys, and the tombstones already
+        // make a key not re-read here a miss, never a stale hit.
+        let done = self.fill(&mut plan, gen, started + Duration::from_secs(5), true);
+        tracing::debug!(
+            generation = gen.id,
+            changes = changes.len(),
+            refreshed = held,
+            done,
+            us = started.elapsed().as_micros() as u64,
+            "verdict cache: incremental change applied"
+        );
+        true
     }
 
     /// What a swap must carry over from this cache: its positive entries'
@@ -176,37 +455,8 @@ impl AuthCache {
     /// `plan` is empty.
     pub fn refill(&self, plan: &mut Refill, gen: &Generation, budget: Duration) -> bool {
         let started = Instant::now();
-        let deadline = started + budget;
         let before = plan.tokens.len();
-        let done = refill_keys(
-            &mut plan.tokens,
-            &self.tokens,
-            gen,
-            deadline,
-            |r, &(t, h)| {
-                crate::store::principals::load(r, t, &hex::encode(h)).map(|v| (v.is_negative(), v))
-            },
-        ) && refill_keys(&mut plan.orgs, &self.orgs, gen, deadline, |r, id| {
-            lookup_entry(r.organization(id)?)
-        }) && refill_keys(
-            &mut plan.workspaces,
-            &self.workspaces,
-            gen,
-            deadline,
-            |r, id| lookup_entry(r.workspace_org(id)?.map(Arc::from)),
-        ) && refill_keys(
-            &mut plan.resources,
-            &self.resources,
-            gen,
-            deadline,
-            |r, id| lookup_entry(r.resource_workspace(id)?.map(Arc::from)),
-        ) && refill_keys(
-            &mut plan.mcp_servers,
-            &self.mcp_servers,
-            gen,
-            deadline,
-            |r, id| lookup_entry(r.mcp_server(id)?),
-        );
+        let done = self.fill(plan, gen, started + budget, false);
         tracing::info!(
             generation = gen.id,
             carried = before - plan.tokens.len(),
@@ -216,6 +466,49 @@ impl AuthCache {
             "verdict cache refill"
         );
         done
+    }
+
+    /// Re-read `plan`'s keys from `gen` into this cache until `deadline`;
+    /// `replace`: also over entries already there (older ones).
+    fn fill(&self, plan: &mut Refill, gen: &Generation, deadline: Instant, replace: bool) -> bool {
+        refill_keys(
+            &mut plan.tokens,
+            &self.tokens,
+            gen,
+            deadline,
+            replace,
+            |r, &(t, h)| {
+                crate::store::principals::load(r, t, &hex::encode(h)).map(|v| (v.is_negative(), v))
+            },
+        ) && refill_keys(
+            &mut plan.orgs,
+            &self.orgs,
+            gen,
+            deadline,
+            replace,
+            |r, id| lookup_entry(r.organization(id)?),
+        ) && refill_keys(
+            &mut plan.workspaces,
+            &self.workspaces,
+            gen,
+            deadline,
+            replace,
+            |r, id| lookup_entry(r.workspace_org(id)?.map(Arc::from)),
+        ) && refill_keys(
+            &mut plan.resources,
+            &self.resources,
+            gen,
+            deadline,
+            replace,
+            |r, id| lookup_entry(r.resource_workspace(id)?.map(Arc::from)),
+        ) && refill_keys(
+            &mut plan.mcp_servers,
+            &self.mcp_servers,
+            gen,
+            deadline,
+            replace,
+            |r, id| lookup_entry(r.mcp_server(id)?),
+        )
     }
 
     pub fn invalidate_all(&self) {
@@ -268,6 +561,7 @@ fn refill_keys<K, V>(
     to: &Cache<K, Arc<Entry<V>>>,
     gen: &Generation,
     deadline: Instant,
+    replace: bool,
     load: impl Fn(&Reader<'_>, &K) -> Result<(bool, V), StoreError>,
 ) -> bool
 where
@@ -282,10 +576,15 @@ where
         let read = gen.read(|r| {
             batch
                 .iter()
-                .filter(|(key, _)| !to.contains_key(key))
+                .filter(|(key, _)| replace || !to.contains_key(key))
                 .try_for_each(|(key, expires)| {
                     let (negative, value) = load(r, key)?;
-                    to.insert(key.clone(), Entry::new(gen.id, negative, *expires, value));
+                    let entry = Entry::new(gen.id, negative, *expires, value);
+                    if replace {
+                        put_unless_newer(to, key.clone(), entry);
+                    } else {
+                        to.insert(key.clone(), entry);
+                    }
                     Ok(())
                 })
         });

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::cache::{AuthCache, CacheResult, Entry};
+use crate::cache::{At, AuthCache, CacheResult, Entry, Tombs};
 use crate::metrics::Metrics;
 use crate::principal::Verdict;
 use crate::snapshot::{Generation, McpServerRecord, OrgRecord, StoreError};
@@ -55,8 +55,8 @@ impl<'a> SnapshotDirectory<'a> {
         }
     }
 
-    fn gen_id(&self) -> u64 {
-        self.generation.as_ref().map_or(0, |g| g.id)
+    fn at(&self) -> At {
+        At::of(self.generation.as_deref())
     }
 
     fn generation(&self) -> Result<&Generation, StoreError> {
@@ -77,7 +77,7 @@ impl Directory for SnapshotDirectory<'_> {
     }
 
     fn cached_token(&self, key: &TokenKey) -> Option<Held> {
-        let entry = self.cache.token(key, self.gen_id());
+        let entry = self.cache.token(key, self.at());
         self.metrics.cache(match &entry {
             Some(e) if e.is_negative() => CacheResult::NegativeHit,
             Some(_) => CacheResult::Hit,
@@ -95,9 +95,13 @@ impl Directory for SnapshotDirectory<'_> {
             // One SQLite transaction per miss instead of two: the
             // transaction's locking is most of a miss's cost.
             if let (Verdict::ApiKey(_) | Verdict::Session(_), Some(ws)) = (&verdict, workspace) {
-                cache.lookup(&cache.workspaces, ws, gen.id, || {
-                    r.workspace_org(ws).map(|o| o.map(Arc::from))
-                })?;
+                cache.lookup(
+                    &cache.workspaces,
+                    Tombs::workspaces,
+                    ws,
+                    At::of(Some(gen)),
+                    || r.workspace_org(ws).map(|o| o.map(Arc::from)),
+                )?;
             }
             Ok(verdict)
         }))?;
@@ -106,23 +110,25 @@ impl Directory for SnapshotDirectory<'_> {
 
     fn organization(&self, id: &str) -> Result<Option<OrgRecord>, StoreError> {
         let c = &self.cache;
-        Self::logged(c.lookup(&c.orgs, id, self.gen_id(), || {
+        Self::logged(c.lookup(&c.orgs, Tombs::orgs, id, self.at(), || {
             self.generation()?.lookup(|r| r.organization(id))
         }))
     }
 
     fn workspace_owner(&self, id: &str) -> Result<Option<Arc<str>>, StoreError> {
         let c = &self.cache;
-        Self::logged(c.lookup(&c.workspaces, id, self.gen_id(), || {
-            self.generation()?
-                .lookup(|r| r.workspace_org(id))
-                .map(|o| o.map(Arc::from))
-        }))
+        Self::logged(
+            c.lookup(&c.workspaces, Tombs::workspaces, id, self.at(), || {
+                self.generation()?
+                    .lookup(|r| r.workspace_org(id))
+                    .map(|o| o.map(Arc::from))
+            }),
+        )
     }
 
     fn resource_workspace(&self, id: &str) -> Result<Option<Arc<str>>, StoreError> {
         let c = &self.cache;
-        Self::logged(c.lookup(&c.resources, id, self.gen_id(), || {
+        Self::logged(c.lookup(&c.resources, Tombs::resources, id, self.at(), || {
             self.generation()?
                 .lookup(|r| r.resource_workspace(id))
                 .map(|o| o.map(Arc::from))
@@ -131,8 +137,10 @@ impl Directory for SnapshotDirectory<'_> {
 
     fn mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>, StoreError> {
         let c = &self.cache;
-        Self::logged(c.lookup(&c.mcp_servers, id, self.gen_id(), || {
-            self.generation()?.lookup(|r| r.mcp_server(id))
-        }))
+        Self::logged(
+            c.lookup(&c.mcp_servers, Tombs::mcp_servers, id, self.at(), || {
+                self.generation()?.lookup(|r| r.mcp_server(id))
+            }),
+        )
     }
 }

@@ -1,16 +1,18 @@
 //! The verdict cache's lifecycle across snapshot swaps and config reloads:
-//! which [`AuthCache`] requests use, how a swap replaces it with one refilled
-//! from the new generation, and how the replaced one is freed off the
-//! workers. Requests only [`Verdicts::current`] it.
+//! which [`AuthCache`] requests use, how a full swap replaces it with one
+//! refilled from the new generation, how an incremental swap (an in-place
+//! change logged in the `changes` table, SPEC §2.1) keeps it and drops only
+//! what changed, and how a replaced one is freed off the workers. Requests
+//! only [`Verdicts::current`] it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::cache::{AuthCache, Refill};
+use crate::cache::{AuthCache, Refill, SharedTombs};
 use crate::config::CacheConfig;
-use crate::snapshot::SnapshotStore;
+use crate::snapshot::{Fallback, SnapshotStore};
 
 /// How long a swap may refill the verdict cache before the new generation is
 /// served (15,000–35,000 keys on a 1M-key snapshot; the rest miss until refilled
@@ -30,6 +32,9 @@ struct NextCache {
 
 pub struct Verdicts {
     cache: ArcSwap<AuthCache>,
+    /// read by every cache this one ever holds (a cache replaced by a config
+    /// reload during an incremental change must still see its tombstones)
+    tombs: SharedTombs,
     config: Mutex<CacheConfig>,
     next: Mutex<Option<NextCache>>,
 }
@@ -37,8 +42,10 @@ pub struct Verdicts {
 impl Verdicts {
     /// A cache for `config`, refilled on every swap of `store`.
     pub fn attach(config: &CacheConfig, store: &Arc<SnapshotStore>) -> Arc<Verdicts> {
+        let tombs = SharedTombs::default();
         let v = Arc::new(Verdicts {
-            cache: ArcSwap::from_pointee(AuthCache::new(config)),
+            cache: ArcSwap::from_pointee(AuthCache::with_tombs(config, tombs.clone())),
+            tombs,
             config: Mutex::new(config.clone()),
             next: Mutex::new(None),
         });
@@ -48,11 +55,21 @@ impl Verdicts {
         // thread, while requests fill it too. Between the two stores a
         // request may see the new generation with the old cache: its entries
         // are tagged with the old generation and ignored.
+        //
+        // An incremental generation keeps the cache: its changes are
+        // applied to it before the generation is served (tombstones, then
+        // the changed keys it holds re-read), see `store::cache`.
         let weak = Arc::downgrade(&v);
         store.before_swap(move |gen| {
             if let Some(v) = weak.upgrade() {
+                if let Some(changes) = gen.changes() {
+                    if v.cache.load().apply(gen, changes) {
+                        return;
+                    }
+                    gen.demand_full(Fallback::Cache);
+                }
                 let mut plan = v.cache.load().refill_plan();
-                let next = Arc::new(AuthCache::new(&v.config.lock().unwrap()));
+                let next = Arc::new(v.new_cache(&v.config.lock().unwrap()));
                 let done = next.refill(&mut plan, gen, REFILL_BEFORE_SWAP);
                 *v.next.lock().unwrap() = Some(NextCache {
                     generation: gen.id,
@@ -65,14 +82,21 @@ impl Verdicts {
         let store_weak = Arc::downgrade(store);
         store.on_swap(move |gen| {
             let Some(v) = weak.upgrade() else { return };
+            if gen.changes().is_some() {
+                return; // incremental: the same cache goes on
+            }
             let (next, rest) = match v.next.lock().unwrap().take() {
                 Some(n) if n.generation == gen.id => (n.cache, n.rest),
-                _ => (Arc::new(AuthCache::new(&v.config.lock().unwrap())), None),
+                _ => (Arc::new(v.new_cache(&v.config.lock().unwrap())), None),
             };
             let old = v.cache.swap(next.clone());
             finish_swap(store_weak.clone(), gen.id, old, next, rest);
         });
         v
+    }
+
+    fn new_cache(&self, config: &CacheConfig) -> AuthCache {
+        AuthCache::with_tombs(config, self.tombs.clone())
     }
 
     /// The cache requests read now.
@@ -85,7 +109,7 @@ impl Verdicts {
         let mut current = self.config.lock().unwrap();
         if *current != *config {
             *current = config.clone();
-            self.cache.store(Arc::new(AuthCache::new(config)));
+            self.cache.store(Arc::new(self.new_cache(config)));
         }
     }
 }

@@ -7,13 +7,16 @@
 //! microseconds, far less than a hop to a blocking pool would. Never writes
 //! the file.
 
+pub mod changes;
 pub mod schema;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+pub use changes::{Change, Fallback};
 
 use arc_swap::ArcSwapOption;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -34,7 +37,22 @@ pub struct Generation {
     ino: u64,
     /// unix seconds when this version was produced (meta.generated_at, else mtime)
     pub produced_at: i64,
-    pub counts: Counts,
+    /// Row counts; an incremental generation starts with its predecessor's
+    /// and gets its own shortly after it is served (see [`CountsCell`]).
+    pub counts: CountsCell,
+    /// The highest `changes.seq` this version includes (SPEC §2.1); None
+    /// without a `changes` table.
+    changes_seq: Option<i64>,
+    /// Cached verdicts tagged with a generation older than this are not
+    /// this generation's answer: its own id after a full load (everything
+    /// may have changed), inherited from its predecessor on an incremental
+    /// one (only the keys in `changes` changed; see `store::cache`).
+    cache_base: AtomicU64,
+    /// What changed since the predecessor: Some on an incremental
+    /// generation (an in-place commit logged in the `changes` table).
+    changes: Option<Vec<Change>>,
+    /// Why this generation takes the full path (when it does).
+    fallback: Mutex<Option<Fallback>>,
     path: PathBuf,
     lookups: Arc<Lookups>,
     /// Connections to this version's file, idle between lookups: as many as
@@ -44,6 +62,47 @@ pub struct Generation {
     /// is dropped, which the reload thread does (see `SnapshotStore::retired`).
     idle: Mutex<Vec<Connection>>,
     returned: Condvar,
+}
+
+/// A generation's [`Counts`]: read when it is loaded from a file; on an
+/// incremental generation first its predecessor's (a `count(*)` over 1M
+/// rows on every in-place change would cost tens of ms before a revocation
+/// is served), then its own, counted on the watcher thread at most once a
+/// second after it is served. Reads as [`Counts`].
+#[derive(Debug)]
+pub struct CountsCell {
+    carried: Counts,
+    own: OnceLock<Counts>,
+}
+
+impl CountsCell {
+    fn loaded(c: Counts) -> CountsCell {
+        let own = OnceLock::new();
+        let _ = own.set(c);
+        CountsCell {
+            carried: Counts::default(),
+            own,
+        }
+    }
+
+    fn carried(c: Counts) -> CountsCell {
+        CountsCell {
+            carried: c,
+            own: OnceLock::new(),
+        }
+    }
+
+    /// The counts are this generation's own (not carried over).
+    pub fn is_own(&self) -> bool {
+        self.own.get().is_some()
+    }
+}
+
+impl std::ops::Deref for CountsCell {
+    type Target = Counts;
+    fn deref(&self) -> &Counts {
+        self.own.get().unwrap_or(&self.carried)
+    }
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -157,6 +216,10 @@ pub struct ReloadStats {
     pub ok: AtomicU64,
     pub failed: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// swaps that kept the verdict cache (`keyward_snapshot_swaps_total{path="incremental"}`)
+    pub incremental: AtomicU64,
+    /// swaps that refilled it, per [`Fallback::ALL`] reason
+    pub full: [AtomicU64; 6],
 }
 
 type SwapListener = Box<dyn Fn(&Generation) + Send + Sync>;
@@ -180,7 +243,8 @@ pub struct SnapshotStore {
 }
 
 /// inotify on the snapshot's directory, reporting events that name the
-/// snapshot file itself (a rename over it, a write to it) on `changed`;
+/// snapshot file itself (a rename over it, a write to it) or its WAL
+/// (`NAME-wal`: a commit in WAL mode) on `changed`;
 /// bursts collapse into one wake-up. `None` (logged) when inotify is
 /// unavailable: the watcher then polls only.
 fn file_notifier(
@@ -189,13 +253,28 @@ fn file_notifier(
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let name = path.file_name()?.to_owned();
+    let mut wal = name.clone();
+    wal.push("-wal");
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let started = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            if event.paths.iter().any(|p| p.file_name() == Some(&name)) {
+            // Opening or reading the file (keyward's own connections do) is
+            // no change.
+            if matches!(
+                event.kind,
+                notify::EventKind::Access(
+                    notify::event::AccessKind::Open(_) | notify::event::AccessKind::Read
+                )
+            ) {
+                return;
+            }
+            if event.paths.iter().any(|p| {
+                let n = p.file_name();
+                n == Some(&name) || n == Some(&wal)
+            }) {
                 let _ = changed.try_send(());
             }
         }
@@ -277,6 +356,62 @@ fn open_matching(path: &Path, want: (u64, u64)) -> Result<Connection, ReloadErro
     Ok(conn)
 }
 
+/// How a candidate generation is loaded.
+enum Load {
+    /// everything read afresh; `seq`: the `changes` starting point when the
+    /// watcher read it already (with the data_version it compares against)
+    Full {
+        reason: Fallback,
+        seq: Option<Option<i64>>,
+    },
+    /// an in-place commit that logged what it changed
+    Incremental {
+        old: Arc<Generation>,
+        changes: Vec<Change>,
+        seq: i64,
+    },
+}
+
+/// Delays of the re-checks after a file notification that found no change
+/// (see `watch`): 250 ms in all.
+const WAL_RECHECKS_MS: [u64; 5] = [5, 15, 30, 50, 150];
+
+/// Least time between two row counts of incremental generations.
+const RECOUNT_EVERY: Duration = Duration::from_secs(1);
+
+fn count_rows(conn: &Connection, table: &'static str) -> Result<u64, ReloadError> {
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| n as u64)
+    .map_err(|source| ReloadError::Table { table, source })
+}
+
+/// When this version was produced: `meta.generated_at`, else the file's mtime.
+fn produced_at(conn: &Connection, meta: &std::fs::Metadata) -> i64 {
+    let generated_at: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'generated_at'",
+            [],
+            |r| r.get::<_, rusqlite::types::Value>(0),
+        )
+        .optional()
+        .ok()
+        .flatten()
+        .and_then(|v| match v {
+            rusqlite::types::Value::Integer(i) => Some(i),
+            rusqlite::types::Value::Text(t) => t.trim().parse().ok(),
+            _ => None,
+        });
+    generated_at.unwrap_or_else(|| {
+        meta.modified()
+            .ok()
+            .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_else(crate::clock::now_unix)
+    })
+}
+
 impl SnapshotStore {
     pub fn new(path: impl Into<PathBuf>) -> Arc<SnapshotStore> {
         Arc::new(SnapshotStore {
@@ -324,25 +459,19 @@ impl SnapshotStore {
         self.lookups[table].load(Ordering::Relaxed)
     }
 
-    /// Open and validate the file as it is now; on success swap it in.
+    /// Open and validate the file as it is now; on success swap it in
+    /// (a full load: the verdict cache is refilled).
     /// On failure keep the last good generation, record and return the error.
     pub fn reload(&self) -> Result<Arc<Generation>, ReloadError> {
-        match self.load_candidate() {
-            Ok(gen) => {
-                let gen = Arc::new(gen);
-                for l in self.before_swap.lock().unwrap().iter() {
-                    l(&gen);
-                }
-                let old = self.current.swap(Some(gen.clone()));
-                *self.retired.lock().unwrap() = old;
-                self.reloads.ok.fetch_add(1, Ordering::Relaxed);
-                *self.reloads.last_error.lock().unwrap() = None;
-                for l in self.listeners.lock().unwrap().iter() {
-                    l(&gen);
-                }
-                tracing::info!(generation = gen.id, counts = ?gen.counts, "snapshot loaded");
-                Ok(gen)
-            }
+        self.load_and_swap(Load::Full {
+            reason: Fallback::Opened,
+            seq: None,
+        })
+    }
+
+    fn load_and_swap(&self, how: Load) -> Result<Arc<Generation>, ReloadError> {
+        match self.load_candidate(how) {
+            Ok(gen) => Ok(self.publish(gen)),
             Err(e) => {
                 self.reloads.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(path = %self.path.display(), error = %e, "snapshot rejected; keeping the last good one");
@@ -352,66 +481,159 @@ impl SnapshotStore {
         }
     }
 
-    fn load_candidate(&self) -> Result<Generation, ReloadError> {
-        // The connection must be to the file whose identity the generation
-        // records; retry if a publisher renames a file in between.
-        let mut attempt = 0;
-        let (meta, conn) = loop {
-            let (dev, ino, meta) = identity(&self.path)?;
-            match open_matching(&self.path, (dev, ino)) {
-                Ok(conn) => break (meta, conn),
-                Err(ReloadError::Replaced) if attempt < 3 => attempt += 1,
-                Err(e) => return Err(e),
+    /// Serve `gen`: `before_swap` listeners (which may still turn an
+    /// incremental generation into a full one), the swap, `on_swap`
+    /// listeners.
+    fn publish(&self, gen: Generation) -> Arc<Generation> {
+        let gen = Arc::new(gen);
+        for l in self.before_swap.lock().unwrap().iter() {
+            l(&gen);
+        }
+        let old = self.current.swap(Some(gen.clone()));
+        *self.retired.lock().unwrap() = old;
+        self.reloads.ok.fetch_add(1, Ordering::Relaxed);
+        *self.reloads.last_error.lock().unwrap() = None;
+        match gen.fallback() {
+            None => self.reloads.incremental.fetch_add(1, Ordering::Relaxed),
+            Some(f) => self.reloads.full[f as usize].fetch_add(1, Ordering::Relaxed),
+        };
+        for l in self.listeners.lock().unwrap().iter() {
+            l(&gen);
+        }
+        match gen.changes() {
+            Some(c) => tracing::info!(
+                generation = gen.id,
+                changes = c.len(),
+                seq = gen.changes_seq,
+                "snapshot change applied incrementally"
+            ),
+            None => tracing::info!(
+                generation = gen.id,
+                counts = ?*gen.counts,
+                reason = gen.fallback().map(Fallback::as_str),
+                "snapshot loaded"
+            ),
+        }
+        gen
+    }
+
+    fn load_candidate(&self, how: Load) -> Result<Generation, ReloadError> {
+        let (meta, conn, old) = match &how {
+            Load::Full { .. } => {
+                // The connection must be to the file whose identity the
+                // generation records; retry if a publisher renames a file in
+                // between.
+                let mut attempt = 0;
+                loop {
+                    let (dev, ino, meta) = identity(&self.path)?;
+                    match open_matching(&self.path, (dev, ino)) {
+                        Ok(conn) => break (meta, conn, None),
+                        Err(ReloadError::Replaced) if attempt < 3 => attempt += 1,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            // Same file, changed in place: checked again (a commit may have
+            // dropped a table), its connections taken over.
+            Load::Incremental { old, .. } => {
+                let conn = open_matching(&self.path, (old.dev, old.ino))?;
+                (identity(&self.path)?.2, conn, Some(old.clone()))
             }
         };
-        let count = |table: &'static str| -> Result<u64, ReloadError> {
-            conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|n| n as u64)
-            .map_err(|source| ReloadError::Table { table, source })
+        let produced_at = produced_at(&conn, &meta);
+        let id = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let mut idle = vec![conn];
+        let (counts, cache_base, changes_seq, changes, fallback) = match how {
+            Load::Full { reason, seq } => {
+                let count = |table: &'static str| count_rows(&idle[0], table);
+                let counts = Counts {
+                    organizations: count("organizations")?,
+                    workspaces: count("workspaces")?,
+                    api_keys: count("api_keys")?,
+                    sessions: count("sessions")?,
+                    service_keys: count("service_keys")?,
+                    mcp_servers: count("mcp_servers")?,
+                    mcp_tokens: count("mcp_tokens")?,
+                    resources: count("resources")?,
+                };
+                // The starting point (SPEC §2.1): the watcher's, read with
+                // the data_version it compares against; else this file's now.
+                let seq = match seq {
+                    Some(s) => s,
+                    None => {
+                        changes::read(&idle[0], None)
+                            .map_err(|source| ReloadError::Table {
+                                table: "changes",
+                                source,
+                            })?
+                            .last_seq
+                    }
+                };
+                (CountsCell::loaded(counts), id, seq, None, Some(reason))
+            }
+            Load::Incremental { changes, seq, .. } => {
+                let old = old.expect("incremental has a predecessor");
+                idle.extend(old.idle.lock().unwrap_or_else(|p| p.into_inner()).drain(..));
+                (
+                    CountsCell::carried((*old.counts).clone()),
+                    old.cache_base(),
+                    Some(seq),
+                    Some(changes),
+                    None,
+                )
+            }
         };
-        let counts = Counts {
-            organizations: count("organizations")?,
-            workspaces: count("workspaces")?,
-            api_keys: count("api_keys")?,
-            sessions: count("sessions")?,
-            service_keys: count("service_keys")?,
-            mcp_servers: count("mcp_servers")?,
-            mcp_tokens: count("mcp_tokens")?,
-            resources: count("resources")?,
-        };
-        let generated_at: Option<i64> = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'generated_at'",
-                [],
-                |r| r.get::<_, rusqlite::types::Value>(0),
-            )
-            .optional()
-            .ok()
-            .flatten()
-            .and_then(|v| match v {
-                rusqlite::types::Value::Integer(i) => Some(i),
-                rusqlite::types::Value::Text(t) => t.trim().parse().ok(),
-                _ => None,
-            });
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or_else(crate::clock::now_unix);
         Ok(Generation {
-            id: self.next_generation.fetch_add(1, Ordering::Relaxed),
+            id,
             dev: meta.dev(),
             ino: meta.ino(),
-            produced_at: generated_at.unwrap_or(mtime),
+            produced_at,
             counts,
+            changes_seq,
+            cache_base: AtomicU64::new(cache_base),
+            changes,
+            fallback: Mutex::new(fallback),
             path: self.path.clone(),
             lookups: self.lookups.clone(),
-            idle: Mutex::new(vec![conn]),
+            idle: Mutex::new(idle),
             returned: Condvar::new(),
         })
+    }
+
+    /// Count the rows of the served generation if it still shows its
+    /// predecessor's counts, at most once per [`RECOUNT_EVERY`]; the time
+    /// until the next count is due when one is pending.
+    fn recount(&self, last: &mut Option<Instant>) -> Option<Duration> {
+        let gen = self.current().filter(|g| !g.counts.is_own())?;
+        if let Some(wait) = last.and_then(|t| RECOUNT_EVERY.checked_sub(t.elapsed())) {
+            return Some(wait.max(Duration::from_millis(1)));
+        }
+        *last = Some(Instant::now());
+        let counted = gen.lookup(|r| {
+            let count = |t: &'static str| {
+                count_rows(r.conn, t).map_err(|e| StoreError::Query(e.to_string()))
+            };
+            Ok(Counts {
+                organizations: count("organizations")?,
+                workspaces: count("workspaces")?,
+                api_keys: count("api_keys")?,
+                sessions: count("sessions")?,
+                service_keys: count("service_keys")?,
+                mcp_servers: count("mcp_servers")?,
+                mcp_tokens: count("mcp_tokens")?,
+                resources: count("resources")?,
+            })
+        });
+        match counted {
+            Ok(c) => {
+                let _ = gen.counts.own.set(c);
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count the snapshot's rows");
+                Some(RECOUNT_EVERY)
+            }
+        }
     }
 
     /// Age of the served snapshot in seconds.
@@ -435,23 +657,51 @@ impl SnapshotStore {
                 let _notifier = notifier; // watches as long as this thread runs
                 let mut probe: Option<ChangeProbe> = None;
                 let mut last_failed_identity: Option<FileVersion> = None;
+                let mut last_count = None;
+                // Re-checks left after a notification that found nothing.
+                let mut rechecks: &[u64] = &[];
                 loop {
                     let Some(store) = weak.upgrade() else { return };
-                    store.poll_once(&mut probe, &mut last_failed_identity);
+                    let found = store.poll_once(&mut probe, &mut last_failed_identity);
+                    let count_due = store.recount(&mut last_count);
                     drop(store);
-                    // A change event, or the poll interval, whichever first
-                    // (without notifications, the interval alone).
-                    if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
-                        wake.recv_timeout(interval)
-                    {
-                        std::thread::sleep(interval);
+                    if found {
+                        rechecks = &[];
+                    }
+                    // A change event, the poll interval, a pending count or
+                    // re-check, whichever first (without notifications, the
+                    // interval alone).
+                    let mut wait = count_due.map_or(interval, |d| d.min(interval));
+                    if let Some((first, rest)) = rechecks.split_first() {
+                        wait = wait.min(Duration::from_millis(*first));
+                        rechecks = rest;
+                    }
+                    match wake.recv_timeout(wait) {
+                        // A commit in WAL mode appends to NAME-wal (the
+                        // event) before it publishes the frames in the
+                        // wal-index (NAME-shm, written through mmap: no
+                        // event), so data_version may not have moved yet
+                        // when the event is read: look again a few times
+                        // over the next 250 ms rather than wait the whole
+                        // poll interval.
+                        Ok(()) => rechecks = &WAL_RECHECKS_MS,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                            std::thread::sleep(wait)
+                        }
                     }
                 }
             })
             .expect("spawn snapshot watcher")
     }
 
-    fn poll_once(&self, probe: &mut Option<ChangeProbe>, last_failed: &mut Option<FileVersion>) {
+    /// One check for a new version; true when one was swapped in (or
+    /// rejected).
+    fn poll_once(
+        &self,
+        probe: &mut Option<ChangeProbe>,
+        last_failed: &mut Option<FileVersion>,
+    ) -> bool {
         drop(self.retired.lock().unwrap().take());
         let current = self.current();
         let meta = std::fs::metadata(&self.path).ok();
@@ -461,9 +711,12 @@ impl SnapshotStore {
             mtime_ns: m.mtime_nsec() + m.mtime() * 1_000_000_000,
             len: m.len(),
         });
-        let changed = match (&current, &meta) {
-            (None, None) => false,
-            (None, Some(_)) => true,
+        let how = match (&current, &meta) {
+            (None, None) => return false,
+            (None, Some(_)) => Load::Full {
+                reason: Fallback::Opened,
+                seq: None,
+            },
             (Some(_), None) => {
                 // Deleted: keep serving, say so once per disappearance.
                 if last_failed.is_none() {
@@ -473,11 +726,14 @@ impl SnapshotStore {
                     *self.reloads.last_error.lock().unwrap() = Some(e);
                     *last_failed = Some(FileVersion::MISSING);
                 }
-                return;
+                return false;
             }
             (Some(g), Some(m)) => {
                 if (m.dev(), m.ino()) != (g.dev, g.ino) {
-                    true
+                    Load::Full {
+                        reason: Fallback::Opened,
+                        seq: None,
+                    }
                 } else {
                     // Same file: ask SQLite whether another connection committed.
                     if probe.as_ref().map(|p| p.generation) != Some(g.id) {
@@ -486,37 +742,85 @@ impl SnapshotStore {
                     match probe {
                         Some(p) => match data_version(&p.conn) {
                             Some(now) if now != p.data_version => {
-                                p.data_version = now;
-                                true
+                                // What the commits since logged, read with
+                                // the data_version it answers for.
+                                match changes::read(&p.conn, g.changes_seq) {
+                                    Ok(seen) => {
+                                        p.data_version = seen.data_version;
+                                        match changes::plan(
+                                            g.changes_seq,
+                                            seen.last_seq,
+                                            &seen.rows,
+                                        ) {
+                                            Ok((changes, seq)) => Load::Incremental {
+                                                old: g.clone(),
+                                                changes,
+                                                seq,
+                                            },
+                                            Err(reason) => Load::Full { reason, seq: None },
+                                        }
+                                    }
+                                    Err(_) => {
+                                        p.data_version = now;
+                                        Load::Full {
+                                            reason: Fallback::Unlogged,
+                                            seq: None,
+                                        }
+                                    }
+                                }
                             }
-                            Some(_) => false,
-                            None => true,
+                            Some(_) => return false,
+                            None => Load::Full {
+                                reason: Fallback::Opened,
+                                seq: None,
+                            },
                         },
-                        None => true,
+                        None => Load::Full {
+                            reason: Fallback::Opened,
+                            seq: None,
+                        },
                     }
                 }
             }
         };
-        if !changed {
-            return;
-        }
         // Do not re-log the same broken file every poll.
         if identity.is_some() && *last_failed == identity {
-            return;
+            return false;
         }
-        // Open the change probe *before* loading, so a commit that lands while
-        // the new generation loads still moves data_version past this baseline.
-        let fresh_probe = ChangeProbe::open(&self.path, 0);
-        match self.reload() {
+        let how = match how {
+            Load::Full { reason, .. } => {
+                // Open the change probe *before* loading, so a commit that
+                // lands while the new generation loads still moves
+                // data_version past this baseline; the generation starts
+                // from the `seq` read with that baseline.
+                let fresh_probe = ChangeProbe::open(&self.path, 0);
+                let seq = fresh_probe.as_ref().map(|p| p.seq);
+                match self.load_and_swap(Load::Full { reason, seq }) {
+                    Ok(gen) => {
+                        *last_failed = None;
+                        *probe = fresh_probe.map(|p| ChangeProbe {
+                            generation: gen.id,
+                            ..p
+                        });
+                    }
+                    Err(_) => *last_failed = identity,
+                }
+                return true;
+            }
+            incremental => incremental,
+        };
+        match self.load_and_swap(how) {
             Ok(gen) => {
                 *last_failed = None;
-                *probe = fresh_probe.map(|p| ChangeProbe {
-                    generation: gen.id,
-                    ..p
-                });
+                // the same probe goes on: its data_version is the one the
+                // changes were read with
+                if let Some(p) = probe {
+                    p.generation = gen.id;
+                }
             }
             Err(_) => *last_failed = identity,
         }
+        true
     }
 
     // ------------------------------------------------------------ lookups
@@ -559,6 +863,42 @@ impl SnapshotStore {
 }
 
 impl Generation {
+    /// Cached verdicts tagged with an older generation are not this one's
+    /// answer (see the field).
+    pub fn cache_base(&self) -> u64 {
+        self.cache_base.load(Ordering::Acquire)
+    }
+
+    /// What changed since the predecessor, on an incremental generation
+    /// (None: a full load, everything may have changed).
+    pub fn changes(&self) -> Option<&[Change]> {
+        if self.fallback().is_some() {
+            return None;
+        }
+        self.changes.as_deref()
+    }
+
+    /// Why this generation takes the full path; None: incremental.
+    pub fn fallback(&self) -> Option<Fallback> {
+        *self.fallback.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Make an incremental generation a full one (for a `before_swap`
+    /// listener, before it is served): no cached verdict older than it is
+    /// its answer.
+    pub fn demand_full(&self, reason: Fallback) {
+        let mut f = self.fallback.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some(reason);
+        }
+        self.cache_base.store(self.id, Ordering::Release);
+    }
+
+    /// The highest `changes.seq` this version includes.
+    pub fn changes_seq(&self) -> Option<i64> {
+        self.changes_seq
+    }
+
     /// Run `f` in one read transaction on this generation's file.
     ///
     /// Why one transaction: every SQLite read transaction takes and drops a
@@ -810,21 +1150,24 @@ impl Reader<'_> {
 
 /// A connection that tells whether another connection committed to the
 /// served file since (`PRAGMA data_version`), for the generation it was
-/// opened for.
+/// opened for; it also reads the `changes` table.
 struct ChangeProbe {
     generation: u64,
     conn: Connection,
     data_version: i64,
+    /// `max(changes.seq)` when opened, read with `data_version`
+    seq: Option<i64>,
 }
 
 impl ChangeProbe {
     fn open(path: &Path, generation: u64) -> Option<ChangeProbe> {
         let conn = open_read_only(path).ok()?;
-        let data_version = data_version(&conn)?;
+        let seen = changes::read(&conn, None).ok()?;
         Some(ChangeProbe {
             generation,
             conn,
-            data_version,
+            data_version: seen.data_version,
+            seq: seen.last_seq,
         })
     }
 }
