@@ -107,6 +107,9 @@ pub struct Metrics {
     pub snapshot_generation: IntGauge,
     pub snapshot_age: Gauge,
     pub snapshot_reloads: IntCounterVec,
+    /// `snapshot_swaps_total{path,reason}`: how each served version reached
+    /// the verdict cache (incremental: SPEC §2.1 `changes`; full: refilled)
+    pub snapshot_swaps: IntCounterVec,
     pub rate_limit_decisions: IntCounterVec,
     pub rate_limit_backend_up: IntGauge,
     pub upstream_errors: IntCounterVec,
@@ -181,6 +184,15 @@ impl Metrics {
             "Snapshot loads by result",
             &["result"],
         );
+        let snapshot_swaps = counter_vec(
+            "snapshot_swaps_total",
+            "Snapshot versions served, by path: incremental (only the keys the changes table names were re-read) or full (the verdict cache was refilled), and why full",
+            &["path", "reason"],
+        );
+        snapshot_swaps.with_label_values(&["incremental", "changes"]);
+        for f in crate::snapshot::Fallback::ALL {
+            snapshot_swaps.with_label_values(&["full", f.as_str()]);
+        }
         let rate_limit_decisions = counter_vec(
             "rate_limit_decisions_total",
             "Rate limit decisions",
@@ -251,6 +263,7 @@ impl Metrics {
             snapshot_generation,
             snapshot_age,
             snapshot_reloads,
+            snapshot_swaps,
             rate_limit_decisions,
             rate_limit_backend_up,
             request_children,
@@ -334,6 +347,17 @@ impl Metrics {
             self.snapshot_reloads.with_label_values(&["failed"]),
             store.reloads.failed.load(Ordering::Relaxed),
         );
+        sync(
+            self.snapshot_swaps
+                .with_label_values(&["incremental", "changes"]),
+            store.reloads.incremental.load(Ordering::Relaxed),
+        );
+        for f in crate::snapshot::Fallback::ALL {
+            sync(
+                self.snapshot_swaps.with_label_values(&["full", f.as_str()]),
+                store.reloads.full[f as usize].load(Ordering::Relaxed),
+            );
+        }
         for (i, t) in TABLES.iter().enumerate() {
             sync(
                 self.snapshot_lookups.with_label_values(&[t]),
