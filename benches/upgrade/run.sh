@@ -104,8 +104,7 @@ wrk_pair() { # NAME SECONDS
     local a=$!
     wrk -t1 -c4 -d"$2s" --latency -H "Authorization: Bearer $KEY" -H "Connection: close" \
         "http://127.0.0.1:$PORT/api/v1/flows" >"$TMP/$1-close.txt" 2>&1 &
-    local b=$!
-    echo "$a $b"
+    WRK_PIDS="$a $!"
 }
 summary() { # FILE
     python3 - "$1" <<'EOF'
@@ -122,11 +121,11 @@ EOF
 }
 
 log "baseline: ${SECS}s of load, no upgrade"
-read -r A B < <(wrk_pair baseline "$SECS")
-wait "$A" "$B"
+wrk_pair baseline "$SECS"
+wait $WRK_PIDS
 
 log "$UPGRADES upgrades during ${SECS}s of load"
-read -r A B < <(wrk_pair upgrades "$SECS")
+wrk_pair upgrades "$SECS"
 sleep 2
 for i in $(seq "$UPGRADES"); do
     rm -f "$TMP/upgrade.sock.admin"
@@ -140,7 +139,7 @@ for i in $(seq "$UPGRADES"); do
     log "upgrade $i: pid $OLD -> $NEW"
     OLD=$NEW
 done
-wait "$A" "$B"
+wait $WRK_PIDS
 kill -INT "$OLD"
 
 echo "| run | client | result |"
