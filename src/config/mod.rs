@@ -20,9 +20,9 @@ mod reload;
 mod validate;
 
 pub use model::{
-    CacheConfig, Config, McpConfig, Plan, RateLimitBackend, RateLimitConfig, RedisConfig, Secret,
-    ServerConfig, SessionConfig, SnapshotConfig, TlsConfig, TracingConfig, UnknownWorkspaces,
-    UpstreamConfig,
+    CacheConfig, Config, McpConfig, Plan, RateLimitBackend, RateLimitConfig, RedisConfig,
+    RedisTopology, Secret, ServerConfig, SessionConfig, SnapshotConfig, TlsConfig, TracingConfig,
+    UnknownWorkspaces, UpstreamConfig,
 };
 pub use raw::{
     RawCache, RawConfig, RawMcp, RawPlan, RawRateLimit, RawScopes, RawServer, RawSession,
@@ -111,7 +111,7 @@ impl Config {
             snapshot: validate::snapshot(snapshot, base)?,
             cache: validate::cache(cache)?,
             session: validate::session(session, env)?,
-            rate_limit: validate::rate_limit(rate_limit)?,
+            rate_limit: validate::rate_limit(rate_limit, base)?,
             tracing: validate::tracing(tracing)?,
             unknown_workspaces: validate::scopes(scopes)?,
             mcp: validate::mcp(mcp)?,

@@ -86,10 +86,29 @@ pub enum RateLimitBackend {
     Redis(RedisConfig),
 }
 
+/// Where the shared windows live (`rate_limit.redis_mode`, see
+/// `ratelimit::redis`). URLs are `redis://` or `rediss://` (TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// `"single"`: `redis_url`, one server (or an endpoint that fronts one).
+    Single { url: String },
+    /// `"cluster"`: `redis_nodes`, seed nodes of a Redis Cluster.
+    Cluster { nodes: Vec<String> },
+    /// `"sentinel"`: `redis_nodes` are sentinels, which name the current
+    /// master of `redis_sentinel_master`.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
+}
+
 /// `rate_limit.backend = "redis"` settings (see `ratelimit::redis`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    pub url: String,
+    pub topology: RedisTopology,
+    /// `redis_ca_file`: PEM roots for `rediss://` (resolved against the
+    /// config's directory); `None`, the bundled webpki (Mozilla) roots.
+    pub ca_file: Option<PathBuf>,
     /// Budget for one Redis round trip; past it the replica falls back.
     pub timeout: Duration,
     pub expected_replicas: u64,

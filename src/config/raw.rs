@@ -176,12 +176,18 @@ pub struct RawRateLimit {
     pub auth_failures_per_ip: u64,
     pub service_keys_limited: bool,
     pub backend: String,
-    pub redis_url: String,
+    /// `redis_mode = "single"` only; left out, `redis://127.0.0.1:6379/0`.
+    /// Optional so that cluster and sentinel modes can refuse one that is set.
+    pub redis_url: Option<String>,
     pub redis_timeout_ms: u64,
     /// Required with `backend = "redis"` (SPEC §6): no default.
     pub expected_replicas: Option<u64>,
     pub redis_batch: u64,
     pub redis_sync_interval_ms: u64,
+    pub redis_mode: String,
+    pub redis_nodes: Vec<String>,
+    pub redis_sentinel_master: String,
+    pub redis_ca_file: String,
 }
 
 impl Default for RawRateLimit {
@@ -191,11 +197,15 @@ impl Default for RawRateLimit {
             auth_failures_per_ip: 30,
             service_keys_limited: false,
             backend: "local".into(),
-            redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_url: None,
             redis_timeout_ms: 5,
             expected_replicas: None,
             redis_batch: 16,
             redis_sync_interval_ms: 10,
+            redis_mode: "single".into(),
+            redis_nodes: Vec::new(),
+            redis_sentinel_master: String::new(),
+            redis_ca_file: String::new(),
         }
     }
 }

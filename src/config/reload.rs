@@ -12,8 +12,8 @@
 //! configs: they never apply one, touch the network or the snapshot.
 
 use super::model::{
-    CacheConfig, Config, McpConfig, RateLimitBackend, RateLimitConfig, RedisConfig, ServerConfig,
-    SessionConfig, SnapshotConfig, TlsConfig, TracingConfig, UpstreamConfig,
+    CacheConfig, Config, McpConfig, RateLimitBackend, RateLimitConfig, RedisConfig, RedisTopology,
+    ServerConfig, SessionConfig, SnapshotConfig, TlsConfig, TracingConfig, UpstreamConfig,
 };
 
 /// The dotted key (as written in the file, SPEC §8.1) of the first frozen
@@ -179,7 +179,8 @@ fn backend_change(old: &RateLimitBackend, new: &RateLimitBackend) -> Option<&'st
         (RateLimitBackend::Local, RateLimitBackend::Local) => None,
         (
             RateLimitBackend::Redis(RedisConfig {
-                url,
+                topology,
+                ca_file,
                 timeout,
                 expected_replicas,
                 batch,
@@ -187,7 +188,8 @@ fn backend_change(old: &RateLimitBackend, new: &RateLimitBackend) -> Option<&'st
             }),
             RateLimitBackend::Redis(new),
         ) => first([
-            ("rate_limit.redis_url", *url != new.url),
+            topology_change(topology, &new.topology),
+            ("rate_limit.redis_ca_file", *ca_file != new.ca_file),
             ("rate_limit.redis_timeout_ms", *timeout != new.timeout),
             (
                 "rate_limit.expected_replicas",
@@ -201,6 +203,30 @@ fn backend_change(old: &RateLimitBackend, new: &RateLimitBackend) -> Option<&'st
         ]),
         (RateLimitBackend::Local, RateLimitBackend::Redis(_))
         | (RateLimitBackend::Redis(_), RateLimitBackend::Local) => Some("rate_limit.backend"),
+    }
+}
+
+/// The key that names where the shared windows live, if it changed (the
+/// limiter connects once, at start).
+fn topology_change(old: &RedisTopology, new: &RedisTopology) -> (&'static str, bool) {
+    match (old, new) {
+        (RedisTopology::Single { url }, RedisTopology::Single { url: new }) => {
+            ("rate_limit.redis_url", url != new)
+        }
+        (RedisTopology::Cluster { nodes }, RedisTopology::Cluster { nodes: new }) => {
+            ("rate_limit.redis_nodes", nodes != new)
+        }
+        (
+            RedisTopology::Sentinel { sentinels, master },
+            RedisTopology::Sentinel {
+                sentinels: new_sentinels,
+                master: new_master,
+            },
+        ) if master == new_master => ("rate_limit.redis_nodes", sentinels != new_sentinels),
+        (RedisTopology::Sentinel { .. }, RedisTopology::Sentinel { .. }) => {
+            ("rate_limit.redis_sentinel_master", true)
+        }
+        _ => ("rate_limit.redis_mode", true),
     }
 }
 
@@ -288,6 +314,10 @@ redis_timeout_ms = 5
 expected_replicas = 2
 redis_batch = 16
 redis_sync_interval_ms = 10
+redis_mode = "single"
+redis_nodes = []
+redis_sentinel_master = ""
+redis_ca_file = ""
 
 [scopes]
 unknown_workspaces = "deny"
@@ -465,6 +495,34 @@ auth = "none"
         let without = parse(BASE);
         assert_eq!(frozen_change(&old, &without), Some("tracing"));
         assert_eq!(frozen_change(&without, &old), Some("tracing"));
+    }
+
+    #[test]
+    fn redis_topology_changes_name_their_key() {
+        let cluster = |nodes: &str| {
+            let text = set(BASE, "rate_limit.redis_url", r#""""#);
+            let text = set(&text, "rate_limit.redis_mode", r#""cluster""#);
+            parse(&set(&text, "rate_limit.redis_nodes", nodes))
+        };
+        let sentinel = |master: &str| {
+            let text = set(BASE, "rate_limit.redis_url", r#""""#);
+            let text = set(&text, "rate_limit.redis_mode", r#""sentinel""#);
+            let text = set(&text, "rate_limit.redis_nodes", r#"["redis://s1:26379"]"#);
+            parse(&set(&text, "rate_limit.redis_sentinel_master", master))
+        };
+        let single = parse(BASE);
+        let a = cluster(r#"["redis://a:6379"]"#);
+        let b = cluster(r#"["redis://a:6379", "redis://b:6379"]"#);
+        assert_eq!(frozen_change(&a, &a), None);
+        assert_eq!(frozen_change(&a, &b), Some("rate_limit.redis_nodes"));
+        assert_eq!(frozen_change(&single, &a), Some("rate_limit.redis_mode"));
+        let m = sentinel(r#""mymaster""#);
+        assert_eq!(frozen_change(&m, &m), None);
+        assert_eq!(
+            frozen_change(&m, &sentinel(r#""other""#)),
+            Some("rate_limit.redis_sentinel_master")
+        );
+        assert_eq!(frozen_change(&a, &m), Some("rate_limit.redis_mode"));
     }
 
     #[test]

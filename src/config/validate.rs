@@ -14,9 +14,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::model::{
-    CacheConfig, Config, McpConfig, Plan, RateLimitBackend, RateLimitConfig, RedisConfig, Secret,
-    ServerConfig, SessionConfig, SnapshotConfig, TlsConfig, TracingConfig, UnknownWorkspaces,
-    UpstreamConfig,
+    CacheConfig, Config, McpConfig, Plan, RateLimitBackend, RateLimitConfig, RedisConfig,
+    RedisTopology, Secret, ServerConfig, SessionConfig, SnapshotConfig, TlsConfig, TracingConfig,
+    UnknownWorkspaces, UpstreamConfig,
 };
 use super::raw::{
     RawCache, RawMcp, RawPlan, RawRateLimit, RawScopes, RawServer, RawSession, RawSnapshot, RawTls,
@@ -200,7 +200,7 @@ pub(super) fn session(
     })
 }
 
-pub(super) fn rate_limit(raw: RawRateLimit) -> Result<RateLimitConfig, ConfigError> {
+pub(super) fn rate_limit(raw: RawRateLimit, base: &Path) -> Result<RateLimitConfig, ConfigError> {
     let RawRateLimit {
         window_s,
         auth_failures_per_ip,
@@ -211,6 +211,10 @@ pub(super) fn rate_limit(raw: RawRateLimit) -> Result<RateLimitConfig, ConfigErr
         expected_replicas,
         redis_batch,
         redis_sync_interval_ms,
+        redis_mode,
+        redis_nodes,
+        redis_sentinel_master,
+        redis_ca_file,
     } = raw;
     if window_s == 0 {
         return Err(invalid("rate_limit.window_s", "must be positive"));
@@ -236,10 +240,9 @@ pub(super) fn rate_limit(raw: RawRateLimit) -> Result<RateLimitConfig, ConfigErr
     let backend = match backend.as_str() {
         "local" => RateLimitBackend::Local,
         "redis" => {
-            // Parses the URL only; no connection is made here.
-            if let Err(e) = redis::Client::open(redis_url.as_str()) {
-                return Err(invalid("rate_limit.redis_url", e.to_string()));
-            }
+            let topology =
+                redis_topology(&redis_mode, redis_url, redis_nodes, redis_sentinel_master)?;
+            let ca_file = redis_ca(&redis_ca_file, &topology, base)?;
             // Without it every replica would fall back to the full
             // limit during an outage: replicas × limit (SPEC §6).
             let Some(expected_replicas) = expected_replicas else {
@@ -249,7 +252,8 @@ pub(super) fn rate_limit(raw: RawRateLimit) -> Result<RateLimitConfig, ConfigErr
                 ));
             };
             RateLimitBackend::Redis(RedisConfig {
-                url: redis_url,
+                topology,
+                ca_file,
                 timeout: Duration::from_millis(redis_timeout_ms),
                 expected_replicas,
                 batch: redis_batch,
@@ -269,6 +273,131 @@ pub(super) fn rate_limit(raw: RawRateLimit) -> Result<RateLimitConfig, ConfigErr
         service_keys_limited,
         backend,
     })
+}
+
+/// `rate_limit.redis_mode` and the keys it reads. A key another mode reads
+/// is refused rather than ignored: `redis_url` beside `redis_mode =
+/// "cluster"` names one server where the limiter would use others. URLs are
+/// parsed (`redis://` or `rediss://`), never connected to.
+fn redis_topology(
+    mode: &str,
+    url: Option<String>,
+    nodes: Vec<String>,
+    master: String,
+) -> Result<RedisTopology, ConfigError> {
+    let parse = |key: &str, url: &str| -> Result<bool, ConfigError> {
+        match redis::Client::open(url) {
+            Ok(_) => Ok(url.starts_with("rediss://")),
+            Err(e) => Err(invalid(key, format!("`{url}`: {e}"))),
+        }
+    };
+    let unused = |key: &str, set: bool| -> Result<(), ConfigError> {
+        if set {
+            return Err(invalid(
+                key,
+                format!("not used with redis_mode = \"{mode}\"; leave it out"),
+            ));
+        }
+        Ok(())
+    };
+    let url_set = url.as_deref().is_some_and(|u| !u.is_empty());
+    let node_list = |nodes: Vec<String>, what: &str| -> Result<Vec<String>, ConfigError> {
+        if nodes.is_empty() {
+            return Err(invalid(
+                "rate_limit.redis_nodes",
+                format!("required with redis_mode = \"{mode}\" ({what})"),
+            ));
+        }
+        let mut tls = None;
+        for node in &nodes {
+            if !node.starts_with("redis://") && !node.starts_with("rediss://") {
+                return Err(invalid(
+                    "rate_limit.redis_nodes",
+                    format!("`{node}`: expected a redis:// or rediss:// URL"),
+                ));
+            }
+            let this = parse("rate_limit.redis_nodes", node)?;
+            if *tls.get_or_insert(this) != this {
+                return Err(invalid(
+                    "rate_limit.redis_nodes",
+                    "mixes redis:// and rediss:// URLs: use one scheme for every node",
+                ));
+            }
+        }
+        Ok(nodes)
+    };
+    match mode {
+        "single" => {
+            unused("rate_limit.redis_nodes", !nodes.is_empty())?;
+            unused("rate_limit.redis_sentinel_master", !master.is_empty())?;
+            let url = url
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
+            parse("rate_limit.redis_url", &url)?;
+            Ok(RedisTopology::Single { url })
+        }
+        "cluster" => {
+            unused("rate_limit.redis_url", url_set)?;
+            unused("rate_limit.redis_sentinel_master", !master.is_empty())?;
+            let nodes = node_list(nodes, "seed URLs of the cluster's nodes")?;
+            Ok(RedisTopology::Cluster { nodes })
+        }
+        "sentinel" => {
+            unused("rate_limit.redis_url", url_set)?;
+            let sentinels = node_list(nodes, "the sentinels' URLs")?;
+            if master.is_empty() {
+                return Err(invalid(
+                    "rate_limit.redis_sentinel_master",
+                    "required with redis_mode = \"sentinel\" (the name the sentinels monitor)",
+                ));
+            }
+            Ok(RedisTopology::Sentinel { sentinels, master })
+        }
+        other => Err(invalid(
+            "rate_limit.redis_mode",
+            format!("`{other}`: expected \"single\", \"cluster\" or \"sentinel\""),
+        )),
+    }
+}
+
+/// `rate_limit.redis_ca_file`: a PEM bundle with at least one certificate,
+/// for `rediss://` URLs only.
+fn redis_ca(
+    file: &str,
+    topology: &RedisTopology,
+    base: &Path,
+) -> Result<Option<PathBuf>, ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    if file.is_empty() {
+        return Ok(None);
+    }
+    const KEY: &str = "rate_limit.redis_ca_file";
+    let tls = match topology {
+        RedisTopology::Single { url } => url.starts_with("rediss://"),
+        RedisTopology::Cluster { nodes }
+        | RedisTopology::Sentinel {
+            sentinels: nodes, ..
+        } => nodes.iter().all(|n| n.starts_with("rediss://")),
+    };
+    if !tls {
+        return Err(invalid(
+            KEY,
+            "only used with rediss:// URLs (TLS); the URLs here are redis://",
+        ));
+    }
+    let path = resolve(base, file);
+    let certs = CertificateDer::pem_file_iter(&path)
+        .map_err(|e| invalid(KEY, format!("{}: {e}", path.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(KEY, format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            KEY,
+            format!("{}: no PEM certificate", path.display()),
+        ));
+    }
+    Ok(Some(path))
 }
 
 /// `[tracing]`: refused by a build without the `otel` feature, which could
@@ -435,6 +564,95 @@ mod tests {
 
     fn error(text: &str) -> String {
         parse(text).err().expect("an invalid config")
+    }
+
+    const REDIS: &str = "[rate_limit]\nbackend = \"redis\"\nexpected_replicas = 2\n";
+
+    #[test]
+    fn redis_topologies() {
+        use crate::config::{RateLimitBackend, RedisTopology};
+        let topology = |extra: &str| match parse(&format!("{REDIS}{extra}"))
+            .unwrap()
+            .rate_limit
+            .backend
+        {
+            RateLimitBackend::Redis(r) => r.topology,
+            RateLimitBackend::Local => unreachable!(),
+        };
+        assert_eq!(
+            topology(""),
+            RedisTopology::Single {
+                url: "redis://127.0.0.1:6379/0".into()
+            }
+        );
+        assert_eq!(
+            topology("redis_url = \"rediss://cache.example:6380/1\"\n"),
+            RedisTopology::Single {
+                url: "rediss://cache.example:6380/1".into()
+            }
+        );
+        assert_eq!(
+            topology("redis_mode = \"cluster\"\nredis_nodes = [\"redis://a:7000\", \"redis://b:7000\"]\n"),
+            RedisTopology::Cluster {
+                nodes: vec!["redis://a:7000".into(), "redis://b:7000".into()]
+            }
+        );
+        assert_eq!(
+            topology("redis_mode = \"sentinel\"\nredis_nodes = [\"rediss://s:26379\"]\nredis_sentinel_master = \"m\"\nredis_url = \"\"\n"),
+            RedisTopology::Sentinel {
+                sentinels: vec!["rediss://s:26379".into()],
+                master: "m".into()
+            }
+        );
+        // With the local backend the Redis keys are not read.
+        assert!(parse("[rate_limit]\nredis_mode = \"cluster\"\n").is_ok());
+    }
+
+    #[test]
+    fn bad_redis_topologies_name_their_key() {
+        for (extra, key, words) in [
+            ("redis_mode = \"ring\"\n", "rate_limit.redis_mode", "expected \"single\", \"cluster\" or \"sentinel\""),
+            ("redis_mode = \"cluster\"\n", "rate_limit.redis_nodes", "required with redis_mode = \"cluster\""),
+            ("redis_mode = \"sentinel\"\n", "rate_limit.redis_nodes", "required with redis_mode = \"sentinel\""),
+            ("redis_mode = \"sentinel\"\nredis_nodes = [\"redis://s:26379\"]\n", "rate_limit.redis_sentinel_master", "required"),
+            ("redis_mode = \"cluster\"\nredis_nodes = [\"redis://a:7000\"]\nredis_url = \"redis://a:7000\"\n", "rate_limit.redis_url", "not used with redis_mode = \"cluster\""),
+            ("redis_mode = \"cluster\"\nredis_nodes = [\"redis://a:7000\"]\nredis_sentinel_master = \"m\"\n", "rate_limit.redis_sentinel_master", "not used"),
+            ("redis_nodes = [\"redis://a:7000\"]\n", "rate_limit.redis_nodes", "not used with redis_mode = \"single\""),
+            ("redis_mode = \"cluster\"\nredis_nodes = [\"redis://a:7000\", \"rediss://b:7000\"]\n", "rate_limit.redis_nodes", "mixes"),
+            ("redis_mode = \"cluster\"\nredis_nodes = [\"http://a:7000\"]\n", "rate_limit.redis_nodes", "expected a redis:// or rediss:// URL"),
+            ("redis_url = \"nonsense\"\n", "rate_limit.redis_url", "nonsense"),
+            ("redis_ca_file = \"ca.pem\"\n", "rate_limit.redis_ca_file", "only used with rediss://"),
+            ("redis_url = \"rediss://r:6380\"\nredis_ca_file = \"missing.pem\"\n", "rate_limit.redis_ca_file", "/etc/keyward/missing.pem"),
+        ] {
+            let err = error(&format!("{REDIS}{extra}"));
+            assert!(err.contains(key) && err.contains(words), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn redis_ca_file_is_resolved_and_read() {
+        use crate::config::RateLimitBackend;
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["redis.test".into()]).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        let text = format!("{REDIS}redis_url = \"rediss://r:6380\"\nredis_ca_file = \"ca.pem\"\n");
+        let c = Config::from_toml_str(&text, dir.path()).unwrap();
+        let RateLimitBackend::Redis(r) = c.rate_limit.backend else {
+            unreachable!()
+        };
+        assert_eq!(
+            r.ca_file.as_deref(),
+            Some(dir.path().join("ca.pem").as_path())
+        );
+        let err = Config::from_toml_str(&text.replace("ca.pem", "empty.pem"), dir.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("rate_limit.redis_ca_file") && err.contains("no PEM certificate"),
+            "{err}"
+        );
     }
 
     #[test]

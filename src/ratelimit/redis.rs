@@ -39,9 +39,12 @@ use moka::sync::Cache;
 use prometheus::IntGauge;
 use tokio::sync::{mpsc, Notify};
 
+use self::link::Link;
 use super::window::{bounded_map, current, entry, FixedWindow};
 use super::{BackendStatus, Limiter, RateOutcome, RateState, DEFAULT_ORG_CAPACITY};
 use crate::config::RedisConfig;
+
+mod link;
 
 #[derive(Default)]
 struct OrgState {
@@ -84,7 +87,7 @@ impl RedisLimiter {
         rt: &tokio::runtime::Handle,
         backend_up: IntGauge,
     ) -> Result<Arc<RedisLimiter>, String> {
-        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| e.to_string())?;
+        let link = Link::new(cfg)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let window = FixedWindow::new(window_s);
         let limiter = Arc::new(RedisLimiter {
@@ -98,9 +101,7 @@ impl RedisLimiter {
         });
         backend_up.set(0);
         let sync = Sync {
-            client,
-            conn: None,
-            timeout: cfg.timeout,
+            link,
             interval: cfg.sync_interval,
             window_ms: window_s * 1000,
             rx,
@@ -211,9 +212,7 @@ impl Limiter for RedisLimiter {
 
 /// The synchroniser: owns the Redis connection and the flush queue.
 struct Sync {
-    client: redis::Client,
-    conn: Option<redis::aio::ConnectionManager>,
-    timeout: Duration,
+    link: Link,
     interval: Duration,
     window_ms: u64,
     rx: mpsc::UnboundedReceiver<Arc<Org>>,
@@ -253,30 +252,8 @@ impl Sync {
         }
     }
 
-    fn connection(&mut self) -> Option<redis::aio::ConnectionManager> {
-        if self.conn.is_none() {
-            let cfg = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(100))))
-                .set_response_timeout(Some(self.timeout))
-                .set_number_of_retries(1);
-            match redis::aio::ConnectionManager::new_lazy_with_config(self.client.clone(), cfg) {
-                Ok(c) => self.conn = Some(c),
-                Err(e) => tracing::warn!(error = %e, "redis: cannot create a connection"),
-            }
-        }
-        self.conn.clone()
-    }
-
     async fn ping(&mut self) -> bool {
-        let Some(mut conn) = self.connection() else {
-            return false;
-        };
-        // Reconnecting may take longer than one request's budget.
-        let budget = self.timeout.max(Duration::from_millis(100));
-        let ok = matches!(
-            tokio::time::timeout(budget, redis::cmd("PING").query_async::<String>(&mut conn)).await,
-            Ok(Ok(_))
-        );
+        let ok = self.link.ping().await;
         if ok {
             self.set_up(true);
         }
@@ -295,7 +272,7 @@ impl Sync {
 
     async fn flush(&mut self, orgs: Vec<Arc<Org>>) {
         let mut sent = Vec::with_capacity(orgs.len());
-        let mut pipe = redis::pipe();
+        let mut incrs = Vec::with_capacity(orgs.len());
         for org in orgs {
             let mut s = org.state.lock().unwrap();
             s.queued = false;
@@ -306,43 +283,35 @@ impl Sync {
             s.pending = 0;
             s.inflight += n;
             drop(s);
-            let key = format!("keyward:rl:{}:{}", org.key, w);
-            pipe.cmd("INCRBY").arg(&key).arg(n);
-            pipe.cmd("PEXPIRE")
-                .arg(&key)
-                .arg(self.window_ms * 2)
-                .ignore();
+            incrs.push((format!("keyward:rl:{}:{}", org.key, w), n));
             sent.push((org, w, n));
         }
         if sent.is_empty() {
             return;
         }
-        let Some(mut conn) = self.connection() else {
-            self.failed(sent);
-            return;
-        };
-        match tokio::time::timeout(self.timeout, pipe.query_async::<Vec<u64>>(&mut conn)).await {
-            Ok(Ok(totals)) if totals.len() == sent.len() => {
-                for ((org, w, n), total) in sent.into_iter().zip(totals) {
+        let totals = self.link.incr(&incrs, self.window_ms * 2).await;
+        let mut failed = Vec::new();
+        let mut error = None;
+        for ((org, w, n), total) in sent.into_iter().zip(totals) {
+            match total {
+                Ok(total) => {
                     let mut s = org.state.lock().unwrap();
                     if s.window == w {
                         s.inflight -= n;
                         s.remote = s.remote.max(total);
                     }
                 }
-                self.set_up(true);
+                Err(e) => {
+                    error.get_or_insert(e);
+                    failed.push((org, w, n));
+                }
             }
-            Ok(Ok(_)) => {
-                tracing::warn!("redis: unexpected pipeline reply");
-                self.failed(sent);
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "redis: flush failed");
-                self.failed(sent);
-            }
-            Err(_) => {
-                tracing::debug!("redis: flush timed out");
-                self.failed(sent);
+        }
+        match error {
+            None => self.set_up(true),
+            Some(e) => {
+                tracing::debug!(error = %e, keys = failed.len(), "redis: flush failed");
+                self.failed(failed);
             }
         }
     }
@@ -377,7 +346,10 @@ mod tests {
             .unwrap();
         // Nothing listens on port 1: the backend stays down.
         let cfg = RedisConfig {
-            url: "redis://127.0.0.1:1/0".into(),
+            topology: crate::config::RedisTopology::Single {
+                url: "redis://127.0.0.1:1/0".into(),
+            },
+            ca_file: None,
             timeout: Duration::from_millis(5),
             expected_replicas: replicas,
             batch,
