@@ -32,6 +32,9 @@ pub struct Engine {
     /// set from SIGTERM/SIGQUIT on: `/readyz` answers 503 while in-flight
     /// requests drain, so a load balancer stops sending
     pub draining: AtomicBool,
+    /// with `snapshot.source`: set while the origin cannot be reached
+    /// (`/readyz` degraded `snapshot_source_unreachable`)
+    pub source_unreachable: std::sync::OnceLock<Arc<AtomicBool>>,
 }
 
 /// One request's pinned view: the policy and the directory (snapshot
@@ -67,6 +70,7 @@ impl Engine {
             metrics,
             warned_unconfigured: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            source_unreachable: std::sync::OnceLock::new(),
         })
     }
 

@@ -99,6 +99,15 @@ enum Command {
 enum SnapshotCommand {
     /// Create an empty snapshot with the contract schema
     Init { path: PathBuf },
+    /// Sign a snapshot for `snapshot.verify_key`: writes PATH.sig (base64 of
+    /// the Ed25519 signature over the file's bytes) and prints the public
+    /// key (base64) to put in `verify_key`
+    Sign {
+        /// Ed25519 private key, PKCS#8 PEM (`openssl genpkey -algorithm ed25519`)
+        #[arg(long)]
+        key: PathBuf,
+        path: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -395,6 +404,12 @@ fn main() -> ExitCode {
         } => keyward::snapshot::schema::init(&path)
             .map(|_| println!("created {}", path.display()))
             .map_err(|e| format!("{}: {e}", path.display())),
+        Command::Snapshot {
+            command: SnapshotCommand::Sign { key, path },
+        } => keyward::store::source::signature::sign_file(&key, &path).map(|public| {
+            eprintln!("wrote {}.sig", path.display());
+            println!("{public}");
+        }),
         Command::Keys { command } => keys(command),
         Command::Healthcheck { url } => keyward::admin::healthcheck(&url),
     };

@@ -51,6 +51,9 @@ const SIGINT_EXIT_BOUND: std::time::Duration = std::time::Duration::from_secs(2)
 /// (pingora waits about as long for the proxy listeners, then exits).
 const ADMIN_HAND_OVER_WAIT: Duration = Duration::from_secs(10);
 
+/// Longest the first fetch from `snapshot.source` may hold the start.
+const SOURCE_FIRST_FETCH: Duration = Duration::from_secs(30);
+
 /// Everything but the pingora server: store, watcher, engine, admin, SIGHUP.
 /// With `upgrade`, the admin listener and the local rate-limit counts come
 /// from the running keyward when it gets SIGQUIT ([`upgrade`]).
@@ -67,6 +70,17 @@ pub fn start_support(config: Config, upgrade: bool) -> anyhow::Result<Running> {
     if config.session.secret.is_none() {
         tracing::warn!("no BetterAuth secret configured (session.secret_env / session.secret): session cookies will be answered 401");
     }
+    let snapshot_source = match &config.snapshot.source {
+        None => None,
+        Some(url) => Some(
+            crate::store::source::Source::new(
+                url,
+                &config.snapshot.path,
+                config.snapshot.verify_key.clone(),
+            )?
+            .with_metrics(metrics.snapshot_source.clone()),
+        ),
+    };
     let _ = store.reload();
     store.watch(config.snapshot.poll_interval);
     let source: Option<PathBuf> = config.source.clone();
@@ -92,7 +106,19 @@ pub fn start_support(config: Config, upgrade: bool) -> anyhow::Result<Running> {
         .map_err(|e| anyhow::anyhow!("rate_limit.redis_url: {e}"))?,
     };
     let grace = config.server.shutdown_grace;
+    let poll = config.snapshot.poll_interval;
     let engine = Engine::with_limiter(config, store, metrics, limiter);
+    if let Some(mut source) = snapshot_source {
+        let _ = engine.source_unreachable.set(source.unreachable.clone());
+        // The first version before serving (bounded): a fresh replica has
+        // no file yet. The watcher loads what it renames in.
+        let first =
+            rt.block_on(async { tokio::time::timeout(SOURCE_FIRST_FETCH, source.poll()).await });
+        if first.is_ok_and(|f| f == crate::store::source::Fetch::Updated) {
+            let _ = engine.store.reload();
+        }
+        rt.spawn(source.run(poll));
+    }
     let admin: Arc<Mutex<Option<AdminHandle>>> = Arc::default();
     let admin_addr = match incoming {
         None => {

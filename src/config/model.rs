@@ -63,6 +63,10 @@ pub struct SnapshotConfig {
     pub path: PathBuf,
     pub poll_interval: Duration,
     pub max_staleness: Duration,
+    /// `snapshot.source` (SPEC §8.2): the origin polled for new versions
+    pub source: Option<String>,
+    /// `snapshot.verify_key`: versions from the source must be signed with it
+    pub verify_key: Option<crate::store::source::signature::VerifyKey>,
 }
 
 /// `PartialEq`: a reload compares it to decide whether to start a new cache.

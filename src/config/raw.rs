@@ -107,6 +107,8 @@ pub struct RawSnapshot {
     pub path: String,
     pub poll_interval_ms: u64,
     pub max_staleness_s: u64,
+    pub source: String,
+    pub verify_key: String,
 }
 
 impl Default for RawSnapshot {
@@ -115,6 +117,8 @@ impl Default for RawSnapshot {
             path: "snapshot.db".into(),
             poll_interval_ms: 1000,
             max_staleness_s: 300,
+            source: String::new(),
+            verify_key: String::new(),
         }
     }
 }

@@ -144,6 +144,9 @@ fn snapshot_change(old: &SnapshotConfig, new: &SnapshotConfig) -> Option<&'stati
         poll_interval,
         // live: `/readyz` reads it per request
         max_staleness: _,
+        // frozen: the source's poller is started once with them
+        source,
+        verify_key,
     } = old;
     first([
         ("snapshot.path", *path != new.path),
@@ -151,6 +154,8 @@ fn snapshot_change(old: &SnapshotConfig, new: &SnapshotConfig) -> Option<&'stati
             "snapshot.poll_interval_ms",
             *poll_interval != new.poll_interval,
         ),
+        ("snapshot.source", *source != new.source),
+        ("snapshot.verify_key", *verify_key != new.verify_key),
     ])
 }
 
@@ -351,6 +356,7 @@ auth = "none"
         ("upstream.read_timeout_ms", "59999"),
         ("snapshot.path", r#""other.db""#),
         ("snapshot.poll_interval_ms", "500"),
+        ("snapshot.source", r#""https://origin.example/snapshot.db""#),
         ("rate_limit.window_s", "30"),
         ("rate_limit.auth_failures_per_ip", "31"),
         ("rate_limit.backend", r#""local""#),

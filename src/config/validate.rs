@@ -136,14 +136,35 @@ pub(super) fn snapshot(raw: RawSnapshot, base: &Path) -> Result<SnapshotConfig, 
         path,
         poll_interval_ms,
         max_staleness_s,
+        source,
+        verify_key,
     } = raw;
     if poll_interval_ms == 0 {
         return Err(invalid("snapshot.poll_interval_ms", "must be positive"));
+    }
+    let source = (!source.trim().is_empty()).then(|| source.trim().to_string());
+    let verify_key = match verify_key.trim() {
+        "" => None,
+        v => Some(
+            crate::store::source::signature::VerifyKey::parse(v, base)
+                .map_err(|e| invalid("snapshot.verify_key", e.to_string()))?,
+        ),
+    };
+    if verify_key.is_some() && source.is_none() {
+        return Err(invalid(
+            "snapshot.verify_key",
+            "checks versions fetched from snapshot.source; set a source too",
+        ));
+    }
+    if let Some(url) = &source {
+        crate::store::source::check_url(url).map_err(|e| invalid("snapshot.source", e))?;
     }
     Ok(SnapshotConfig {
         path: resolve(base, &path),
         poll_interval: Duration::from_millis(poll_interval_ms),
         max_staleness: Duration::from_secs(max_staleness_s),
+        source,
+        verify_key,
     })
 }
 

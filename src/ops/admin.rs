@@ -43,6 +43,13 @@ pub fn readiness(engine: &Engine) -> (u16, serde_json::Value) {
     if last_error.is_some() {
         degraded.push("snapshot_reload_failing");
     }
+    if engine
+        .source_unreachable
+        .get()
+        .is_some_and(|u| u.load(std::sync::atomic::Ordering::Relaxed))
+    {
+        degraded.push("snapshot_source_unreachable");
+    }
     let limiter = engine.limiter.status();
     if !limiter.up {
         degraded.push("rate_limit_backend_down");

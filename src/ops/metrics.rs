@@ -123,6 +123,9 @@ pub struct Metrics {
     pub streams_open: IntGauge,
     /// streams closed because their credential no longer stands, by reason
     pub streams_closed: IntCounterVec,
+    /// `snapshot_fetches_total{result}` and `snapshot_fetch_bytes_total`
+    /// (`snapshot.source`, SPEC §8.2)
+    pub snapshot_source: crate::store::source::SourceMetrics,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -228,6 +231,28 @@ impl Metrics {
         )
         .unwrap();
         registry.register(Box::new(streams_open.clone())).unwrap();
+        let snapshot_source = crate::store::source::SourceMetrics {
+            fetches: counter_vec(
+                "snapshot_fetches_total",
+                "Polls of snapshot.source by result",
+                &["result"],
+            ),
+            bytes: {
+                let c = IntCounter::with_opts(
+                    Opts::new(
+                        "snapshot_fetch_bytes_total",
+                        "Bytes of snapshot versions downloaded from snapshot.source",
+                    )
+                    .namespace("keyward"),
+                )
+                .expect("metric");
+                registry.register(Box::new(c.clone())).expect("register");
+                c
+            },
+        };
+        for r in ["updated", "not_modified", "failed", "rejected"] {
+            snapshot_source.fetches.with_label_values(&[r]);
+        }
         let streams_closed = counter_vec(
             "streams_closed_total",
             "Streams closed because their credential was revoked, expired, or lost its organization or workspace scope",
@@ -272,6 +297,7 @@ impl Metrics {
             snapshot_lookups,
             streams_open,
             streams_closed,
+            snapshot_source,
         })
     }
 

@@ -10,6 +10,7 @@ pub mod directory;
 pub mod memory;
 pub mod principals;
 pub mod snapshot;
+pub mod source;
 pub mod verdicts;
 
 pub use directory::{Directory, SnapshotDirectory};
