@@ -14,3 +14,18 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# An S3-API server for tests/snapshot_source.rs (snapshot.source = "s3://…"):
+# moto's server mode, in a virtualenv under target/ (Debian's pip refuses
+# system-wide installs); rebuilt here on a fresh clone, never committed.
+cd "$(dirname "$0")/.."
+if [ ! -x target/python/bin/moto_server ]; then
+  mkdir -p target
+  if ! python3 -m venv target/python 2>/dev/null; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    rm -rf target/python
+    python3 -m venv target/python
+  fi
+  target/python/bin/pip install -q 'moto[server]'
+fi

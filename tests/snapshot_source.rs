@@ -466,3 +466,146 @@ fn snapshot_sign_writes_what_openssl_verifies() {
         .unwrap();
     assert!(body.contains("BEGIN PUBLIC KEY"));
 }
+
+/// moto's S3 server (scripts/setup.sh installs it under target/python).
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/python/bin/python")
+}
+
+fn start_moto() -> Moto {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/python/bin/moto_server");
+    assert!(
+        bin.exists(),
+        "{} is missing: run ./scripts/setup.sh (it installs moto[server] for this test)",
+        bin.display()
+    );
+    let port = free_port().port();
+    let child = Command::new(&bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    assert!(
+        wait_until(Duration::from_secs(20), || TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "moto_server did not listen"
+    );
+    Moto { child, endpoint }
+}
+
+const S3_ENV: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_REGION", "us-east-1"),
+];
+
+/// Put `bytes` at s3://bucket/key on moto, with boto3 (moto's dependency).
+fn s3_put(moto: &Moto, bucket: &str, key: &str, bytes: &[u8], dir: &Path) {
+    let file = dir.join("upload.bin");
+    std::fs::write(&file, bytes).unwrap();
+    let script = format!(
+        "import boto3\ns3 = boto3.client('s3', endpoint_url='{}')\n\
+         try:\n    s3.create_bucket(Bucket='{bucket}')\nexcept Exception:\n    pass\n\
+         s3.upload_file('{}', '{bucket}', '{key}')\n",
+        moto.endpoint,
+        file.display()
+    );
+    let out = Command::new(python())
+        .args(["-c", &script])
+        .envs(S3_ENV)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "boto3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_s3_source_on_an_s3_api_server_is_fetched_verified_and_followed() {
+    let moto = start_moto();
+    let snap = Snap::new();
+    let (key, public) = key_pair(snap.dir.path(), "control-plane");
+    let (v1, key1, _s1) = version("org_one");
+    s3_put(&moto, "snapshots", "prod/snapshot.db", &v1, snap.dir.path());
+    let sig = sign(&key, &v1, snap.dir.path());
+    s3_put(
+        &moto,
+        "snapshots",
+        "prod/snapshot.db.sig",
+        &sig,
+        snap.dir.path(),
+    );
+    let mut opts = Opts::new(echo())
+        .set("snapshot.source", "s3://snapshots/prod/snapshot.db")
+        .set("snapshot.verify_key", public.as_str());
+    opts.env
+        .extend(S3_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    opts.env
+        .push(("AWS_ENDPOINT".into(), moto.endpoint.clone()));
+    opts.env.push(("AWS_ALLOW_HTTP".into(), "true".into()));
+    let kw = Keyward::start(&snap, opts);
+    assert!(
+        wait_until(Duration::from_secs(15), || kw
+            .get("/api/v1/x", Some(&key1))
+            .status
+            == 200),
+        "the S3 version is served: {}",
+        kw.log()
+    );
+    // unchanged: conditional requests only
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        kw.metric("keyward_snapshot_fetches_total{result=\"not_modified\"}") >= 2.0,
+        "{}",
+        kw.log()
+    );
+    assert_eq!(
+        kw.metric("keyward_snapshot_fetches_total{result=\"updated\"}"),
+        1.0
+    );
+    // a new version, signed second (the signature lands after the object)
+    let (v2, key2, _s2) = version("org_two");
+    s3_put(&moto, "snapshots", "prod/snapshot.db", &v2, snap.dir.path());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        kw.get("/api/v1/x", Some(&key2)).status,
+        401,
+        "not signed yet"
+    );
+    let sig = sign(&key, &v2, snap.dir.path());
+    s3_put(
+        &moto,
+        "snapshots",
+        "prod/snapshot.db.sig",
+        &sig,
+        snap.dir.path(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || kw
+            .get("/api/v1/x", Some(&key2))
+            .status
+            == 200),
+        "{}",
+        kw.log()
+    );
+    assert_eq!(kw.get("/api/v1/x", Some(&key1)).status, 401);
+}
