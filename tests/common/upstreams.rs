@@ -568,3 +568,69 @@ impl Drop for KillableEcho {
         self.kill();
     }
 }
+
+/// Time between two events of [`sse_upstream`].
+pub const SSE_TICK: Duration = Duration::from_millis(100);
+
+/// Reads a request head and answers an endless `text/event-stream`
+/// (chunked), one `data: tick N` event every [`SSE_TICK`], until the
+/// connection breaks.
+pub fn sse_upstream() -> SocketAddr {
+    fake_upstream(|mut s| {
+        if read_head(&mut s).is_none() {
+            return;
+        }
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if s.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        for n in 0u64.. {
+            let event = format!("data: tick {n}\n\n");
+            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+            if s.write_all(chunk.as_bytes()).is_err() {
+                return;
+            }
+            std::thread::sleep(SSE_TICK);
+        }
+    })
+}
+
+/// Reads a WebSocket handshake, answers `101 Switching Protocols`, then
+/// echoes every byte it receives until either side closes (no framing: the
+/// bytes are opaque to keyward).
+pub fn websocket_echo_upstream() -> SocketAddr {
+    fake_upstream(|mut s| {
+        if read_head(&mut s).is_none() {
+            return;
+        }
+        let head = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        if s.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Read up to the end of a request head (`\r\n\r\n`); None when the
+/// connection ends first.
+fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => return None,
+        }
+    }
+    Some(head)
+}
