@@ -522,6 +522,12 @@ impl AuthCache {
     pub fn token_entries(&self) -> u64 {
         self.tokens.entry_count()
     }
+
+    /// Drop `key` as an eviction (or a TinyLFU refusal) would.
+    #[cfg(test)]
+    pub(crate) fn evict_token(&self, key: &TokenKey) {
+        self.tokens.invalidate(key);
+    }
 }
 
 impl<V> Entry<V> {

@@ -1195,3 +1195,125 @@ impl FileVersion {
 fn data_version(conn: &Connection) -> Option<i64> {
     conn.query_row("PRAGMA data_version", [], |r| r.get(0)).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::At;
+    use crate::principal::{TokenTable, Verdict};
+    use crate::store::verdicts::Verdicts;
+
+    const A: &str = "wvz_key_a_0123456789";
+    const B: &str = "wvz_key_b_0123456789";
+
+    fn key(t: &str) -> (TokenTable, [u8; 32]) {
+        (TokenTable::ApiKey, schema::token_hash(t.as_bytes()))
+    }
+
+    fn verdict(gen: &Generation, t: &str) -> Verdict {
+        gen.read(|r| {
+            crate::store::principals::load(
+                r,
+                TokenTable::ApiKey,
+                &schema::token_hash_hex(t.as_bytes()),
+            )
+        })
+        .unwrap()
+    }
+
+    /// The race of an incremental change: a request pinned to the
+    /// generation before it read the row before the commit and inserts its
+    /// verdict after the watcher applied the change.
+    #[test]
+    fn a_stale_verdict_inserted_after_an_incremental_change_never_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let w = schema::init(&path).unwrap();
+        w.execute_batch(&format!(
+            "CREATE TABLE changes (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, key TEXT NOT NULL);
+             INSERT INTO organizations (id, plan) VALUES ('org_a', 'free'), ('org_b', 'free');
+             INSERT INTO api_keys (id, organization_id, key_hash) VALUES ('a', 'org_a', '{}'), ('b', 'org_b', '{}');",
+            schema::token_hash_hex(A.as_bytes()),
+            schema::token_hash_hex(B.as_bytes()),
+        ))
+        .unwrap();
+        let store = SnapshotStore::new(&path);
+        let cfg = crate::config::CacheConfig {
+            capacity: 1000,
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+        };
+        let verdicts = Verdicts::attach(&cfg, &store);
+        let g1 = store.reload().unwrap();
+        assert_eq!(
+            (g1.changes_seq(), g1.fallback()),
+            (Some(0), Some(Fallback::Opened))
+        );
+        let cache = verdicts.current();
+        // what requests pinned to g1 read before the commit
+        let mut stale_a: Vec<Verdict> = (0..3).map(|_| verdict(&g1, A)).collect();
+        let b = verdict(&g1, B);
+        assert!(!stale_a[0].is_negative());
+        cache.put_token(key(A), g1.id, stale_a.pop().unwrap());
+        cache.put_token(key(B), g1.id, b);
+
+        let mut probe = ChangeProbe::open(&path, g1.id);
+        let mut failed = None;
+        w.execute_batch(&format!(
+            "BEGIN; UPDATE api_keys SET revoked_at = 1 WHERE id = 'a';
+             INSERT INTO changes VALUES (1, 'api_key', '{}'); COMMIT;",
+            schema::token_hash_hex(A.as_bytes())
+        ))
+        .unwrap();
+        assert!(store.poll_once(&mut probe, &mut failed));
+        let g2 = store.current().unwrap();
+        assert_eq!(g2.changes().map(|c| c.len()), Some(1), "incremental");
+        assert_eq!(
+            (g2.cache_base(), g2.changes_seq()),
+            (g1.cache_base(), Some(1))
+        );
+        assert!(
+            Arc::ptr_eq(&cache, &verdicts.current()),
+            "the same cache goes on"
+        );
+        let at2 = At::of(Some(&g2));
+        // the changed key was re-read; the other stays as it was
+        assert!(cache.token(&key(A), at2).unwrap().is_negative());
+        assert!(!cache.token(&key(B), at2).unwrap().is_negative());
+
+        // the late insert of the request pinned to g1 does not replace the
+        // fresh entry …
+        cache.put_token(key(A), g1.id, stale_a.pop().unwrap());
+        assert!(cache.token(&key(A), at2).unwrap().is_negative());
+        // … and when the fresh entry is gone (evicted, or refused by
+        // TinyLFU), a stale one tagged g1 is outvoted by the tombstone
+        cache.evict_token(&key(A));
+        cache.put_token(key(A), g1.id, stale_a.pop().unwrap());
+        assert!(cache.token(&key(A), at2).is_none());
+
+        // an organization change outvotes the keys that embed it
+        let mut failed = None;
+        w.execute_batch(
+            "BEGIN; UPDATE organizations SET disabled = 1 WHERE id = 'org_b';
+             INSERT INTO changes VALUES (2, 'organization', 'org_b'); COMMIT;",
+        )
+        .unwrap();
+        assert!(store.poll_once(&mut probe, &mut failed));
+        let g3 = store.current().unwrap();
+        assert!(g3.changes().is_some());
+        assert!(cache.token(&key(B), At::of(Some(&g3))).is_none());
+
+        // a gap: the full path, a new cache, nothing older accepted
+        w.execute_batch(
+            "BEGIN; UPDATE organizations SET disabled = 0 WHERE id = 'org_b';
+             INSERT INTO changes VALUES (9, 'organization', 'org_b'); COMMIT;",
+        )
+        .unwrap();
+        assert!(store.poll_once(&mut probe, &mut failed));
+        let g4 = store.current().unwrap();
+        assert_eq!(g4.fallback(), Some(Fallback::Gap));
+        assert_eq!((g4.cache_base(), g4.changes_seq()), (g4.id, Some(9)));
+        assert!(cache.token(&key(B), At::of(Some(&g4))).is_none());
+        assert_eq!(store.reloads.incremental.load(Ordering::Relaxed), 2);
+    }
+}
