@@ -358,7 +358,9 @@ impl KeywardApp {
             .is_ok()
     }
 
-    /// Send the request upstream and stream the exchange.
+    /// Send the request upstream and stream the exchange (followed by
+    /// `stream` when it is one).
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         session: &mut ServerSession,
