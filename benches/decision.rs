@@ -176,7 +176,10 @@ fn limiters(c: &mut Criterion) {
         .build()
         .unwrap();
     let cfg = keyward::config::RedisConfig {
-        url: format!("redis://127.0.0.1:{port}/0"),
+        topology: keyward::config::RedisTopology::Single {
+            url: format!("redis://127.0.0.1:{port}/0"),
+        },
+        ca_file: None,
         timeout: std::time::Duration::from_millis(50),
         expected_replicas: 1,
         batch: 64,

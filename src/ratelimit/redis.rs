@@ -248,6 +248,7 @@ impl Sync {
                 self.retry = batch;
                 continue;
             }
+            self.link.recheck().await;
             self.flush(batch).await;
         }
     }

@@ -23,7 +23,7 @@
 //! only one compiled in: no process-level default is needed). The roots are
 //! `redis_ca_file` when set, else the bundled webpki (Mozilla) roots.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
@@ -55,14 +55,22 @@ enum Kind {
         conn: Option<ConnectionManager>,
     },
     Cluster {
-        client: ClusterClient,
+        client: Box<ClusterClient>,
         conn: Option<ClusterConnection>,
     },
     Sentinel {
         sentinel: Box<SentinelClient>,
-        conn: Option<MultiplexedConnection>,
+        conn: Option<(MultiplexedConnection, ConnectionAddr)>,
+        /// Last time the sentinels were asked who the master is.
+        checked: Instant,
     },
 }
+
+/// How often a connected replica asks the sentinels whether the master
+/// changed. A forced failover (`SENTINEL FAILOVER`, or a master cut off but
+/// alive) leaves the old master accepting writes until the sentinels demote
+/// it, seconds later; writes it takes then are lost when it resyncs.
+const RECHECK: Duration = Duration::from_secs(1);
 
 fn certificates(cfg: &RedisConfig) -> Result<Option<TlsCertificates>, String> {
     let Some(path) = &cfg.ca_file else {
@@ -100,7 +108,7 @@ impl Link {
                     b = b.certs(certs);
                 }
                 Kind::Cluster {
-                    client: b.build().map_err(err)?,
+                    client: Box::new(b.build().map_err(err)?),
                     conn: None,
                 }
             }
@@ -142,6 +150,7 @@ impl Link {
                 Kind::Sentinel {
                     sentinel: Box::new(b.build().map_err(err)?),
                     conn: None,
+                    checked: Instant::now(),
                 }
             }
         };
@@ -165,7 +174,7 @@ impl Link {
                     let mut c = cluster(client, conn).await?;
                     redis::cmd("PING").query_async(&mut c).await
                 }
-                Kind::Sentinel { sentinel, conn } => {
+                Kind::Sentinel { sentinel, conn, .. } => {
                     let mut c = master(sentinel, conn, budget, self.timeout).await?;
                     // A demoted master still answers PING: ask for its role.
                     let role: redis::Value = redis::cmd("ROLE").query_async(&mut c).await?;
@@ -208,7 +217,7 @@ impl Link {
                     Err(_) => failed("connecting to the cluster timed out"),
                 }
             }
-            Kind::Sentinel { sentinel, conn } => {
+            Kind::Sentinel { sentinel, conn, .. } => {
                 match tokio::time::timeout(connect, master(sentinel, conn, connect, timeout)).await
                 {
                     Ok(Ok(mut c)) => one_pipeline(&mut c, items, ttl_ms, timeout).await,
@@ -221,6 +230,34 @@ impl Link {
             self.reset();
         }
         out
+    }
+
+    /// Sentinel mode, connected: at most every [`RECHECK`], ask the
+    /// sentinels who the master is and drop the connection if it is another
+    /// server. Called by the synchroniser on every round; a lookup that
+    /// fails keeps the connection (the sentinels may be the ones down).
+    pub(super) async fn recheck(&mut self) {
+        let Kind::Sentinel {
+            sentinel,
+            conn,
+            checked,
+        } = &mut self.kind
+        else {
+            return;
+        };
+        if conn.is_none() || checked.elapsed() < RECHECK {
+            return;
+        }
+        *checked = Instant::now();
+        if let Ok(Ok(client)) =
+            tokio::time::timeout(self.connect, sentinel.async_get_client()).await
+        {
+            let named = client.get_connection_info().addr();
+            if conn.as_ref().is_some_and(|(_, addr)| addr != named) {
+                tracing::warn!(master = ?named, "redis: the sentinels name another master; reconnecting");
+                *conn = None;
+            }
+        }
     }
 
     /// After an error: cluster and sentinel connections are made again (the
@@ -267,11 +304,11 @@ async fn cluster(
 
 async fn master(
     sentinel: &mut SentinelClient,
-    conn: &mut Option<MultiplexedConnection>,
+    conn: &mut Option<(MultiplexedConnection, ConnectionAddr)>,
     connect: Duration,
     timeout: Duration,
 ) -> RedisResult<MultiplexedConnection> {
-    if let Some(c) = conn {
+    if let Some((c, _)) = conn {
         return Ok(c.clone());
     }
     let client = sentinel.async_get_client().await?;
@@ -281,8 +318,9 @@ async fn master(
     let c = client
         .get_multiplexed_async_connection_with_config(&cfg)
         .await?;
-    tracing::info!(master = ?client.get_connection_info().addr(), "redis: connected to the master the sentinels name");
-    *conn = Some(c.clone());
+    let addr = client.get_connection_info().addr().clone();
+    tracing::info!(master = ?addr, "redis: connected to the master the sentinels name");
+    *conn = Some((c.clone(), addr));
     Ok(c)
 }
 
