@@ -297,6 +297,7 @@ strip_credentials = false
 path = "snapshot.db"
 poll_interval_ms = 1000
 max_staleness_s = 300
+source = ""
 
 [cache]
 capacity = 100000

@@ -379,7 +379,7 @@ impl KeywardApp {
         let req = Box::new(RequestHeader::from(up));
         match self
             .upstream
-            .forward(session, req, inspected, on_response, rebuild, stream)
+            .forward_followed(session, req, inspected, on_response, rebuild, stream)
             .await
         {
             Ok(done) => Sent {

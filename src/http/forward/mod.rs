@@ -108,6 +108,21 @@ impl Upstream {
     pub async fn forward(
         &self,
         session: &mut ServerSession,
+        req: Box<RequestHeader>,
+        inspected: Option<Bytes>,
+        on_response: impl Fn(&mut ResponseHeader) + Copy,
+        rebuild: impl Fn(&ServerSession) -> Option<Box<RequestHeader>>,
+    ) -> Result<Forwarded, Failure> {
+        self.forward_followed(session, req, inspected, on_response, rebuild, None)
+            .await
+    }
+
+    /// [`Upstream::forward`] for a request that may be a stream: with
+    /// `stream`, the exchange ends (`Failure::Closed`) as soon as the
+    /// stream's credential no longer stands (SPEC §8.2 Streams).
+    pub async fn forward_followed(
+        &self,
+        session: &mut ServerSession,
         mut req: Box<RequestHeader>,
         inspected: Option<Bytes>,
         on_response: impl Fn(&mut ResponseHeader) + Copy,
