@@ -265,6 +265,7 @@ mod tests {
         old.admit("org_1", 100, now);
         let received = receiver.join().unwrap();
         assert_eq!(received.admin.local_addr().unwrap(), addr);
+        let taken = received.admin.try_clone().unwrap();
         let new: Arc<dyn Limiter> = Arc::new(LocalLimiter::new(3600));
         received.absorb_counts(new.clone(), Duration::from_secs(5));
         sent.finish(&old);
@@ -280,5 +281,6 @@ mod tests {
         // both processes now hold one socket: a connection is queued for either
         drop(admin);
         assert!(std::net::TcpStream::connect(addr).is_ok());
+        drop(taken);
     }
 }
