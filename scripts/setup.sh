@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine with only the Rust toolchain lacks to
 # build and test keyward: cmake (pingora's zlib-ng build), curl and promtool
-# (tests), redis-server and redis-cli (tests/redis.rs).
+# (tests), redis-server and redis-cli (tests/redis.rs: a plain server, one with
+# TLS, a 3-master cluster, and a sentinel run as `redis-server --sentinel`, so
+# Debian's separate redis-sentinel package is not needed).
 set -euo pipefail
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)

@@ -17,6 +17,29 @@
 //! count is exact. The price is a transient 429 when one replica admits a
 //! whole batch for one organization faster than one Redis round trip.
 //!
+//! **Topologies** (`rate_limit.redis_mode`; the connections are in
+//! [`link`]). The bound above is per key, and every key lives on one
+//! server, so:
+//!
+//! * `single` (`redis_url`, `redis://` or `rediss://`): as stated.
+//! * `cluster` (`redis_nodes`): the same bound, per organization. Each
+//!   organization's key hashes to one slot and one master; a flush is split
+//!   by slot into pipelines sent at once, and a node that fails costs only
+//!   the organizations it holds (their counts stay pending and are retried;
+//!   the backend reads down meanwhile). Resharding is followed by the client
+//!   (`MOVED`/`ASK`).
+//! * `sentinel` (`redis_nodes` = sentinels, `redis_sentinel_master`): the
+//!   same bound while one master serves the window. A failover can lose
+//!   increments the old master acknowledged but did not replicate (Redis
+//!   replication is asynchronous), and, when the old master stays up
+//!   (`SENTINEL FAILOVER`, a partition), increments it accepts until each
+//!   replica notices the new master: at most [`link`]'s one-second recheck,
+//!   or the first error. Those increments are lost from the shared count, so
+//!   the window can admit that many again: the bound becomes
+//!   `limit + replicas × batch − 1 + L`, where `L` is the increments lost in
+//!   the failover (at most what all replicas flushed in the replication lag
+//!   plus one second). The new master keeps everything that was replicated.
+//!
 //! **Outage.** A pipeline that fails or outlives `redis_timeout_ms` marks the
 //! backend down (`keyward_rate_limit_backend_up` 0, `/readyz` degraded). While
 //! down, each replica admits at most `limit / expected_replicas` per window
