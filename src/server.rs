@@ -81,15 +81,23 @@ pub fn start_support(config: Config, upgrade: bool) -> anyhow::Result<Running> {
             .with_metrics(metrics.snapshot_source.clone()),
         ),
     };
-    let _ = store.reload();
-    store.watch(config.snapshot.poll_interval);
-    let source: Option<PathBuf> = config.source.clone();
-    let admin_listen = config.server.admin_listen;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("keyward-admin")
         .enable_all()
         .build()?;
+    let unreachable = snapshot_source.as_ref().map(|s| s.unreachable.clone());
+    let snapshot_source = snapshot_source.map(|mut source| {
+        // The first version before the first load (bounded): a fresh
+        // replica has no file yet. The watcher loads later ones.
+        let _ =
+            rt.block_on(async { tokio::time::timeout(SOURCE_FIRST_FETCH, source.poll()).await });
+        source
+    });
+    let _ = store.reload();
+    store.watch(config.snapshot.poll_interval);
+    let source: Option<PathBuf> = config.source.clone();
+    let admin_listen = config.server.admin_listen;
     #[cfg(feature = "otel")]
     let otel = match &config.tracing {
         Some(t) => Some(crate::ops::otel::Tracing::start(t, rt.handle())?),
@@ -103,20 +111,13 @@ pub fn start_support(config: Config, upgrade: bool) -> anyhow::Result<Running> {
             rt.handle(),
             metrics.rate_limit_backend_up.clone(),
         )
-        .map_err(|e| anyhow::anyhow!("rate_limit.redis_url: {e}"))?,
+        .map_err(|e| anyhow::anyhow!("rate_limit: {e}"))?,
     };
     let grace = config.server.shutdown_grace;
     let poll = config.snapshot.poll_interval;
     let engine = Engine::with_limiter(config, store, metrics, limiter);
-    if let Some(mut source) = snapshot_source {
-        let _ = engine.source_unreachable.set(source.unreachable.clone());
-        // The first version before serving (bounded): a fresh replica has
-        // no file yet. The watcher loads what it renames in.
-        let first =
-            rt.block_on(async { tokio::time::timeout(SOURCE_FIRST_FETCH, source.poll()).await });
-        if first.is_ok_and(|f| f == crate::store::source::Fetch::Updated) {
-            let _ = engine.store.reload();
-        }
+    if let (Some(source), Some(unreachable)) = (snapshot_source, unreachable) {
+        let _ = engine.source_unreachable.set(unreachable);
         rt.spawn(source.run(poll));
     }
     let admin: Arc<Mutex<Option<AdminHandle>>> = Arc::default();

@@ -45,13 +45,18 @@ def log(*a):
     print("[fleet]", *a, file=sys.stderr, flush=True)
 
 
+USED_PORTS = set()
+
+
 def free_port(below=None):
+    """A free loopback port not handed out before in this run."""
     while True:
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         p = s.getsockname()[1]
         s.close()
-        if below is None or p < below:
+        if (below is None or p < below) and p not in USED_PORTS and p + 10000 not in USED_PORTS:
+            USED_PORTS.add(p)
             return p
 
 
@@ -312,6 +317,7 @@ def one_window(reps, token, redis):
 
 def main():
     tmp = tempfile.mkdtemp(prefix="keyward-fleet.")
+    os.chmod(tmp, 0o755)  # nginx workers (nobody) read the origin
     results = []
     try:
         origin_root = os.path.join(tmp, "origin")
