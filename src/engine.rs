@@ -57,6 +57,8 @@ impl Engine {
         metrics: Arc<Metrics>,
         limiter: Arc<dyn Limiter>,
     ) -> Arc<Engine> {
+        // One worker always outside SQLite (`snapshot::LookupGate`).
+        store.limit_lookups(config.server.threads.saturating_sub(1));
         Arc::new(Engine {
             throttle: AuthFailureThrottle::new(
                 config.rate_limit.window_s,

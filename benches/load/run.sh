@@ -1,9 +1,31 @@
 #!/usr/bin/env bash
-# Load benchmark for issue 9: keyward against nginx, nginx + Lua and a bare
-# pingora proxy, on loopback, in one interleaved run.
+# Load benchmark (issues 9 and 19): keyward against nginx, nginx + Lua and
+# bare pingora proxies, on loopback, at 1 and at 2 workers, in one
+# interleaved run.
 #
-#   benches/load/run.sh                         # full run (DURATION=10 ROUNDS=3)
+#   benches/load/run.sh                         # full run (DURATION=10 ROUNDS=3, 1 and 2 workers)
 #   DURATION=3 ROUNDS=1 benches/load/run.sh     # quick check
+#   PIN=1 benches/load/run.sh                   # 1-worker case pinned (see PIN)
+#   cp target/release/keyward /tmp/kw-before    # before a change, then rebuild and:
+#   KEYWARD_BEFORE=/tmp/kw-before TARGETS="nginx_lua keyward_before keyward" benches/load/run.sh
+#
+# What it reports (target/load-bench/<timestamp>/summary.txt, also printed)
+#   - per target and worker count: req/s (median of the rounds, min, max),
+#     p50 and p99 (median), the CPU other processes used, the connections
+#     the upstream accepted, and "2w/1w": the median req/s at 2 workers over
+#     the median at 1 worker (what a second worker adds; both worker counts
+#     run in the same invocation, one after the other);
+#   - per worker count, the RATIOS keyward/nginx_lua, keyward/nginx,
+#     keyward/bare, keyward/bare_core (and keyward/keyward_before when
+#     measured), computed PER ROUND — keyward's round r against the other
+#     target's round r, run back to back, so that a slow moment of the
+#     machine hits both — then their median and min–max spread over the
+#     rounds, and every round's value; likewise keyward's p99 against
+#     nginx_lua's p99;
+#   - per thread of each single-process target (keyward, bare, bare_core):
+#     CPU in % of one core during the run, median by rank over the rounds
+#     (a pingora worker's threads all carry the service's name). Two
+#     workers at very different CPU show connections spread unevenly.
 #
 # What it does
 #   1. Builds target/release/keyward and target/release/examples/bare_proxy
@@ -39,12 +61,9 @@
 #      expected headers (fails loudly otherwise), warms it up, then runs
 #      ROUNDS rounds; each round runs wrk once against every target in turn.
 #      Every target gets the same path and Authorization header.
-#   5. Prints req/s, p50, p99 per target (median of the rounds, plus the
-#      spread of req/s, the CPU other processes used meanwhile, and how many
-#      connections the upstream accepted) and the ratios keyward/nginx_lua
-#      and keyward/bare, and fails if wrk saw any non-2xx response or socket
-#      error.
-#      Raw results (one line per wrk run) and the wrk outputs go to
+#   5. Prints the report above and fails if wrk saw any non-2xx response or
+#      socket error. Raw results (results.tsv: one line per wrk run;
+#      threads.tsv: per-thread CPU) and the wrk outputs go to
 #      target/load-bench/<timestamp>/.
 #
 # Environment
@@ -56,6 +75,13 @@
 #                      to measure a change before/after in the same run)
 #   CONNECTIONS=32     wrk -c; WRK_THREADS=1 wrk -t
 #   WARMUP=2           seconds of wrk warm-up per target before the rounds
+#   PIN=0              1: in the 1-worker case, wrk and the upstream run on
+#                      CPU 0 and the target under test (all its processes and
+#                      threads) on CPU 1, so that the proxy has one core of
+#                      its own and does not compete with its client. The
+#                      2-worker case always runs unpinned (2 cores cannot
+#                      isolate a client, an upstream and a 2-worker proxy).
+#                      Needs taskset (util-linux) and at least 2 CPUs.
 #   ACCESS_LOG=1       1: nginx proxies and keyward write an access log line
 #                      per request to a file in the temp dir (keyward at
 #                      info, as an operator runs it); 0: nginx access_log off
@@ -84,6 +110,7 @@ WARMUP=${WARMUP:-2}
 ACCESS_LOG=${ACCESS_LOG:-1}
 LUA_HASH=${LUA_HASH:-sha256}
 QUIET_WAIT=${QUIET_WAIT:-30}
+PIN=${PIN:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 
@@ -114,6 +141,9 @@ for m in ndk_http_module.so ngx_http_lua_module.so; do
     [ -f $NGINX_MODULES/$m ] || die "$NGINX_MODULES/$m missing (dpkg -L libnginx-mod-http-lua libnginx-mod-http-ndk)"
 done
 case $LUA_HASH in sha256|sha1) ;; *) die "LUA_HASH must be sha256 or sha1" ;; esac
+case $PIN in 0) ;; 1) command -v taskset >/dev/null || die "PIN=1 needs taskset (util-linux)"
+    [ "$(nproc)" -ge 2 ] || die "PIN=1 needs at least 2 CPUs" ;;
+    *) die "PIN must be 0 or 1" ;; esac
 
 if [ "$SKIP_BUILD" != 1 ]; then
     log "cargo build --release --features bench-proxy --bin keyward --example bare_proxy --example bare_core"
@@ -158,6 +188,15 @@ stop_pids() {
         [[ " $* " == *" $pid "* ]] || keep+=("$pid")
     done
     PIDS=("${keep[@]}")
+}
+
+# pin_tree CPULIST PID: set the CPU affinity of PID, all its threads and
+# all its child processes (an nginx master and its workers).
+pin_tree() {
+    local cpus=$1 p
+    for p in $2 $(pgrep -P "$2" || true); do
+        taskset -a -p -c "$cpus" "$p" >/dev/null
+    done
 }
 
 free_port() {
@@ -222,7 +261,7 @@ start_nginx() {
     local name=$1
     "$NGINX" -p "$TMP/$name" -e "$TMP/$name/error.log" -c "$TMP/$name/nginx.conf" -t -q 2>"$TMP/$name/test.err" \
         || { cat "$TMP/$name/test.err" >&2; die "nginx config $name invalid"; }
-    "$NGINX" -p "$TMP/$name" -e "$TMP/$name/error.log" -c "$TMP/$name/nginx.conf" >"$TMP/$name/stdout.log" 2>&1 9>&- &
+    "${ON_TARGET[@]}" "$NGINX" -p "$TMP/$name" -e "$TMP/$name/error.log" -c "$TMP/$name/nginx.conf" >"$TMP/$name/stdout.log" 2>&1 9>&- &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
 }
@@ -427,7 +466,7 @@ EOF
 # wrk_run NAME PORT SECONDS OUTFILE
 wrk_run() {
     local port=$2 secs=$3 out=$4
-    wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${secs}s" --latency \
+    "${ON_CLIENT[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${secs}s" --latency \
         -H "Authorization: Bearer $BENCH_KEY" \
         "http://127.0.0.1:$port$BENCH_PATH" >"$out" 2>&1
 }
@@ -471,6 +510,8 @@ UPSTREAM_PID=$LAST_PID
 wait_port "$UPSTREAM_PORT" "$UPSTREAM_PID" upstream
 
 RAW=$OUT/results.tsv
+THREADS_TSV=$OUT/threads.tsv
+printf 'threads\tround\ttarget\ttid\tthread\tcpu_pct\n' >"$THREADS_TSV"
 printf 'threads\tround\ttarget\treq_per_s\tp50_ms\tp99_ms\tnon2xx\tsocket_errors\tother_cpu_pct\tupstream_conns\n' >"$RAW"
 
 # Connections the upstream has accepted so far (stub_status): the difference
@@ -532,6 +573,54 @@ wait_quiet() {
     done
 }
 
+# Per-thread CPU of a target: thread_mark PID prints the ticks (utime +
+# stime) of every thread of PID and of its child processes (nginx workers);
+# thread_cpu MARK1 MARK2 prints "tid<TAB>name<TAB>% of one core" in between.
+thread_mark() {
+    python3 - "$1" <<'EOF'
+import os, sys, time
+root = int(sys.argv[1])
+kids = {}
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        try:
+            ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError):
+            continue
+        kids.setdefault(ppid, []).append(int(pid))
+print(time.monotonic())
+todo = [root]
+while todo:
+    p = todo.pop()
+    todo += kids.get(p, [])
+    try:
+        tids = os.listdir(f"/proc/{p}/task")
+    except OSError:
+        continue
+    for tid in tids:
+        try:
+            raw = open(f"/proc/{p}/task/{tid}/stat").read()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")].replace(" ", "_")
+        rest = raw.rsplit(")", 1)[1].split()
+        print(tid, name, int(rest[11]) + int(rest[12]))
+EOF
+}
+thread_cpu() {
+    python3 - "$1" "$2" <<'EOF'
+import os, sys
+def load(f):
+    lines = open(f).read().split("\n")
+    return float(lines[0]), {l.split()[0]: (l.split()[1], int(l.split()[2])) for l in lines[1:] if l.strip()}
+t1, a = load(sys.argv[1]); t2, b = load(sys.argv[2])
+hz = os.sysconf("SC_CLK_TCK")
+for tid, (name, ticks) in b.items():
+    pct = (ticks - a.get(tid, (name, 0))[1]) / hz / (t2 - t1) * 100
+    print(f"{tid}\t{name}\t{pct:.0f}")
+EOF
+}
+
 # Parse one wrk output into "rps p50_ms p99_ms non2xx socket_errors".
 parse_wrk() {
     python3 - "$1" <<'EOF'
@@ -554,8 +643,17 @@ EOF
 
 for N in $THREADS_LIST; do
     log "---- $N worker(s)/thread(s)"
-    declare -A PORT=()
+    declare -A PORT=() PIDOF=()
     started=()
+    # PIN=1, 1 worker: client and upstream on CPU 0, the target on CPU 1.
+    ON_TARGET=() ON_CLIENT=()
+    if [ "$PIN" = 1 ] && [ "$N" = 1 ]; then
+        ON_TARGET=(taskset -c 1) ON_CLIENT=(taskset -c 0)
+        pin_tree 0 "$UPSTREAM_PID"
+        log "pinned: wrk and the upstream on CPU 0, the target on CPU 1"
+    elif [ "$PIN" = 1 ]; then
+        pin_tree "0-$(($(nproc) - 1))" "$UPSTREAM_PID"
+    fi
     PORT[direct]=$UPSTREAM_PORT
     for t in $TARGETS; do
         case $t in
@@ -563,20 +661,20 @@ for N in $THREADS_LIST; do
             nginx)
                 PORT[nginx]=$(free_port)
                 write_nginx_conf nginx "$N" "${PORT[nginx]}"
-                start_nginx nginx; started+=("$LAST_PID")
+                start_nginx nginx; started+=("$LAST_PID"); PIDOF[nginx]=$LAST_PID
                 wait_port "${PORT[nginx]}" "$LAST_PID" nginx ;;
             nginx_lua)
                 PORT[nginx_lua]=$(free_port)
                 write_nginx_lua_conf nginx_lua "$N" "${PORT[nginx_lua]}"
-                start_nginx nginx_lua; started+=("$LAST_PID")
+                start_nginx nginx_lua; started+=("$LAST_PID"); PIDOF[nginx_lua]=$LAST_PID
                 wait_port "${PORT[nginx_lua]}" "$LAST_PID" nginx_lua ;;
             bare|bare_core)
                 PORT[$t]=$(free_port)
                 mkdir -p "$TMP/$t"
                 bin=$BARE; [ "$t" = bare_core ] && bin=$BARE_CORE
-                "$bin" "127.0.0.1:${PORT[$t]}" "127.0.0.1:$UPSTREAM_PORT" "$N" \
+                "${ON_TARGET[@]}" "$bin" "127.0.0.1:${PORT[$t]}" "127.0.0.1:$UPSTREAM_PORT" "$N" \
                     >"$TMP/$t/stdout-$N.log" 2>&1 9>&- &
-                PIDS+=($!); started+=($!)
+                PIDS+=($!); started+=($!); PIDOF[$t]=$!
                 wait_port "${PORT[$t]}" "$!" "$t" ;;
             keyward|keyward_before)
                 # keyward_before: the binary in $KEYWARD_BEFORE (an earlier
@@ -588,8 +686,8 @@ for N in $THREADS_LIST; do
                 kw_log=$TMP/keyward/access-$t-$N.log
                 [ "$ACCESS_LOG" = 1 ] && kw_filter=info || kw_filter=warn
                 BETTER_AUTH_SECRET=load-bench-secret KEYWARD_LOG=$kw_filter \
-                    "$bin" run --config "$TMP/keyward/$t-$N.toml" >"$kw_log" 2>"$TMP/keyward/stderr-$t-$N.log" 9>&- &
-                PIDS+=($!); started+=($!)
+                    "${ON_TARGET[@]}" "$bin" run --config "$TMP/keyward/$t-$N.toml" >"$kw_log" 2>"$TMP/keyward/stderr-$t-$N.log" 9>&- &
+                PIDS+=($!); started+=($!); PIDOF[$t]=$!
                 wait_port "${PORT[$t]}" "$!" "$t" ;;
             *) die "unknown target $t" ;;
         esac
@@ -608,8 +706,13 @@ for N in $THREADS_LIST; do
             if [ "$QUIET_WAIT" -gt 0 ]; then wait_quiet; fi
             a1=$(upstream_accepts)
             m1=$(cpu_mark)
+            [ -n "${PIDOF[$t]:-}" ] && thread_mark "${PIDOF[$t]}" >"$TMP/threads-1"
             wrk_run "$t" "${PORT[$t]}" "$DURATION" "$f"
+            [ -n "${PIDOF[$t]:-}" ] && thread_mark "${PIDOF[$t]}" >"$TMP/threads-2"
             m2=$(cpu_mark)
+            if [ -n "${PIDOF[$t]:-}" ]; then
+                thread_cpu "$TMP/threads-1" "$TMP/threads-2" | sed "s/^/$N\t$r\t$t\t/" >>"$THREADS_TSV"
+            fi
             a2=$(upstream_accepts)
             other=$(other_cpu "$m1" "$m2")
             upconn=$((a2 - a1 - 1))   # minus the status request itself
@@ -623,7 +726,7 @@ for N in $THREADS_LIST; do
         log "keyward log (threads=$N): $(wc -l <"$TMP/keyward/access-keyward-$N.log") lines"
     fi
     stop_pids "${started[@]}"
-    unset PORT
+    unset PORT PIDOF
 done
 
 # ------------------------------------------------------------------ report
@@ -632,42 +735,81 @@ report() {
     echo "# $("$NGINX" -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), keyward $REV at start (binary built $BUILT)"
     echo "# load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "# wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s, $ROUNDS round(s), ACCESS_LOG=$ACCESS_LOG, LUA_HASH=$LUA_HASH, path $BENCH_PATH"
-    python3 - "$RAW" <<'EOF'
+    echo "# PIN=$PIN$([ "$PIN" = 1 ] && echo ' (1 worker: wrk and upstream on CPU 0, target on CPU 1; 2 workers unpinned)')"
+    python3 - "$RAW" "$THREADS_TSV" <<'EOF'
 import csv, statistics as st, sys
+from collections import defaultdict
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter='\t'))
+trows = list(csv.DictReader(open(sys.argv[2]), delimiter='\t'))
 threads = list(dict.fromkeys(r['threads'] for r in rows))
 targets = list(dict.fromkeys(r['target'] for r in rows))
+by = {(r['threads'], r['round'], r['target']): r for r in rows}
+rounds = {n: sorted({r['round'] for r in rows if r['threads'] == n}, key=int) for n in threads}
 med = {}
 bad = []
-print(f"{'target':<10} {'threads':>7} {'req/s':>9} {'min':>9} {'max':>9} {'p50 ms':>8} {'p99 ms':>8} {'other%':>6} {'up conns':>8}")
-for n in threads:
-    for t in targets:
+print(f"{'target':<14} {'workers':>7} {'req/s':>9} {'min':>9} {'max':>9} {'p50 ms':>8} {'p99 ms':>8} {'other%':>6} {'up conns':>8} {'2w/1w':>6}")
+for t in targets:
+    for n in threads:
         rs = [r for r in rows if r['threads'] == n and r['target'] == t]
+        if not rs:
+            continue
         rps = [float(r['req_per_s']) for r in rs]
         p50 = st.median(float(r['p50_ms']) for r in rs)
         p99 = st.median(float(r['p99_ms']) for r in rs)
         med[(n, t)] = (st.median(rps), p99)
         other = max(int(r['other_cpu_pct']) for r in rs)
         upc = st.median(int(r['upstream_conns']) for r in rs)
-        print(f"{t:<10} {n:>7} {st.median(rps):>9.0f} {min(rps):>9.0f} {max(rps):>9.0f} {p50:>8.3f} {p99:>8.3f} {other:>6} {upc:>8.0f}")
+        scale = ""
+        if n == '2' and ('1', t) in med:
+            scale = f"{med[(n, t)][0] / med[('1', t)][0]:.2f}"
+        print(f"{t:<14} {n:>7} {st.median(rps):>9.0f} {min(rps):>9.0f} {max(rps):>9.0f} {p50:>8.3f} {p99:>8.3f} {other:>6} {upc:>8.0f} {scale:>6}")
         for r in rs:
             if int(r['non2xx']) or int(r['socket_errors']):
-                bad.append(f"threads={n} round={r['round']} {t}: non2xx={r['non2xx']} socket_errors={r['socket_errors']}")
-print("(req/s, p50, p99: median of the rounds; min/max: spread of req/s;")
-print(" other%: most CPU, in % of one core, that processes not started by this run used during a round;")
-print(" up conns: connections the upstream accepted during a round, median: 33 for direct (wrk's 32")
-print(" and its probe); a proxy that keeps its upstream connections alive opens few or none)")
+                bad.append(f"workers={n} round={r['round']} {t}: non2xx={r['non2xx']} socket_errors={r['socket_errors']}")
+print("(req/s, p50, p99: median of the rounds; min/max: spread of req/s; other%: most CPU, in % of one")
+print(" core, that processes not started by this run used during a round; up conns: connections the")
+print(" upstream accepted during a round, median (33 for direct: wrk's 32 and its probe; a proxy that")
+print(" keeps its upstream connections alive opens few or none); 2w/1w: median req/s at 2 workers over")
+print(" the median at 1 worker, both from this run)")
+print()
+print("Ratios per round (keyward's round r over the other target's round r, measured back to back):")
+print(f"{'ratio':<28} {'workers':>7} {'median':>7} {'min':>6} {'max':>6}  rounds")
+pairs = [('keyward', 'keyward_before'), ('keyward', 'nginx_lua'), ('keyward', 'nginx'),
+         ('keyward', 'bare'), ('keyward', 'bare_core'), ('bare_core', 'nginx_lua')]
+for a, b in pairs:
+    for n in threads:
+        vals = [float(by[(n, r, a)]['req_per_s']) / float(by[(n, r, b)]['req_per_s'])
+                for r in rounds[n] if (n, r, a) in by and (n, r, b) in by]
+        if vals:
+            print(f"{a + '/' + b:<28} {n:>7} {st.median(vals):>7.2f} {min(vals):>6.2f} {max(vals):>6.2f}  "
+                  + " ".join(f"{v:.2f}" for v in vals))
 for n in threads:
-    def ratio(a, b):
-        if (n, a) in med and (n, b) in med:
-            return f"{a}/{b} = {med[(n, a)][0] / med[(n, b)][0]:.2f}"
-        return None
-    parts = [p for p in (ratio('keyward', 'keyward_before'), ratio('keyward', 'nginx_lua'), ratio('keyward', 'bare'), ratio('keyward', 'bare_core'), ratio('bare', 'nginx_lua'), ratio('bare_core', 'nginx_lua')) if p]
-    p99 = ""
-    if (n, 'keyward') in med and (n, 'nginx_lua') in med:
-        p99 = f"; p99 keyward {med[(n, 'keyward')][1]:.3f} ms vs nginx_lua {med[(n, 'nginx_lua')][1]:.3f} ms"
-    if parts:
-        print(f"threads={n}: " + ", ".join(parts) + p99)
+    vals = [(float(by[(n, r, 'keyward')]['p99_ms']), float(by[(n, r, 'nginx_lua')]['p99_ms']))
+            for r in rounds[n] if (n, r, 'keyward') in by and (n, r, 'nginx_lua') in by]
+    if vals:
+        q = [k / l for k, l in vals]
+        print(f"{'p99 keyward/nginx_lua':<28} {n:>7} {st.median(q):>7.2f} {min(q):>6.2f} {max(q):>6.2f}  "
+              + " ".join(f"{k:.2f}/{l:.2f}ms" for k, l in vals))
+if trows:
+    print()
+    print("CPU per thread, % of one core (median by rank over the rounds; threads under 1% left out):")
+    groups = defaultdict(lambda: defaultdict(list))
+    for r in trows:
+        groups[(r['threads'], r['target'])][r['round']].append((int(r['cpu_pct']), r['thread']))
+    for t in targets:
+        for n in threads:
+            g = groups.get((n, t))
+            if not g:
+                continue
+            ranked = [sorted(v, reverse=True) for v in g.values()]
+            width = min(len(v) for v in ranked)
+            cols = []
+            total = st.median(sum(p for p, _ in v) for v in ranked)
+            for i in range(width):
+                pct = st.median(v[i][0] for v in ranked)
+                if pct >= 1:
+                    cols.append(f"{ranked[0][i][1]} {pct:.0f}")
+            print(f"  {t:<14} {n}w: total {total:.0f}: " + ", ".join(cols))
 if bad:
     print("ERRORS seen by wrk:")
     print("\n".join(bad))

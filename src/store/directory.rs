@@ -4,7 +4,8 @@
 //! snapshot generation and one verdict cache for the whole request; the
 //! core's unit tests use an in-memory one.
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 
 use crate::cache::{At, AuthCache, CacheResult, Entry, Tombs};
 use crate::metrics::Metrics;
@@ -32,6 +33,14 @@ pub trait Directory {
     /// The workspace a resource belongs to.
     fn resource_workspace(&self, id: &str) -> Result<Option<Arc<str>>, StoreError>;
     fn mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>, StoreError>;
+}
+
+/// The verdict of a token the filter rules out (one shared entry).
+fn unknown() -> Held {
+    static UNKNOWN: OnceLock<Held> = OnceLock::new();
+    UNKNOWN
+        .get_or_init(|| Entry::detached(Verdict::Rejected("unknown")))
+        .clone()
 }
 
 /// The snapshot and its verdict cache, pinned for one request: every lookup
@@ -88,6 +97,22 @@ impl Directory for SnapshotDirectory<'_> {
 
     fn load_token(&self, key: TokenKey, workspace: Option<&str>) -> Result<Held, StoreError> {
         let gen = self.generation()?;
+        // The token filter (`store::filter`): a hash in no token table of
+        // this generation is `unknown` without a store lookup. Not cached:
+        // the filter answers faster than the cache, and a flood of random
+        // tokens would only churn it.
+        let stats = gen.filter_stats();
+        if gen.token_filter().rules_out(&key.1) {
+            stats.ruled_out.fetch_add(1, Ordering::Relaxed);
+            return Ok(unknown());
+        }
+        stats.passed.fetch_add(1, Ordering::Relaxed);
+        // A bound on lookups at once (see `LookupGate`): never every
+        // worker inside SQLite.
+        let Some(_slot) = gen.lookup_slot() else {
+            stats.shed.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::Busy);
+        };
         let hash_hex = hex::encode(key.1);
         let cache = &self.cache;
         let verdict = Self::logged(gen.read(|r| {

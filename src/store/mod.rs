@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod directory;
+pub mod filter;
 pub mod memory;
 pub mod principals;
 pub mod snapshot;

@@ -12,11 +12,13 @@ pub mod schema;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 pub use changes::{Change, Fallback};
+
+use crate::store::filter::{self, GenFilter, TokenFilter};
 
 use arc_swap::ArcSwapOption;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -27,6 +29,9 @@ pub enum StoreError {
     NotLoaded,
     #[error("snapshot query failed: {0}")]
     Query(String),
+    /// every lookup slot is taken ([`LookupGate`]): 503, retryable
+    #[error("too many snapshot lookups at once")]
+    Busy,
 }
 
 /// One loaded, validated version of the snapshot file.
@@ -55,6 +60,11 @@ pub struct Generation {
     fallback: Mutex<Option<Fallback>>,
     path: PathBuf,
     lookups: Arc<Lookups>,
+    /// The token filter of this generation's chain (see `store::filter`).
+    filter: GenFilter,
+    /// Token lookups in flight, all generations (see [`LookupGate`]).
+    gate: Arc<LookupGate>,
+    stats: Arc<FilterStats>,
     /// Connections to this version's file, idle between lookups: as many as
     /// lookups ever ran at once (one per worker thread). The first is the one
     /// that validated the version: it pins the file (inode) even after
@@ -238,6 +248,14 @@ pub struct SnapshotStore {
     next_generation: AtomicU64,
     pub reloads: ReloadStats,
     lookups: Arc<Lookups>,
+    gate: Arc<LookupGate>,
+    /// What the token filter did (`keyward_token_filter_*`).
+    pub filter_stats: Arc<FilterStats>,
+    /// The generation whose filter chain should be built (the newest one
+    /// started without a filter): older builds still queued skip.
+    filter_wanted: Arc<AtomicU64>,
+    /// One filter build at a time.
+    filter_build: Arc<Mutex<()>>,
     before_swap: Mutex<Vec<SwapListener>>,
     listeners: Mutex<Vec<SwapListener>>,
 }
@@ -421,6 +439,10 @@ impl SnapshotStore {
             next_generation: AtomicU64::new(1),
             reloads: ReloadStats::default(),
             lookups: Default::default(),
+            gate: Arc::new(LookupGate::default()),
+            filter_stats: Default::default(),
+            filter_wanted: Default::default(),
+            filter_build: Default::default(),
             before_swap: Mutex::new(Vec::new()),
             listeners: Mutex::new(Vec::new()),
         })
@@ -500,6 +522,9 @@ impl SnapshotStore {
         for l in self.listeners.lock().unwrap().iter() {
             l(&gen);
         }
+        if gen.filter.cell().claim_build() {
+            self.build_filter(&gen);
+        }
         match gen.changes() {
             Some(c) => tracing::info!(
                 generation = gen.id,
@@ -543,7 +568,7 @@ impl SnapshotStore {
         let produced_at = produced_at(&conn, &meta);
         let id = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let mut idle = vec![conn];
-        let (counts, cache_base, changes_seq, changes, fallback) = match how {
+        let (counts, cache_base, changes_seq, changes, fallback, token_filter) = match how {
             Load::Full { reason, seq } => {
                 let count = |table: &'static str| count_rows(&idle[0], table);
                 let counts = Counts {
@@ -569,17 +594,30 @@ impl SnapshotStore {
                             .last_seq
                     }
                 };
-                (CountsCell::loaded(counts), id, seq, None, Some(reason))
+                (
+                    CountsCell::loaded(counts),
+                    id,
+                    seq,
+                    None,
+                    Some(reason),
+                    GenFilter::fresh(),
+                )
             }
             Load::Incremental { changes, seq, .. } => {
                 let old = old.expect("incremental has a predecessor");
                 idle.extend(old.idle.lock().unwrap_or_else(|p| p.into_inner()).drain(..));
+                // Tokens named by the change pass the inherited filter.
+                let token_filter = old.filter.with_added(changes.iter().filter_map(|c| match c {
+                    Change::Token(_, hash) => Some(*hash),
+                    _ => None,
+                }));
                 (
                     CountsCell::carried((*old.counts).clone()),
                     old.cache_base(),
                     Some(seq),
                     Some(changes),
                     None,
+                    token_filter,
                 )
             }
         };
@@ -595,6 +633,9 @@ impl SnapshotStore {
             fallback: Mutex::new(fallback),
             path: self.path.clone(),
             lookups: self.lookups.clone(),
+            filter: token_filter,
+            gate: self.gate.clone(),
+            stats: self.filter_stats.clone(),
             idle: Mutex::new(idle),
             returned: Condvar::new(),
         })
@@ -862,7 +903,244 @@ impl SnapshotStore {
     }
 }
 
+/// What the token filter did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct FilterStats {
+    /// cache misses the filter answered `unknown` (no store lookup)
+    pub ruled_out: AtomicU64,
+    /// cache misses it let through to the store (a token in the snapshot,
+    /// a false positive, or no filter built yet)
+    pub passed: AtomicU64,
+    /// token lookups refused 503 by the [`LookupGate`]
+    pub shed: AtomicU64,
+    /// filters built, and failed builds
+    pub built: AtomicU64,
+    pub failed: AtomicU64,
+    /// keys and bytes of the last filter built
+    pub keys: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl FilterStats {
+    /// These counters in the Prometheus text format (appended to
+    /// `/metrics`).
+    pub fn render(&self) -> String {
+        let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "# HELP keyward_token_filter_total Verdict-cache misses by the token filter's answer: ruled_out (unknown, no store lookup) or passed (to the store)\n\
+             # TYPE keyward_token_filter_total counter\n\
+             keyward_token_filter_total{{result=\"ruled_out\"}} {}\n\
+             keyward_token_filter_total{{result=\"passed\"}} {}\n\
+             # HELP keyward_token_filter_builds_total Token filter builds by result\n\
+             # TYPE keyward_token_filter_builds_total counter\n\
+             keyward_token_filter_builds_total{{result=\"ok\"}} {}\n\
+             keyward_token_filter_builds_total{{result=\"failed\"}} {}\n\
+             # HELP keyward_token_filter_keys Token hashes in the last filter built\n\
+             # TYPE keyward_token_filter_keys gauge\n\
+             keyward_token_filter_keys {}\n\
+             # HELP keyward_token_filter_bytes Bytes of the last filter built\n\
+             # TYPE keyward_token_filter_bytes gauge\n\
+             keyward_token_filter_bytes {}\n\
+             # HELP keyward_snapshot_lookups_shed_total Token lookups refused 503 because every lookup slot was taken\n\
+             # TYPE keyward_snapshot_lookups_shed_total counter\n\
+             keyward_snapshot_lookups_shed_total {}\n",
+            v(&self.ruled_out),
+            v(&self.passed),
+            v(&self.built),
+            v(&self.failed),
+            v(&self.keys),
+            v(&self.bytes),
+            v(&self.shed),
+        )
+    }
+}
+
+/// A bound on token lookups running at once, across all generations.
+///
+/// Lookups run synchronously on the worker thread (a few µs each); under a
+/// flood of cache misses every worker could be inside SQLite while the
+/// requests with cached verdicts queued behind them on the same threads.
+/// With a limit of `threads - 1` (set by the engine; unlimited by default)
+/// one worker is always outside SQLite. A worker that finds every slot
+/// taken waits up to [`LookupGate::WAIT`] (yielding, never parking its
+/// runtime for long) for one — a lookup takes 15–25 µs, so this absorbs
+/// ordinary contention — and otherwise the request is refused 503
+/// `AUTH_UNAVAILABLE` (fail closed, retryable) rather than queued.
+#[derive(Debug)]
+pub struct LookupGate {
+    in_flight: AtomicUsize,
+    limit: AtomicUsize,
+}
+
+impl Default for LookupGate {
+    fn default() -> LookupGate {
+        LookupGate {
+            in_flight: AtomicUsize::new(0),
+            limit: AtomicUsize::new(usize::MAX),
+        }
+    }
+}
+
+/// A slot of the [`LookupGate`], released when dropped.
+pub struct GateSlot<'a>(&'a LookupGate);
+
+impl Drop for GateSlot<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl LookupGate {
+    /// Longest wait for a slot before a 503.
+    pub const WAIT: Duration = Duration::from_millis(2);
+
+    fn try_enter(&self) -> Option<GateSlot<'_>> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        self.in_flight
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| GateSlot(self))
+    }
+
+    /// A slot, waiting at most [`Self::WAIT`]; None: refuse the request.
+    pub fn enter(&self) -> Option<GateSlot<'_>> {
+        if let Some(s) = self.try_enter() {
+            return Some(s);
+        }
+        let deadline = Instant::now() + Self::WAIT;
+        loop {
+            std::thread::yield_now();
+            if let Some(s) = self.try_enter() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+        }
+    }
+}
+
+/// Rows per read transaction of a filter build: short enough not to stall
+/// an in-place writer for long.
+const FILTER_SCAN_BATCH: i64 = 65_536;
+
+/// The token tables and their hash columns (SPEC §2), as the filter scans them.
+const TOKEN_COLUMNS: [(&str, &str); 4] = [
+    ("api_keys", "key_hash"),
+    ("sessions", "token_hash"),
+    ("service_keys", "key_hash"),
+    ("mcp_tokens", "token_hash"),
+];
+
+impl SnapshotStore {
+    /// At most `n` token lookups at once (at least 1), see [`LookupGate`].
+    pub fn limit_lookups(&self, n: usize) {
+        self.gate.limit.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Build `gen`'s token filter on a background thread and install it in
+    /// its chain's cell (shared with the incremental generations after it).
+    /// Builds run one at a time; one queued behind a newer chain's skips.
+    fn build_filter(&self, gen: &Arc<Generation>) {
+        self.filter_wanted.store(gen.id, Ordering::Release);
+        let weak = Arc::downgrade(gen);
+        let wanted = self.filter_wanted.clone();
+        let lock = self.filter_build.clone();
+        let stats = self.filter_stats.clone();
+        let work = move || {
+            let _one = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(gen) = weak.upgrade() else { return };
+            if wanted.load(Ordering::Acquire) != gen.id {
+                return; // a newer chain wants one
+            }
+            let started = Instant::now();
+            match gen.scan_token_filter() {
+                Ok(f) => {
+                    stats.built.fetch_add(1, Ordering::Relaxed);
+                    stats.keys.store(f.keys() as u64, Ordering::Relaxed);
+                    stats.bytes.store(f.bytes() as u64, Ordering::Relaxed);
+                    tracing::info!(
+                        generation = gen.id,
+                        keys = f.keys(),
+                        bytes = f.bytes(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "token filter built"
+                    );
+                    gen.filter.cell().install(Arc::new(f));
+                }
+                Err(e) => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(generation = gen.id, error = %e, "cannot build the token filter; every cache miss reads the store");
+                }
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("keyward-filter".into())
+            .spawn(work)
+        {
+            tracing::warn!(error = %e, "cannot start the token filter build");
+        }
+    }
+}
+
 impl Generation {
+    /// This generation's token filter (see `store::filter`).
+    pub fn token_filter(&self) -> &GenFilter {
+        &self.filter
+    }
+
+    pub fn filter_stats(&self) -> &FilterStats {
+        &self.stats
+    }
+
+    /// A slot for one token lookup (see [`LookupGate`]).
+    pub fn lookup_slot(&self) -> Option<GateSlot<'_>> {
+        self.gate.enter()
+    }
+
+    /// Read every token hash of this generation's file (by rowid, in read
+    /// transactions of [`FILTER_SCAN_BATCH`] rows) into a filter.
+    fn scan_token_filter(&self) -> Result<TokenFilter, StoreError> {
+        let mut keys = Vec::with_capacity(
+            (self.counts.api_keys
+                + self.counts.sessions
+                + self.counts.service_keys
+                + self.counts.mcp_tokens) as usize,
+        );
+        for (table, column) in TOKEN_COLUMNS {
+            let sql = format!(
+                "SELECT rowid, {column} FROM {table} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
+            );
+            let mut after = i64::MIN;
+            loop {
+                let rows = self.lookup(|r| {
+                    let mut stmt = r.conn.prepare_cached(&sql).map_err(query_error)?;
+                    let mut rows = stmt
+                        .query(params![after, FILTER_SCAN_BATCH])
+                        .map_err(query_error)?;
+                    let mut n = 0;
+                    while let Some(row) = rows.next().map_err(query_error)? {
+                        n += 1;
+                        after = row.get(0).map_err(query_error)?;
+                        // NULL or not text: no lookup finds it
+                        if let Ok(Some(h)) = row.get_ref(1).map(|v| v.as_str_or_null().ok().flatten()) {
+                            if let Some(k) = filter::fold_hex(h) {
+                                keys.push(k);
+                            }
+                        }
+                    }
+                    Ok(n)
+                })?;
+                if rows < FILTER_SCAN_BATCH {
+                    break;
+                }
+            }
+        }
+        TokenFilter::build(keys).map_err(|e| StoreError::Query(e.to_string()))
+    }
+
     /// Cached verdicts tagged with an older generation are not this one's
     /// answer (see the field).
     pub fn cache_base(&self) -> u64 {
