@@ -1499,6 +1499,118 @@ mod tests {
         .unwrap()
     }
 
+    fn wait_filter(gen: &Generation) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !gen.token_filter().ready() {
+            assert!(Instant::now() < deadline, "no filter built");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The token filter over generations: built after a full load, keys
+    /// added in place with a `changes` row pass, an unlogged in-place
+    /// change drops it until rebuilt, and no lookup reaches SQLite for a
+    /// hash it rules out.
+    #[test]
+    fn the_token_filter_follows_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let w = schema::init(&path).unwrap();
+        w.execute_batch("CREATE TABLE changes (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, key TEXT NOT NULL);
+             INSERT INTO organizations (id, plan) VALUES ('org_a', 'free');")
+            .unwrap();
+        // more than one scan batch of api keys, one token of each other table
+        w.execute_batch("BEGIN").unwrap();
+        let tok = |i: usize| format!("wvz_filter_{i}");
+        for i in 0..70_000 {
+            w.execute(
+                "INSERT INTO api_keys (id, organization_id, key_hash) VALUES (?1, 'org_a', ?2)",
+                params![format!("k{i}"), schema::token_hash_hex(tok(i).as_bytes())],
+            )
+            .unwrap();
+        }
+        w.execute_batch(&format!(
+            "INSERT INTO sessions (id, user_id, token_hash, expires_at) VALUES ('s', 'u', '{}', 9999999999);
+             INSERT INTO service_keys (id, key_hash) VALUES ('sk', '{}');
+             COMMIT;",
+            schema::token_hash_hex(b"session_tok"),
+            schema::token_hash_hex(b"service_tok"),
+        ))
+        .unwrap();
+        let store = SnapshotStore::new(&path);
+        let g1 = store.reload().unwrap();
+        wait_filter(&g1);
+        let f = g1.token_filter();
+        for i in 0..70_000 {
+            assert!(!f.rules_out(&schema::token_hash(tok(i).as_bytes())), "{i}");
+        }
+        assert!(!f.rules_out(&schema::token_hash(b"session_tok")));
+        assert!(!f.rules_out(&schema::token_hash(b"service_tok")));
+        let unknown: Vec<[u8; 32]> = (0..10_000)
+            .map(|i| schema::token_hash(format!("wvz_unknown_{i}").as_bytes()))
+            .collect();
+        let ruled_out = unknown.iter().filter(|h| f.rules_out(h)).count();
+        assert!(ruled_out >= 9_990, "{ruled_out}");
+        assert_eq!(store.filter_stats.keys.load(Ordering::Relaxed), 70_002);
+
+        // a key added in place with its `changes` row passes at once
+        let mut probe = ChangeProbe::open(&path, g1.id);
+        let mut failed = None;
+        w.execute_batch(&format!(
+            "BEGIN; INSERT INTO api_keys (id, organization_id, key_hash) VALUES ('new', 'org_a', '{h}');
+             INSERT INTO changes VALUES (1, 'api_key', '{h}'); COMMIT;",
+            h = schema::token_hash_hex(b"wvz_added_in_place")
+        ))
+        .unwrap();
+        assert!(store.poll_once(&mut probe, &mut failed));
+        let g2 = store.current().unwrap();
+        assert!(g2.changes().is_some(), "incremental");
+        assert!(g2.token_filter().ready(), "the chain's filter goes on");
+        assert!(!g2
+            .token_filter()
+            .rules_out(&schema::token_hash(b"wvz_added_in_place")));
+        assert!(g2.token_filter().rules_out(&unknown[0]) || !f.rules_out(&unknown[0]));
+
+        // an unlogged in-place change: no filter until rebuilt
+        w.execute(
+            "INSERT INTO api_keys (id, organization_id, key_hash) VALUES ('quiet', 'org_a', ?1)",
+            params![schema::token_hash_hex(b"wvz_added_quietly")],
+        )
+        .unwrap();
+        assert!(store.poll_once(&mut probe, &mut failed));
+        let g3 = store.current().unwrap();
+        assert_eq!(g3.fallback(), Some(Fallback::Unlogged));
+        let quiet = schema::token_hash(b"wvz_added_quietly");
+        assert!(!g3.token_filter().rules_out(&quiet));
+        wait_filter(&g3);
+        assert!(!g3.token_filter().rules_out(&quiet), "rebuilt from the file");
+        assert!(!g3
+            .token_filter()
+            .rules_out(&schema::token_hash(b"wvz_added_in_place")));
+        assert_eq!(store.filter_stats.keys.load(Ordering::Relaxed), 70_004);
+    }
+
+    #[test]
+    fn the_lookup_gate_bounds_lookups_at_once() {
+        let gate = LookupGate::default();
+        gate.limit.store(1, Ordering::Relaxed);
+        let first = gate.enter().expect("a slot");
+        let started = Instant::now();
+        assert!(gate.enter().is_none(), "every slot taken");
+        assert!(started.elapsed() >= LookupGate::WAIT);
+        drop(first);
+        assert!(gate.enter().is_some());
+        // a slot freed while waiting is taken
+        let held = gate.enter().unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_micros(200));
+                drop(held);
+            });
+            assert!(gate.enter().is_some());
+        });
+    }
+
     /// The race of an incremental change: a request pinned to the
     /// generation before it read the row before the commit and inserts its
     /// verdict after the watcher applied the change.
