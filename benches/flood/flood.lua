@@ -1,7 +1,17 @@
 -- wrk script for benches/flood/run.sh: random tokens, optionally random
 -- client IPs (X-Forwarded-For, believed because the peer is trusted) or one
 -- repeated bad token. Mode from env FLOOD_MODE: random | random_ip | repeat.
+-- FLOOD_DELAY_MS (set by run.sh from FLOOD_RATE): each connection waits
+-- about that long (uniform in [d/2, 3d/2]) after a response before its next
+-- request, so N connections send at most N*1000/d req/s whatever keyward's
+-- speed (wrk2 is not packaged on Debian; wrk's delay() is integer ms).
 local mode = os.getenv("FLOOD_MODE") or "random"
+local delay_ms = tonumber(os.getenv("FLOOD_DELAY_MS") or "0")
+if delay_ms > 0 then
+  function delay()
+    return math.random(math.floor(delay_ms / 2), math.floor(delay_ms * 3 / 2))
+  end
+end
 local path = os.getenv("FLOOD_PATH") or "/api/v1/workspaces/ws_1/flows"
 local threads = {}
 
