@@ -92,6 +92,9 @@
 #                      < 20% of a core; the CPU they used during each run is
 #                      reported anyway (column "other%")
 #   SKIP_BUILD=0       1: use the binaries as they are
+#   KEYWARD=path       the keyward binary to measure (default
+#                      target/release/keyward; a copy set aside keeps a
+#                      build by someone else in the same tree out of the run)
 #   KEEP_TMP=0         1: keep the temp dir (configs, logs) for inspection
 #
 # Needs nginx, libnginx-mod-http-lua, wrk, curl, python3 (installed with
@@ -116,7 +119,7 @@ KEEP_TMP=${KEEP_TMP:-0}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)   # other work on the machine skews every figure
-KEYWARD=$ROOT/target/release/keyward
+KEYWARD=${KEYWARD:-$ROOT/target/release/keyward}
 BARE=$ROOT/target/release/examples/bare_proxy
 BARE_CORE=$ROOT/target/release/examples/bare_core
 NGINX_MODULES=/usr/lib/nginx/modules
@@ -174,7 +177,8 @@ trap 'exit 130' INT TERM
 REV="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo '+dirty')"
 BUILT=$(date -r "$KEYWARD" +%Y-%m-%dT%H:%M:%S)
 mkdir -p "$TMP/bin"
-cp -p "$KEYWARD" "$BARE" "$BARE_CORE" "$TMP/bin/"
+cp -p "$KEYWARD" "$TMP/bin/keyward"
+cp -p "$BARE" "$BARE_CORE" "$TMP/bin/"
 KEYWARD=$TMP/bin/keyward
 BARE=$TMP/bin/bare_proxy
 BARE_CORE=$TMP/bin/bare_core
