@@ -215,6 +215,18 @@ fn sign(key: &Path, bytes: &[u8], dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("to-sign.db.sig")).unwrap()
 }
 
+/// Wait up to `secs` for `key` to be admitted; fail with `what` and the log.
+fn assert_served(kw: &Keyward, key: &str, secs: u64, what: &str) {
+    assert!(
+        wait_until(Duration::from_secs(secs), || kw
+            .get("/api/v1/x", Some(key))
+            .status
+            == 200),
+        "{what}: not served: {}",
+        kw.log()
+    );
+}
+
 fn ino(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().ino()
 }
@@ -230,14 +242,7 @@ fn a_new_version_at_the_origin_is_fetched_and_a_304_costs_nothing() {
         &snap,
         Opts::new(echo()).set("snapshot.source", origin.url("/snap/snapshot.db")),
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || kw
-            .get("/api/v1/x", Some(&key1))
-            .status
-            == 200),
-        "the origin's version is served: {}",
-        kw.log()
-    );
+    assert_served(&kw, &key1, 10, "the origin's first version");
     let inode = ino(&snap.path);
     let updated = kw.metric("keyward_snapshot_fetches_total{result=\"updated\"}");
     assert!(updated >= 1.0);
@@ -262,14 +267,7 @@ fn a_new_version_at_the_origin_is_fetched_and_a_304_costs_nothing() {
     let len = v2.len() as f64;
     let bytes_before = kw.metric("keyward_snapshot_fetch_bytes_total");
     origin.put("/snap/snapshot.db", v2, None);
-    assert!(
-        wait_until(Duration::from_secs(10), || kw
-            .get("/api/v1/x", Some(&key2))
-            .status
-            == 200),
-        "{}",
-        kw.log()
-    );
+    assert_served(&kw, &key2, 10, "the origin's new version");
     assert_eq!(kw.get("/api/v1/x", Some(&key1)).status, 401);
     assert_eq!(
         kw.metric("keyward_snapshot_fetch_bytes_total"),
@@ -299,14 +297,7 @@ fn truncated_unsigned_and_badly_signed_versions_are_refused_and_the_last_good_on
             .set("snapshot.source", origin.url("/snapshot.db"))
             .set("snapshot.verify_key", public.as_str()),
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || kw
-            .get("/api/v1/x", Some(&key1))
-            .status
-            == 200),
-        "{}",
-        kw.log()
-    );
+    assert_served(&kw, &key1, 10, "the signed first version");
     let (v2, key2, _s2) = version("org_two");
     let refused = |what: &str| {
         let before = kw.metric("keyward_snapshot_fetches_total{result=\"rejected\"}")
@@ -358,14 +349,7 @@ fn truncated_unsigned_and_badly_signed_versions_are_refused_and_the_last_good_on
 
     // signed properly: served
     origin.put("/snapshot.db.sig", sign(&key, &v2, snap.dir.path()), None);
-    assert!(
-        wait_until(Duration::from_secs(15), || kw
-            .get("/api/v1/x", Some(&key2))
-            .status
-            == 200),
-        "{}",
-        kw.log()
-    );
+    assert_served(&kw, &key2, 15, "the properly signed version");
 }
 
 #[test]
@@ -393,10 +377,7 @@ fn an_unreachable_origin_degrades_readyz_but_keeps_serving() {
     assert!(kw.metric("keyward_snapshot_fetches_total{result=\"failed\"}") >= 1.0);
     // what the replica has keeps serving (its own file here)
     let key = snap.org("org_local", "free").api_key("org_local");
-    assert!(wait_until(Duration::from_secs(10), || kw
-        .get("/api/v1/x", Some(&key))
-        .status
-        == 200));
+    assert_served(&kw, &key, 10, "the replica's own file");
     let _ = key1;
 }
 
@@ -563,14 +544,7 @@ fn an_s3_source_on_an_s3_api_server_is_fetched_verified_and_followed() {
         .push(("AWS_ENDPOINT".into(), moto.endpoint.clone()));
     opts.env.push(("AWS_ALLOW_HTTP".into(), "true".into()));
     let kw = Keyward::start(&snap, opts);
-    assert!(
-        wait_until(Duration::from_secs(15), || kw
-            .get("/api/v1/x", Some(&key1))
-            .status
-            == 200),
-        "the S3 version is served: {}",
-        kw.log()
-    );
+    assert_served(&kw, &key1, 15, "the S3 version");
     // unchanged: conditional requests only
     std::thread::sleep(Duration::from_millis(600));
     assert!(
@@ -599,13 +573,6 @@ fn an_s3_source_on_an_s3_api_server_is_fetched_verified_and_followed() {
         &sig,
         snap.dir.path(),
     );
-    assert!(
-        wait_until(Duration::from_secs(15), || kw
-            .get("/api/v1/x", Some(&key2))
-            .status
-            == 200),
-        "{}",
-        kw.log()
-    );
+    assert_served(&kw, &key2, 15, "the S3 version signed second");
     assert_eq!(kw.get("/api/v1/x", Some(&key1)).status, 401);
 }
