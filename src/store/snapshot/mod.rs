@@ -405,6 +405,20 @@ fn count_rows(conn: &Connection, table: &'static str) -> Result<u64, ReloadError
     .map_err(|source| ReloadError::Table { table, source })
 }
 
+/// Every table's row count, as `/readyz` reports them.
+fn count_all(conn: &Connection) -> Result<Counts, ReloadError> {
+    Ok(Counts {
+        organizations: count_rows(conn, "organizations")?,
+        workspaces: count_rows(conn, "workspaces")?,
+        api_keys: count_rows(conn, "api_keys")?,
+        sessions: count_rows(conn, "sessions")?,
+        service_keys: count_rows(conn, "service_keys")?,
+        mcp_servers: count_rows(conn, "mcp_servers")?,
+        mcp_tokens: count_rows(conn, "mcp_tokens")?,
+        resources: count_rows(conn, "resources")?,
+    })
+}
+
 /// When this version was produced: `meta.generated_at`, else the file's mtime.
 fn produced_at(conn: &Connection, meta: &std::fs::Metadata) -> i64 {
     let generated_at: Option<i64> = conn
@@ -570,17 +584,7 @@ impl SnapshotStore {
         let mut idle = vec![conn];
         let (counts, cache_base, changes_seq, changes, fallback, token_filter) = match how {
             Load::Full { reason, seq } => {
-                let count = |table: &'static str| count_rows(&idle[0], table);
-                let counts = Counts {
-                    organizations: count("organizations")?,
-                    workspaces: count("workspaces")?,
-                    api_keys: count("api_keys")?,
-                    sessions: count("sessions")?,
-                    service_keys: count("service_keys")?,
-                    mcp_servers: count("mcp_servers")?,
-                    mcp_tokens: count("mcp_tokens")?,
-                    resources: count("resources")?,
-                };
+                let counts = count_all(&idle[0])?;
                 // The starting point (SPEC §2.1): the watcher's, read with
                 // the data_version it compares against; else this file's now.
                 let seq = match seq {
@@ -652,21 +656,8 @@ impl SnapshotStore {
             return Some(wait.max(Duration::from_millis(1)));
         }
         *last = Some(Instant::now());
-        let counted = gen.lookup(|r| {
-            let count = |t: &'static str| {
-                count_rows(r.conn, t).map_err(|e| StoreError::Query(e.to_string()))
-            };
-            Ok(Counts {
-                organizations: count("organizations")?,
-                workspaces: count("workspaces")?,
-                api_keys: count("api_keys")?,
-                sessions: count("sessions")?,
-                service_keys: count("service_keys")?,
-                mcp_servers: count("mcp_servers")?,
-                mcp_tokens: count("mcp_tokens")?,
-                resources: count("resources")?,
-            })
-        });
+        let counted =
+            gen.lookup(|r| count_all(r.conn).map_err(|e| StoreError::Query(e.to_string())));
         match counted {
             Ok(c) => {
                 let _ = gen.counts.own.set(c);
