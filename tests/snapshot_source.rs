@@ -395,25 +395,10 @@ fn snapshot_sign_writes_what_openssl_verifies() {
         .status()
         .unwrap();
     assert!(ok.success());
-    let file = dir.path().join("snapshot.db");
-    std::fs::write(&file, b"bytes of a snapshot").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(["snapshot", "sign", "--key"])
-        .arg(&key)
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let sig_file = sign(&key, b"bytes of a snapshot", dir.path());
+    let file = dir.path().join("to-sign.db");
     let sig = base64::engine::general_purpose::STANDARD
-        .decode(
-            std::fs::read_to_string(dir.path().join("snapshot.db.sig"))
-                .unwrap()
-                .trim(),
-        )
+        .decode(std::str::from_utf8(&sig_file).unwrap().trim())
         .unwrap();
     std::fs::write(dir.path().join("sig.bin"), sig).unwrap();
     let public = dir.path().join("pub.pem");
