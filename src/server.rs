@@ -86,7 +86,6 @@ pub fn start_support(config: Config, upgrade: bool) -> anyhow::Result<Running> {
         .thread_name("keyward-admin")
         .enable_all()
         .build()?;
-    let unreachable = snapshot_source.as_ref().map(|s| s.unreachable.clone());
     let snapshot_source = snapshot_source.map(|mut source| {
         // The first version before the first load (bounded): a fresh
         // replica has no file yet. The watcher loads later ones.
@@ -116,8 +115,8 @@ pub fn start_support(config: Config, upgrade: bool) -> anyhow::Result<Running> {
     let grace = config.server.shutdown_grace;
     let poll = config.snapshot.poll_interval;
     let engine = Engine::with_limiter(config, store, metrics, limiter);
-    if let (Some(source), Some(unreachable)) = (snapshot_source, unreachable) {
-        let _ = engine.source_unreachable.set(unreachable);
+    if let Some(source) = snapshot_source {
+        let _ = engine.source_unreachable.set(source.unreachable.clone());
         rt.spawn(source.run(poll));
     }
     let admin: Arc<Mutex<Option<AdminHandle>>> = Arc::default();
@@ -252,11 +251,8 @@ fn take_over_admin(
         .name("keyward-upgrade".into())
         .spawn(move || {
             let listener = match incoming.join() {
-                Ok(Ok(received)) => {
-                    let listener = received.admin.try_clone();
-                    received.absorb_counts(engine.limiter.clone(), grace + Duration::from_secs(15));
-                    listener
-                }
+                Ok(Ok(received)) => Ok(received
+                    .absorb_counts(engine.limiter.clone(), grace + Duration::from_secs(15))),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "upgrade: no admin listener handed over; binding it when free");
                     let deadline = std::time::Instant::now() + grace + Duration::from_secs(30);

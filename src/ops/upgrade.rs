@@ -165,8 +165,13 @@ pub fn receive(path: &Path, wait: Duration) -> std::io::Result<Received> {
 
 impl Received {
     /// Add the old process's counts to `limiter` as its lines arrive, on a
-    /// thread of its own, until it closes the connection (or `until`).
-    pub fn absorb_counts(self, limiter: Arc<dyn Limiter>, until: Duration) {
+    /// thread of its own, until it closes the connection (or `until`); the
+    /// admin listener to serve.
+    pub fn absorb_counts(
+        self,
+        limiter: Arc<dyn Limiter>,
+        until: Duration,
+    ) -> std::net::TcpListener {
         let conn = self.conn;
         let spawned = std::thread::Builder::new()
             .name("keyward-upgrade".into())
@@ -188,6 +193,7 @@ impl Received {
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "upgrade: cannot start the counts thread");
         }
+        self.admin
     }
 }
 
@@ -265,9 +271,8 @@ mod tests {
         old.admit("org_1", 100, now);
         let received = receiver.join().unwrap();
         assert_eq!(received.admin.local_addr().unwrap(), addr);
-        let taken = received.admin.try_clone().unwrap();
         let new: Arc<dyn Limiter> = Arc::new(LocalLimiter::new(3600));
-        received.absorb_counts(new.clone(), Duration::from_secs(5));
+        let taken = received.absorb_counts(new.clone(), Duration::from_secs(5));
         sent.finish(&old);
         let deadline = Instant::now() + Duration::from_secs(5);
         while new.peek("org_1", 100, now).remaining != 96 && Instant::now() < deadline {
