@@ -157,7 +157,7 @@ pub(super) fn snapshot(raw: RawSnapshot, base: &Path) -> Result<SnapshotConfig, 
         ));
     }
     if let Some(url) = &source {
-        crate::store::source::check_url(url).map_err(|e| invalid("snapshot.source", e))?;
+        crate::store::source::parse_url(url).map_err(|e| invalid("snapshot.source", e))?;
     }
     Ok(SnapshotConfig {
         path: resolve(base, &path),

@@ -112,7 +112,6 @@ pub struct Source {
     served: Option<String>,
     /// the version refused last, not downloaded again while it stays
     refused: Option<RefusedVersion>,
-    max_bytes: u64,
     metrics: Option<SourceMetrics>,
     /// set while the origin cannot be reached (`/readyz` degraded)
     pub unreachable: Arc<AtomicBool>,
@@ -139,8 +138,8 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Whether `url` can name a source (for `keyward check` and config errors).
-pub fn check_url(url: &str) -> Result<(), String> {
+/// `url` parsed, if it can name a source (for config errors and [`Source::new`]).
+pub fn parse_url(url: &str) -> Result<url::Url, String> {
     let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
     if !matches!(
         parsed.scheme(),
@@ -151,7 +150,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if parsed.path().trim_matches('/').is_empty() {
         return Err("names no object (a path after the host or bucket)".into());
     }
-    Ok(())
+    Ok(parsed)
 }
 
 impl Source {
@@ -159,8 +158,7 @@ impl Source {
     pub fn new(url: &str, dest: &Path, verify: Option<VerifyKey>) -> Result<Source, SourceError> {
         install_crypto_provider();
         let bad = |e: String| SourceError::Config(url.to_string(), e);
-        check_url(url).map_err(bad)?;
-        let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        let parsed = parse_url(url).map_err(bad)?;
         let mut options = store_options();
         if parsed.scheme() == "http" {
             // the operator wrote http:// (an origin on a private network)
@@ -178,7 +176,6 @@ impl Source {
             dest: dest.to_path_buf(),
             served: None,
             refused: None,
-            max_bytes: MAX_SNAPSHOT_BYTES,
             metrics: None,
             unreachable: Arc::new(AtomicBool::new(false)),
         })
@@ -186,11 +183,6 @@ impl Source {
 
     pub fn with_metrics(mut self, m: SourceMetrics) -> Source {
         self.metrics = Some(m);
-        self
-    }
-
-    pub fn with_max_bytes(mut self, max: u64) -> Source {
-        self.max_bytes = max;
         self
     }
 
@@ -261,10 +253,10 @@ impl Source {
         let announced = got.meta.size;
         let temp = self.temp_path();
         let mut signature_tag = None;
-        let checked = if announced > self.max_bytes {
+        let checked = if announced > MAX_SNAPSHOT_BYTES {
             Err(SourceError::Refused(format!(
                 "{announced} bytes, more than the {} accepted",
-                self.max_bytes
+                MAX_SNAPSHOT_BYTES
             )))
         } else {
             match self.download(got.into_stream(), &temp, announced).await {
@@ -333,7 +325,7 @@ impl Source {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| SourceError::Unreachable(e.to_string()))?;
             total += chunk.len() as u64;
-            if total > announced.min(self.max_bytes) {
+            if total > announced.min(MAX_SNAPSHOT_BYTES) {
                 return Err(SourceError::Refused(format!(
                     "longer than the {announced} bytes announced"
                 )));
