@@ -89,31 +89,7 @@ print(f"n {len(v)}, p50 {q(50):.1f} ms, p90 {q(90):.1f} ms, p99 {q(99):.1f} ms, 
 
 # ------------------------------------------------------------------ upstream
 UPSTREAM_PORT=$(free_port)
-mkdir -p "$TMP/upstream"
-cat >"$TMP/upstream/nginx.conf" <<EOF
-daemon off;
-master_process on;
-worker_processes 1;
-pid $TMP/upstream/nginx.pid;
-error_log $TMP/upstream/error.log warn;
-events { worker_connections 4096; }
-http {
-    client_body_temp_path $TMP/upstream/body;
-    proxy_temp_path $TMP/upstream/proxy;
-    fastcgi_temp_path $TMP/upstream/fastcgi;
-    uwsgi_temp_path $TMP/upstream/uwsgi;
-    scgi_temp_path $TMP/upstream/scgi;
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    server {
-        listen 127.0.0.1:$UPSTREAM_PORT backlog=4096;
-        location / { return 200 "ok\n"; }
-    }
-}
-EOF
-"$NGINX" -p "$TMP/upstream" -e "$TMP/upstream/error.log" -c "$TMP/upstream/nginx.conf" >"$TMP/upstream/stdout.log" 2>&1 9>&- &
-PIDS+=($!)
+start_ok_upstream "$UPSTREAM_PORT"
 
 # ------------------------------------------------------------------ snapshot
 SNAP=$TMP/snapshot.db

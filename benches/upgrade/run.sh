@@ -45,26 +45,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # upstream: nginx, 1 worker, `200 ok`
 UP=$(free_port); PORT=$(free_port); ADMIN=$(free_port)
-mkdir -p "$TMP/upstream"
-cat >"$TMP/upstream/nginx.conf" <<EOF
-daemon off;
-worker_processes 1;
-pid $TMP/upstream/nginx.pid;
-error_log $TMP/upstream/error.log warn;
-events { worker_connections 4096; }
-http {
-    client_body_temp_path $TMP/upstream/body;
-    proxy_temp_path $TMP/upstream/proxy;
-    fastcgi_temp_path $TMP/upstream/fastcgi;
-    uwsgi_temp_path $TMP/upstream/uwsgi;
-    scgi_temp_path $TMP/upstream/scgi;
-    access_log off;
-    keepalive_requests 10000000;
-    server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
-}
-EOF
-"$NGINX" -p "$TMP/upstream" -e "$TMP/upstream/error.log" -c "$TMP/upstream/nginx.conf" >/dev/null 2>&1 9>&- &
-PIDS+=($!)
+start_ok_upstream "$UP"
 
 # snapshot with one key; config: the shipped one on our ports
 "$KEYWARD" snapshot init "$TMP/snapshot.db" >/dev/null
