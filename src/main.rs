@@ -352,6 +352,7 @@ fn explain(
 }
 
 fn main() -> ExitCode {
+    keyward::ops::allocator::tune();
     let cli = Cli::parse();
     let result: Result<(), String> = match cli.command {
         Command::Explain {

@@ -23,7 +23,7 @@ use crate::cache::{Entry, TokenKey};
 use crate::config::{Config, Plan, UnknownWorkspaces};
 use crate::ratelimit::{AuthFailureThrottle, Limiter, RateOutcome, RateState};
 use crate::request::forwarding::Client;
-use crate::snapshot::OrgRecord;
+use crate::snapshot::{Org, OrgRecord};
 use crate::store::Directory;
 
 /// The request as the core sees it, gathered once by the shell: the only
@@ -108,7 +108,7 @@ pub struct Caller {
     pub key: TokenKey,
     pub verdict: Arc<Entry<Verdict>>,
     /// the organization the request acts for
-    pub org: Option<OrgRecord>,
+    pub org: Option<Org>,
 }
 
 impl Caller {
@@ -496,7 +496,7 @@ fn principal(
         .map_err(|_| Denial::AuthUnavailable)
 }
 
-fn usable_org(org: Option<&OrgRecord>) -> Result<OrgRecord, Denial> {
+fn usable_org(org: Option<&Org>) -> Result<Org, Denial> {
     match org {
         None => Err(Denial::Forbidden("organization_missing")),
         Some(o) if o.disabled => Err(Denial::Forbidden("organization_disabled")),
@@ -521,7 +521,7 @@ fn check_api_key(key: TokenKey, entry: Arc<Entry<Verdict>>, now: i64) -> Result<
 
 /// An API key's own rules: not expired, a usable organization, readable
 /// permissions.
-fn api_key_org(k: &ApiKey, now: i64) -> Result<OrgRecord, Denial> {
+fn api_key_org(k: &ApiKey, now: i64) -> Result<Org, Denial> {
     if k.expires_at.is_some_and(|t| t <= now) {
         return Err(Denial::unauthenticated("expired"));
     }
@@ -578,7 +578,7 @@ fn check_session(
 
 /// A session's own rules: not expired, and its active organization usable
 /// (none only where the route is `org_optional`).
-fn session_org(s: &Session, org_optional: bool, now: i64) -> Result<Option<OrgRecord>, Denial> {
+fn session_org(s: &Session, org_optional: bool, now: i64) -> Result<Option<Org>, Denial> {
     if s.expires_at <= now {
         return Err(Denial::unauthenticated("expired"));
     }
@@ -668,7 +668,7 @@ fn mcp_standing(
     prefix: BearerKind,
     path_server: Option<&str>,
     now: i64,
-) -> Result<(AuthMethod, OrgRecord), Denial> {
+) -> Result<(AuthMethod, Org), Denial> {
     let kind = t
         .kind
         .ok_or(Denial::unauthenticated("unknown_token_kind"))?;

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::snapshot::{McpServerRecord, OrgRecord};
+use crate::snapshot::{McpServerRecord, Org};
 
 /// The snapshot table a credential is looked up in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -86,7 +86,7 @@ pub struct ApiKey {
     pub prefix: Arc<str>,
     pub org_id: Arc<str>,
     /// None: the organization is not in the snapshot (403)
-    pub org: Option<OrgRecord>,
+    pub org: Option<Org>,
     pub scope: Scope,
     pub expires_at: Option<i64>,
 }
@@ -95,7 +95,7 @@ pub struct ApiKey {
 pub struct Session {
     pub user_id: Arc<str>,
     pub active_org_id: Option<Arc<str>>,
-    pub org: Option<OrgRecord>,
+    pub org: Option<Org>,
     pub expires_at: i64,
 }
 
@@ -117,7 +117,7 @@ pub struct McpToken {
     pub kind: Option<McpKind>,
     pub server_id: Arc<str>,
     pub server: Option<McpServerRecord>,
-    pub org: Option<OrgRecord>,
+    pub org: Option<Org>,
     pub end_user_id: Option<Arc<str>>,
     pub expires_at: Option<i64>,
 }
@@ -128,7 +128,9 @@ pub enum Verdict {
     ApiKey(ApiKey),
     Session(Session),
     ServiceKey(ServiceKey),
-    Mcp(McpToken),
+    /// boxed: the largest variant, and the rarest in a cache of API keys
+    /// (every cached verdict is as large as the largest variant)
+    Mcp(Box<McpToken>),
     /// unknown or revoked: 401 with this reason
     Rejected(&'static str),
 }

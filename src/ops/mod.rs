@@ -4,6 +4,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod allocator;
 pub mod clock;
 #[cfg(feature = "server")]
 pub mod demo;

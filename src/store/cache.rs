@@ -45,7 +45,11 @@ use moka::sync::Cache;
 use crate::config::CacheConfig;
 pub use crate::principal::TokenTable;
 use crate::principal::Verdict;
-use crate::snapshot::{Change, Generation, McpServerRecord, OrgRecord, Reader, StoreError};
+use crate::snapshot::{
+    ApiKeyRecord, Change, Generation, McpServerRecord, McpTokenRecord, Org, Reader,
+    ServiceKeyRecord, SessionRecord, StoreError,
+};
+use crate::store::principals::Rows;
 
 /// A token as the cache knows it: its table and `sha256(token)` (never the token).
 pub type TokenKey = (TokenTable, [u8; 32]);
@@ -262,12 +266,46 @@ where
     });
 }
 
+/// The rows of `reader`, except that organizations come from `cache`'s
+/// organization lookups (read once, then shared): every verdict of one
+/// organization holds the same record instead of a copy per key (about 100
+/// bytes a cached key, benches/memory.rs).
+struct SharedOrgs<'a, 'r> {
+    cache: &'a AuthCache,
+    reader: &'a Reader<'r>,
+    at: At,
+}
+
+impl Rows for SharedOrgs<'_, '_> {
+    fn api_key(&self, hash_hex: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.reader.api_key(hash_hex)
+    }
+    fn session(&self, hash_hex: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.reader.session(hash_hex)
+    }
+    fn service_key(&self, hash_hex: &str) -> Result<Option<ServiceKeyRecord>, StoreError> {
+        self.reader.service_key(hash_hex)
+    }
+    fn mcp_token(&self, hash_hex: &str) -> Result<Option<McpTokenRecord>, StoreError> {
+        self.reader.mcp_token(hash_hex)
+    }
+    fn mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>, StoreError> {
+        self.reader.mcp_server(id)
+    }
+    fn organization(&self, id: &str) -> Result<Option<Org>, StoreError> {
+        let c = self.cache;
+        c.lookup(&c.orgs, Tombs::orgs, id, self.at, || {
+            self.reader.organization(id)
+        })
+    }
+}
+
 pub struct AuthCache {
     ttl: Duration,
     negative_ttl: Duration,
     tombs: SharedTombs,
     tokens: Cache<TokenKey, Arc<Entry<Verdict>>>,
-    pub orgs: LookupCache<OrgRecord>,
+    pub orgs: LookupCache<Org>,
     pub workspaces: LookupCache<Arc<str>>,
     pub resources: LookupCache<Arc<str>>,
     pub mcp_servers: LookupCache<McpServerRecord>,
@@ -315,6 +353,24 @@ impl AuthCache {
             return None;
         }
         Some(e)
+    }
+
+    /// What generation `at` (read through `reader`, inside its
+    /// transaction) says the token hashed to `hash_hex` is, sharing this
+    /// cache's organization records.
+    pub fn read_verdict(
+        &self,
+        reader: &Reader<'_>,
+        at: At,
+        table: TokenTable,
+        hash_hex: &str,
+    ) -> Result<Verdict, StoreError> {
+        let rows = SharedOrgs {
+            cache: self,
+            reader,
+            at,
+        };
+        crate::store::principals::load(&rows, table, hash_hex)
     }
 
     pub fn put_token(
@@ -409,7 +465,7 @@ impl AuthCache {
         let held = plan.tokens.len();
         // No deadline: at most MAX_CHANGES keys, and the tombstones already
         // make a key not re-read here a miss, never a stale hit.
-        let done = self.fill(&mut plan, gen, started + Duration::from_secs(5), true);
+        let done = self.fill(&mut plan, gen, started + Duration::from_secs(5));
         tracing::debug!(
             generation = gen.id,
             changes = changes.len(),
@@ -421,10 +477,9 @@ impl AuthCache {
         true
     }
 
-    /// What a swap must carry over from this cache: its positive entries'
+    /// What a full swap must re-read into this cache: its positive entries'
     /// keys (negative ones live seconds and may be a client's junk), with
-    /// their TTL deadlines. Holding this instead of the old cache lets the
-    /// old cache be freed at the swap while the refill continues.
+    /// their TTL deadlines.
     pub fn refill_plan(&self) -> Refill {
         fn keys<K, V>(c: &Cache<K, Arc<Entry<V>>>) -> Vec<(K, Instant)>
         where
@@ -448,15 +503,22 @@ impl AuthCache {
         }
     }
 
-    /// Fill this (new) cache for `gen` with the entries `plan` names, each
-    /// re-read from `gen` (never copied: a key revoked, expired or changed
-    /// in `gen` gets `gen`'s answer), for at most `budget`; what is done
-    /// leaves `plan`, so a second call continues the first. True when
+    /// Re-read the entries `plan` names from `gen` into this cache, in
+    /// place, tagged with `gen` (never copied: a key revoked, expired or
+    /// changed in `gen` gets `gen`'s answer), for at most `budget`; what is
+    /// done leaves `plan`, so a second call continues the first. True when
     /// `plan` is empty.
+    ///
+    /// In place rather than into a new cache: the replaced entry is freed
+    /// as its successor goes in, so a swap never holds two caches (peak RSS
+    /// through 10 reloads at 100,000 cached keys: benches/memory.rs). Until
+    /// a key is re-read, requests pinned to `gen` ignore its older entry
+    /// (`At::base`); requests still pinned to the generation before may
+    /// already see `gen`'s answer, as on an incremental change.
     pub fn refill(&self, plan: &mut Refill, gen: &Generation, budget: Duration) -> bool {
         let started = Instant::now();
         let before = plan.tokens.len();
-        let done = self.fill(plan, gen, started + budget, false);
+        let done = self.fill(plan, gen, started + budget);
         tracing::info!(
             generation = gen.id,
             carried = before - plan.tokens.len(),
@@ -468,45 +530,36 @@ impl AuthCache {
         done
     }
 
-    /// Re-read `plan`'s keys from `gen` into this cache until `deadline`;
-    /// `replace`: also over entries already there (older ones).
-    fn fill(&self, plan: &mut Refill, gen: &Generation, deadline: Instant, replace: bool) -> bool {
+    /// Re-read `plan`'s keys from `gen` into this cache until `deadline`.
+    fn fill(&self, plan: &mut Refill, gen: &Generation, deadline: Instant) -> bool {
         refill_keys(
             &mut plan.tokens,
             &self.tokens,
             gen,
             deadline,
-            replace,
             |r, &(t, h)| {
-                crate::store::principals::load(r, t, &hex::encode(h)).map(|v| (v.is_negative(), v))
+                self.read_verdict(r, At::of(Some(gen)), t, &hex::encode(h))
+                    .map(|v| (v.is_negative(), v))
             },
-        ) && refill_keys(
-            &mut plan.orgs,
-            &self.orgs,
-            gen,
-            deadline,
-            replace,
-            |r, id| lookup_entry(r.organization(id)?),
-        ) && refill_keys(
+        ) && refill_keys(&mut plan.orgs, &self.orgs, gen, deadline, |r, id| {
+            lookup_entry(r.organization(id)?)
+        }) && refill_keys(
             &mut plan.workspaces,
             &self.workspaces,
             gen,
             deadline,
-            replace,
             |r, id| lookup_entry(r.workspace_org(id)?.map(Arc::from)),
         ) && refill_keys(
             &mut plan.resources,
             &self.resources,
             gen,
             deadline,
-            replace,
             |r, id| lookup_entry(r.resource_workspace(id)?.map(Arc::from)),
         ) && refill_keys(
             &mut plan.mcp_servers,
             &self.mcp_servers,
             gen,
             deadline,
-            replace,
             |r, id| lookup_entry(r.mcp_server(id)?),
         )
     }
@@ -559,15 +612,14 @@ fn lookup_entry<V>(value: Option<V>) -> Result<(bool, Option<V>), StoreError> {
 
 /// Re-read `keys` with `load` into `to`, tagged with `gen`, in read
 /// transactions of [`REFILL_BATCH`], until `deadline`; the keys done (and
-/// any already in `to`, which requests filled) leave `keys`. Stops early at
-/// the deadline or on an error (the rest then just miss, where an error
-/// fails closed). True when `keys` is empty.
+/// any `to` already holds from `gen` or later, which requests filled)
+/// leave `keys`. Stops early at the deadline or on an error (the rest then
+/// just miss, where an error fails closed). True when `keys` is empty.
 fn refill_keys<K, V>(
     keys: &mut Vec<(K, Instant)>,
     to: &Cache<K, Arc<Entry<V>>>,
     gen: &Generation,
     deadline: Instant,
-    replace: bool,
     load: impl Fn(&Reader<'_>, &K) -> Result<(bool, V), StoreError>,
 ) -> bool
 where
@@ -582,15 +634,14 @@ where
         let read = gen.read(|r| {
             batch
                 .iter()
-                .filter(|(key, _)| replace || !to.contains_key(key))
+                .filter(|(key, _)| to.get(key).is_none_or(|e| e.generation < gen.id))
                 .try_for_each(|(key, expires)| {
                     let (negative, value) = load(r, key)?;
-                    let entry = Entry::new(gen.id, negative, *expires, value);
-                    if replace {
-                        put_unless_newer(to, key.clone(), entry);
-                    } else {
-                        to.insert(key.clone(), entry);
-                    }
+                    put_unless_newer(
+                        to,
+                        key.clone(),
+                        Entry::new(gen.id, negative, *expires, value),
+                    );
                     Ok(())
                 })
         });

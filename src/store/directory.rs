@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use crate::cache::{At, AuthCache, CacheResult, Entry, Tombs};
 use crate::metrics::Metrics;
 use crate::principal::Verdict;
-use crate::snapshot::{Generation, McpServerRecord, OrgRecord, StoreError};
+use crate::snapshot::{Generation, McpServerRecord, Org, StoreError};
 
 /// A token's verdict as the cache holds it (shared, never copied).
 pub type Held = Arc<Entry<Verdict>>;
@@ -27,7 +27,7 @@ pub trait Directory {
     /// workspace the request names (when known before its body): a store
     /// that reads in transactions may read its owner in the same one.
     fn load_token(&self, key: TokenKey, workspace: Option<&str>) -> Result<Held, StoreError>;
-    fn organization(&self, id: &str) -> Result<Option<OrgRecord>, StoreError>;
+    fn organization(&self, id: &str) -> Result<Option<Org>, StoreError>;
     /// The organization that owns a workspace.
     fn workspace_owner(&self, id: &str) -> Result<Option<Arc<str>>, StoreError>;
     /// The workspace a resource belongs to.
@@ -116,7 +116,7 @@ impl Directory for SnapshotDirectory<'_> {
         let hash_hex = hex::encode(key.1);
         let cache = &self.cache;
         let verdict = Self::logged(gen.read(|r| {
-            let verdict = crate::store::principals::load(r, key.0, &hash_hex)?;
+            let verdict = cache.read_verdict(r, At::of(Some(gen)), key.0, &hash_hex)?;
             // One SQLite transaction per miss instead of two: the
             // transaction's locking is most of a miss's cost.
             if let (Verdict::ApiKey(_) | Verdict::Session(_), Some(ws)) = (&verdict, workspace) {
@@ -133,7 +133,7 @@ impl Directory for SnapshotDirectory<'_> {
         Ok(cache.put_token(key, gen.id, verdict))
     }
 
-    fn organization(&self, id: &str) -> Result<Option<OrgRecord>, StoreError> {
+    fn organization(&self, id: &str) -> Result<Option<Org>, StoreError> {
         let c = &self.cache;
         Self::logged(c.lookup(&c.orgs, Tombs::orgs, id, self.at(), || {
             self.generation()?.lookup(|r| r.organization(id))

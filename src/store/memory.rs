@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::cache::{Entry, TokenKey};
 use crate::snapshot::schema::token_hash_hex;
 use crate::snapshot::{
-    ApiKeyRecord, McpAuthMode, McpServerRecord, McpTokenRecord, OrgRecord, ServiceKeyRecord,
+    ApiKeyRecord, McpAuthMode, McpServerRecord, McpTokenRecord, Org, OrgRecord, ServiceKeyRecord,
     SessionRecord, StoreError,
 };
 use crate::store::directory::{Directory, Held};
@@ -20,7 +20,7 @@ use crate::store::principals::{self, Rows};
 #[derive(Default)]
 pub struct MemoryDirectory {
     pub unloaded: bool,
-    orgs: HashMap<String, OrgRecord>,
+    orgs: HashMap<String, Org>,
     workspaces: HashMap<String, Arc<str>>,
     resources: HashMap<String, Arc<str>>,
     mcp_servers: HashMap<String, McpServerRecord>,
@@ -49,7 +49,7 @@ impl MemoryDirectory {
     }
 
     pub fn org_record(&mut self, org: OrgRecord) -> &mut Self {
-        self.orgs.insert(org.id.to_string(), org);
+        self.orgs.insert(org.id.to_string(), Arc::new(org));
         self
     }
 
@@ -115,7 +115,7 @@ impl Rows for MemoryDirectory {
     fn mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>, StoreError> {
         Ok(self.mcp_servers.get(id).cloned())
     }
-    fn organization(&self, id: &str) -> Result<Option<OrgRecord>, StoreError> {
+    fn organization(&self, id: &str) -> Result<Option<Org>, StoreError> {
         Ok(self.orgs.get(id).cloned())
     }
 }
@@ -138,7 +138,7 @@ impl Directory for MemoryDirectory {
         Ok(Entry::detached(verdict))
     }
 
-    fn organization(&self, id: &str) -> Result<Option<OrgRecord>, StoreError> {
+    fn organization(&self, id: &str) -> Result<Option<Org>, StoreError> {
         Ok(self.orgs.get(id).cloned())
     }
 

@@ -9,8 +9,8 @@ use crate::principal::{
     ApiKey, McpKind, McpToken, Scope, ServiceKey, Session, TokenTable, Verdict,
 };
 use crate::snapshot::{
-    ApiKeyRecord, McpServerRecord, McpTokenRecord, OrgRecord, Reader, ServiceKeyRecord,
-    SessionRecord, StoreError,
+    ApiKeyRecord, McpServerRecord, McpTokenRecord, Org, Reader, ServiceKeyRecord, SessionRecord,
+    StoreError,
 };
 
 /// The snapshot rows a verdict is read from (SPEC §2), by token hash (hex)
@@ -21,7 +21,7 @@ pub trait Rows {
     fn service_key(&self, hash_hex: &str) -> Result<Option<ServiceKeyRecord>, StoreError>;
     fn mcp_token(&self, hash_hex: &str) -> Result<Option<McpTokenRecord>, StoreError>;
     fn mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>, StoreError>;
-    fn organization(&self, id: &str) -> Result<Option<OrgRecord>, StoreError>;
+    fn organization(&self, id: &str) -> Result<Option<Org>, StoreError>;
 }
 
 impl Rows for Reader<'_> {
@@ -40,7 +40,7 @@ impl Rows for Reader<'_> {
     fn mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>, StoreError> {
         Reader::mcp_server(self, id)
     }
-    fn organization(&self, id: &str) -> Result<Option<OrgRecord>, StoreError> {
+    fn organization(&self, id: &str) -> Result<Option<Org>, StoreError> {
         Reader::organization(self, id)
     }
 }
@@ -68,7 +68,10 @@ fn load_api_key(r: &impl Rows, hash_hex: &str) -> Result<Verdict, StoreError> {
     Ok(Verdict::ApiKey(ApiKey {
         id: Arc::from(k.id),
         prefix: Arc::from(k.key_prefix.unwrap_or_default()),
-        org_id: Arc::from(k.organization_id),
+        // the organization's own id when it is there: shared, not a copy
+        org_id: org
+            .as_ref()
+            .map_or_else(|| Arc::from(k.organization_id), |o| o.id.clone()),
         org,
         scope: Scope::parse(k.permissions.as_deref()),
         expires_at: k.expires_at,
@@ -85,7 +88,10 @@ fn load_session(r: &impl Rows, hash_hex: &str) -> Result<Verdict, StoreError> {
     };
     Ok(Verdict::Session(Session {
         user_id: Arc::from(s.user_id),
-        active_org_id: s.active_organization_id.map(Arc::from),
+        active_org_id: match &org {
+            Some(o) => Some(o.id.clone()),
+            None => s.active_organization_id.map(Arc::from),
+        },
         org,
         expires_at: s.expires_at,
     }))
@@ -113,7 +119,7 @@ fn load_mcp_token(r: &impl Rows, hash_hex: &str) -> Result<Verdict, StoreError> 
         Some(s) => r.organization(&s.organization_id)?,
         None => None,
     };
-    Ok(Verdict::Mcp(McpToken {
+    Ok(Verdict::Mcp(Box::new(McpToken {
         id: Arc::from(t.id),
         kind: match t.kind.as_str() {
             "static" => Some(McpKind::Static),
@@ -126,5 +132,5 @@ fn load_mcp_token(r: &impl Rows, hash_hex: &str) -> Result<Verdict, StoreError> 
         org,
         end_user_id: t.end_user_id.map(Arc::from),
         expires_at: t.expires_at,
-    }))
+    })))
 }

@@ -17,7 +17,7 @@ use crate::auth::principal::{Scope, Verdict};
 use crate::auth::routes::Route;
 use crate::cache::TokenKey;
 use crate::config::{Config, UnknownWorkspaces};
-use crate::snapshot::{OrgRecord, StoreError};
+use crate::snapshot::{Org, StoreError};
 
 /// What one open stream was granted on. Holds the credential's cache key
 /// (table, sha256), never the token.
@@ -69,7 +69,7 @@ impl Standing {
     pub fn recheck(
         &self,
         verdict: &Verdict,
-        org: impl FnOnce(&str) -> Result<Option<OrgRecord>, StoreError>,
+        org: impl FnOnce(&str) -> Result<Option<Org>, StoreError>,
         owner: impl FnOnce(&str) -> Result<Option<Arc<str>>, StoreError>,
         now: i64,
     ) -> Result<Result<Option<i64>, Denial>, StoreError> {

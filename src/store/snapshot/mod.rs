@@ -127,6 +127,10 @@ pub struct Counts {
     pub resources: u64,
 }
 
+/// An organization as verdicts and lookups share it: one record per
+/// organization in the cache, not a copy per key (benches/memory.rs).
+pub type Org = Arc<OrgRecord>;
+
 #[derive(Debug, Clone)]
 pub struct OrgRecord {
     pub id: Arc<str>,
@@ -879,7 +883,7 @@ impl SnapshotStore {
             .with_reader(false, f)
     }
 
-    pub fn organization(&self, id: &str) -> Result<Option<OrgRecord>, StoreError> {
+    pub fn organization(&self, id: &str) -> Result<Option<Org>, StoreError> {
         self.lookup(|r| r.organization(id))
     }
 
@@ -1309,19 +1313,19 @@ impl Reader<'_> {
             .map_err(query_error)
     }
 
-    pub fn organization(&self, id: &str) -> Result<Option<OrgRecord>, StoreError> {
+    pub fn organization(&self, id: &str) -> Result<Option<Org>, StoreError> {
         self.query(
             0,
             "SELECT id, plan, rate_limit, quota_exceeded, disabled FROM organizations WHERE id = ?1",
             id,
             |r| {
-                Ok(OrgRecord {
+                Ok(Arc::new(OrgRecord {
                     id: Arc::from(r.get::<_, String>(0)?),
                     plan: Arc::from(r.get::<_, String>(1)?),
                     rate_limit: r.get::<_, Option<i64>>(2)?.map(|n| n.max(0) as u64),
                     quota_exceeded: r.get::<_, Option<i64>>(3)?.unwrap_or(0) != 0,
                     disabled: r.get::<_, Option<i64>>(4)?.unwrap_or(0) != 0,
-                })
+                }))
             },
         )
     }
@@ -1691,7 +1695,8 @@ mod tests {
         assert!(g3.changes().is_some());
         assert!(cache.token(&key(B), At::of(Some(&g3))).is_none());
 
-        // a gap: the full path, a new cache, nothing older accepted
+        // a gap: the full path; the same cache is refilled in place from g4,
+        // and no entry tagged before g4 is accepted
         w.execute_batch(
             "BEGIN; UPDATE organizations SET disabled = 0 WHERE id = 'org_b';
              INSERT INTO changes VALUES (9, 'organization', 'org_b'); COMMIT;",
@@ -1701,7 +1706,19 @@ mod tests {
         let g4 = store.current().unwrap();
         assert_eq!(g4.fallback(), Some(Fallback::Gap));
         assert_eq!((g4.cache_base(), g4.changes_seq()), (g4.id, Some(9)));
-        assert!(cache.token(&key(B), At::of(Some(&g4))).is_none());
+        let at4 = At::of(Some(&g4));
+        assert!(
+            Arc::ptr_eq(&cache, &verdicts.current()),
+            "refilled in place"
+        );
+        let b = cache.token(&key(B), at4).expect("re-read from g4");
+        assert!(
+            matches!(&b.value, Verdict::ApiKey(k) if k.org.as_ref().is_some_and(|o| !o.disabled)),
+            "g4's answer: org_b enabled again"
+        );
+        cache.evict_token(&key(B));
+        cache.put_token(key(B), g3.id, verdict(&g3, B));
+        assert!(cache.token(&key(B), at4).is_none(), "a late g3 insert");
         assert_eq!(store.reloads.incremental.load(Ordering::Relaxed), 2);
     }
 }
