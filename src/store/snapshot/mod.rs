@@ -323,9 +323,12 @@ fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
     // No mmap: a snapshot truncated in place (`cp new.db snapshot.db`) would
     // turn a mapped read into SIGBUS and kill the process; read() just fails.
     let _ = conn.pragma_update(None, "mmap_size", 0i64);
-    // SQLite's default page cache (~2 MiB per connection) is kept: a larger
-    // one did not shorten cache misses (their time is per-transaction file
-    // locking, see README "Benchmarks") and costs RSS per worker thread.
+    // A 512 KiB page cache instead of SQLite's default 2 MiB: a larger one
+    // did not shorten cache misses (their time is per-transaction file
+    // locking, see README "Benchmarks"), and each thread that reads (workers,
+    // reload, refill, filter build) has a connection per generation, two
+    // generations alive across a swap (peak RSS, benches/load/snapshot_scale.sh).
+    let _ = conn.pragma_update(None, "cache_size", -512i64);
     Ok(conn)
 }
 
