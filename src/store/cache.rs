@@ -3,8 +3,8 @@
 //! per-request lookups keyed by client input (organization, workspace,
 //! resource, MCP server ids). Every entry remembers the snapshot generation it
 //! came from. On a full swap (a new file, or an in-place change that did
-//! not say what it changed) the cache is replaced by one refilled from the
-//! new generation ([`AuthCache::refill`]), so the hot set stays warm and no
+//! not say what it changed) the cache is refilled in place from the new
+//! generation ([`AuthCache::refill`]), so the hot set stays warm and no
 //! verdict outlives the snapshot it was read from. On an incremental swap
 //! (SPEC §2.1) the same cache goes on and only what changed is dropped, by
 //! [`Tombs`]. Capacity-bounded: clients cannot grow it.
@@ -12,8 +12,9 @@
 //! # Which entry answers a request
 //!
 //! A request pinned to generation G accepts an entry tagged with generation
-//! E when `E >= G.cache_base()` (G's own id after a full load, inherited on
-//! an incremental one) and no tombstone names the entry's key, or a row its
+//! E when `G.cache_base() <= E <= G` (the base is G's own id after a full
+//! load, inherited on an incremental one; never newer, see [`At::accepts`])
+//! and no tombstone names the entry's key, or a row its
 //! verdict embeds (its organization, its MCP server), with a generation
 //! newer than E. Why tombstones rather than only replacing the changed
 //! entries: a request pinned to the generation before a change may have
@@ -111,7 +112,7 @@ pub type LookupCache<V> = Cache<Arc<str>, Arc<Entry<Option<V>>>>;
 /// pinned to an older generation that insert late (after reading a body).
 pub const TOMB_GRACE: Duration = Duration::from_secs(300);
 /// Most tombstones kept; an incremental change that would exceed it takes
-/// the full path instead (a new cache needs none).
+/// the full path instead (which ignores every older entry, so needs none).
 pub const TOMB_CAP: usize = 200_000;
 
 type Ids = HashMap<Arc<str>, u64>;
@@ -239,6 +240,19 @@ pub struct At {
 }
 
 impl At {
+    /// An entry tagged `generation` may answer a request pinned here: not
+    /// older than the base, and not newer than the request's own
+    /// generation. A full swap refills the cache in place with the next
+    /// generation before it is served; a request still pinned to the one
+    /// before must not combine those entries with rows it reads from its
+    /// own file (a key it reads as active with an organization the next
+    /// snapshot re-enabled, when the next one revoked the key). It misses
+    /// and reads its own generation instead; its insert then keeps the
+    /// newer entry (`put_unless_newer`).
+    pub fn accepts(&self, generation: u64) -> bool {
+        (self.base..=self.id).contains(&generation)
+    }
+
     pub fn of(gen: Option<&Generation>) -> At {
         match gen {
             Some(g) => At {
@@ -345,7 +359,7 @@ impl AuthCache {
     /// module documentation).
     pub fn token(&self, key: &TokenKey, at: At) -> Option<Arc<Entry<Verdict>>> {
         let e = self.tokens.get(key)?;
-        if e.generation < at.base {
+        if !at.accepts(e.generation) {
             return None;
         }
         let tombs = self.tombs.load();
@@ -397,7 +411,7 @@ impl AuthCache {
         load: impl FnOnce() -> Result<Option<V>, E>,
     ) -> Result<Option<V>, E> {
         if let Some(e) = cache.get(key).filter(|e| {
-            e.generation >= at.base && {
+            at.accepts(e.generation) && {
                 let t = self.tombs.load();
                 t.is_empty() || !Tombs::newer(tombs(&t), key, e.generation)
             }
@@ -513,8 +527,8 @@ impl AuthCache {
     /// as its successor goes in, so a swap never holds two caches (peak RSS
     /// through 10 reloads at 100,000 cached keys: benches/memory.rs). Until
     /// a key is re-read, requests pinned to `gen` ignore its older entry
-    /// (`At::base`); requests still pinned to the generation before may
-    /// already see `gen`'s answer, as on an incremental change.
+    /// (`At::base`); requests still pinned to the generation before ignore
+    /// the new one ([`At::accepts`]).
     pub fn refill(&self, plan: &mut Refill, gen: &Generation, budget: Duration) -> bool {
         let started = Instant::now();
         let before = plan.tokens.len();
@@ -653,4 +667,70 @@ where
     }
     keys.drain(..done);
     keys.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::principal::{ApiKey, Scope};
+    use crate::snapshot::OrgRecord;
+
+    fn active(org_disabled: bool) -> Verdict {
+        let org = Arc::new(OrgRecord {
+            id: Arc::from("org_x"),
+            plan: Arc::from("free"),
+            rate_limit: None,
+            quota_exceeded: false,
+            disabled: org_disabled,
+        });
+        Verdict::ApiKey(ApiKey {
+            id: Arc::from("k"),
+            prefix: Arc::from("wvz_"),
+            org_id: org.id.clone(),
+            org: Some(org),
+            scope: Scope::OrgWide,
+            expires_at: None,
+        })
+    }
+
+    /// A full swap's refill writes the next generation's entries before it
+    /// is served: a request still pinned to the one before must not read
+    /// them (it would combine them with rows of its own file).
+    #[test]
+    fn entries_of_a_newer_generation_do_not_answer_an_older_pin() {
+        let cache = AuthCache::new(&CacheConfig {
+            capacity: 100,
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+        });
+        let key = (TokenTable::ApiKey, [7u8; 32]);
+        cache.put_token(key, 2, active(false));
+        let g1 = At { id: 1, base: 1 };
+        let g2 = At { id: 2, base: 2 };
+        assert!(cache.token(&key, g1).is_none(), "newer than the pin");
+        assert!(cache.token(&key, g2).is_some());
+        // the older pin's late insert keeps the newer entry
+        cache.put_token(key, 1, active(true));
+        assert!(cache.token(&key, g2).is_some_and(|e| matches!(
+            &e.value,
+            Verdict::ApiKey(k) if !k.org.as_ref().unwrap().disabled
+        )));
+        // and lookups: an organization re-read for generation 2
+        let org = |at| {
+            cache.lookup(&cache.orgs, Tombs::orgs, "org_x", at, || {
+                Ok::<_, ()>(Some(Arc::new(OrgRecord {
+                    id: Arc::from("org_x"),
+                    plan: Arc::from("free"),
+                    rate_limit: None,
+                    quota_exceeded: false,
+                    disabled: at.id == 1,
+                })))
+            })
+        };
+        assert!(!org(g2).unwrap().unwrap().disabled);
+        assert!(
+            org(g1).unwrap().unwrap().disabled,
+            "read from its own generation"
+        );
+    }
 }

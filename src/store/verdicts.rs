@@ -4,7 +4,7 @@
 //! logged in the `changes` table, SPEC §2.1) drops only what changed, and
 //! how a config reload replaces it. Requests only [`Verdicts::current`] it.
 
-use std::sync::{mpsc, Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -34,8 +34,54 @@ pub struct Verdicts {
     tombs: SharedTombs,
     config: Mutex<CacheConfig>,
     next: Mutex<Option<NextCache>>,
-    /// the refill thread's queue (started on the first full swap)
-    refills: Mutex<Option<mpsc::Sender<Job>>>,
+    /// the refill thread's job (the thread starts on the first full swap)
+    refills: Arc<RefillQueue>,
+}
+
+#[derive(Default)]
+struct RefillQueue {
+    slot: Mutex<Slot>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Slot {
+    job: Option<Job>,
+    started: bool,
+    closed: bool,
+}
+
+impl RefillQueue {
+    /// The refill thread: one job at a time until the [`Verdicts`] is dropped.
+    fn run(&self) {
+        loop {
+            let mut job = {
+                let mut slot = self.slot.lock().unwrap();
+                loop {
+                    if slot.closed {
+                        return;
+                    }
+                    if let Some(job) = slot.job.take() {
+                        break job;
+                    }
+                    slot = self.wake.wait(slot).unwrap();
+                }
+            };
+            let Some(store) = job.store.upgrade() else {
+                continue;
+            };
+            if let Some(gen) = store.current().filter(|g| g.id == job.generation) {
+                job.cache.refill(&mut job.plan, &gen, REFILL_AFTER_SWAP);
+            }
+        }
+    }
+}
+
+impl Drop for Verdicts {
+    fn drop(&mut self) {
+        self.refills.slot.lock().unwrap().closed = true;
+        self.refills.wake.notify_one();
+    }
 }
 
 /// Keys to re-read into `cache` once `generation` is served.
@@ -55,13 +101,14 @@ impl Verdicts {
             tombs,
             config: Mutex::new(config.clone()),
             next: Mutex::new(None),
-            refills: Mutex::new(None),
+            refills: Arc::default(),
         });
         // A full swap refills the cache in place from the new generation
         // (`AuthCache::refill`): partly before that generation is served (so
-        // a reload stays well under a second), the rest right after, on a
-        // short-lived thread, while requests fill it too. Entries not yet
-        // re-read are tagged with an older generation and ignored.
+        // a reload stays well under a second), the rest right after, on the
+        // refill thread, while requests fill it too. Entries not yet re-read
+        // are tagged with an older generation and ignored; entries already
+        // re-read are ignored by requests pinned to the generation before.
         //
         // An incremental generation keeps the cache: its changes are
         // applied to it before the generation is served (tombstones, then
@@ -116,35 +163,27 @@ impl Verdicts {
     /// go on polling) and off the workers. One long-lived thread rather
     /// than one per swap: a thread's allocator pages that still hold
     /// entries when it exits stay resident, scattered (RSS after 10 reloads
-    /// at 100,000 cached keys, benches/memory.rs).
+    /// at 100,000 cached keys, benches/memory.rs). At most one job waits: a
+    /// newer swap's replaces it (the older one's generation is no longer
+    /// served), so a refill stuck on a replaced file cannot queue more.
     fn refill_later(&self, job: Job) {
-        let mut tx = self.refills.lock().unwrap();
-        let job = match tx.as_ref() {
-            Some(t) => match t.send(job) {
-                Ok(()) => return,
-                Err(mpsc::SendError(job)) => job, // the thread is gone: a new one
-            },
-            None => job,
-        };
-        let (send, recv) = mpsc::channel::<Job>();
+        let q = &self.refills;
+        let mut slot = q.slot.lock().unwrap();
+        slot.job = Some(job);
+        q.wake.notify_one();
+        if slot.started {
+            return;
+        }
+        let queue = q.clone();
         let started = std::thread::Builder::new()
             .name("keyward-refill".into())
-            .spawn(move || {
-                while let Ok(mut job) = recv.recv() {
-                    let Some(store) = job.store.upgrade() else {
-                        continue;
-                    };
-                    if let Some(gen) = store.current().filter(|g| g.id == job.generation) {
-                        job.cache.refill(&mut job.plan, &gen, REFILL_AFTER_SWAP);
-                    }
-                }
-            });
+            .spawn(move || queue.run());
         match started {
-            Ok(_) => {
-                let _ = send.send(job);
-                *tx = Some(send);
+            Ok(_) => slot.started = true,
+            Err(e) => {
+                slot.job = None;
+                tracing::warn!(error = %e, "cannot start the cache refill thread");
             }
-            Err(e) => tracing::warn!(error = %e, "cannot start the cache refill thread"),
         }
     }
 
