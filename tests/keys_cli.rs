@@ -387,7 +387,7 @@ fn rotate_grace_parses_seconds_and_minutes_and_the_old_key_expires() {
         "the rotated key outlived its grace: {}",
         kw.log()
     );
-    assert_eq!(kw.get("/api/v1/x", Some(&new)).status, 200);
+    assert_eq!(kw.get("/api/v1/x", Some(&new)).status, 200, "{}", kw.log());
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::cache::{AuthCache, Refill, SharedTombs};
+use crate::cache::{AuthCache, Prepared, Refill, SharedTombs};
 use crate::config::CacheConfig;
 use crate::snapshot::{Fallback, SnapshotStore};
 
@@ -23,8 +23,10 @@ const REFILL_AFTER_SWAP: Duration = Duration::from_millis(750);
 struct NextCache {
     generation: u64,
     cache: Arc<AuthCache>,
+    /// read before the swap, to put in at the swap
+    prepared: Prepared,
     /// keys still to re-read after the swap
-    rest: Option<Refill>,
+    rest: Refill,
 }
 
 pub struct Verdicts {
@@ -103,12 +105,13 @@ impl Verdicts {
             next: Mutex::new(None),
             refills: Arc::default(),
         });
-        // A full swap refills the cache in place from the new generation
-        // (`AuthCache::refill`): partly before that generation is served (so
-        // a reload stays well under a second), the rest right after, on the
-        // refill thread, while requests fill it too. Entries not yet re-read
-        // are tagged with an older generation and ignored; entries already
-        // re-read are ignored by requests pinned to the generation before.
+        // A full swap refills the cache in place from the new generation:
+        // partly read before that generation is served (`prepare`, put in at
+        // the swap, so the hot keys are warm when it is served), the rest
+        // re-read right after (`refill`), on the refill thread, while
+        // requests fill it too. Entries not yet re-read are tagged with an
+        // older generation and ignored; requests still pinned to the
+        // generation before ignore the new ones.
         //
         // An incremental generation keeps the cache: its changes are
         // applied to it before the generation is served (tombstones, then
@@ -124,11 +127,12 @@ impl Verdicts {
                     gen.demand_full(Fallback::Cache);
                 }
                 let mut plan = cache.refill_plan();
-                let done = cache.refill(&mut plan, gen, REFILL_BEFORE_SWAP);
+                let prepared = cache.prepare(&mut plan, gen, REFILL_BEFORE_SWAP);
                 *v.next.lock().unwrap() = Some(NextCache {
                     generation: gen.id,
                     cache,
-                    rest: (!done).then_some(plan),
+                    prepared,
+                    rest: plan,
                 });
             }
         });
@@ -143,15 +147,17 @@ impl Verdicts {
             if let Some(NextCache {
                 generation,
                 cache,
-                rest: Some(plan),
-            }) = next
+                prepared,
+                rest,
+            }) = next.filter(|n| n.generation == gen.id)
             {
-                if generation == gen.id {
+                cache.install(prepared);
+                if !rest.is_empty() {
                     v.refill_later(Job {
                         store: store_weak.clone(),
                         generation,
                         cache,
-                        plan,
+                        plan: rest,
                     });
                 }
             }
