@@ -324,10 +324,26 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     // with `upgrade`: waits for the running keyward's listeners (SIGQUIT)
     server.bootstrap();
-    let app = KeywardApp::new(running.engine.clone(), &server.configuration);
-    #[cfg(feature = "otel")]
-    let app = app.with_tracing(running.tracing.clone());
-    let mut service = pingora::services::listening::Service::new("keyward".into(), app);
+    let server_conf = server.configuration.clone();
+    let app = || {
+        let app = KeywardApp::new(running.engine.clone(), &server_conf);
+        #[cfg(feature = "otel")]
+        let app = app.with_tracing(running.tracing.clone());
+        app
+    };
+    if tls.is_none() && threads > 1 && listen.port() != 0 {
+        for worker in 0..threads {
+            let mut service = pingora::services::listening::Service::new("keyward".into(), app());
+            service.threads = Some(1);
+            let mut options = pingora::listeners::TcpSocketOptions::default();
+            options.so_reuseport = Some(true);
+            service.add_tcp_with_settings(&reuseport_key(listen, worker), options);
+            server.add_service(service);
+        }
+        server.run(RunArgs::default());
+        return finish(running);
+    }
+    let mut service = pingora::services::listening::Service::new("keyward".into(), app());
     match &tls {
         None => service.add_tcp(&listen.to_string()),
         Some(t) => {
@@ -342,6 +358,29 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
     }
     server.add_service(service);
     server.run(RunArgs::default());
+    finish(running)
+}
+
+/// The listening address of worker `worker`'s own `SO_REUSEPORT` socket,
+/// spelled so that it names the same address and port (`127.0.0.1:8080`,
+/// `127.0.0.1:08080`, …: the port may carry leading zeros) yet is a key of
+/// its own in pingora's listener table, which is keyed by that string and
+/// would otherwise hand every service the first socket (and hand all of
+/// them, each under its key, to a `--upgrade` process).
+///
+/// Why a socket per worker: with one, pingora accepts on one worker and the
+/// connection stays registered with that worker's event loop, so every
+/// request the other worker serves costs a cross-thread wake-up (README
+/// "Two workers on two cores"). With `SO_REUSEPORT` the kernel spreads
+/// connections over the sockets by their address hash.
+fn reuseport_key(listen: std::net::SocketAddr, worker: usize) -> String {
+    let whole = listen.to_string();
+    let (host, port) = whole.rsplit_once(':').expect("host:port");
+    format!("{host}:{}{port}", "0".repeat(worker))
+}
+
+/// After pingora returns: hand over, export, stop the admin runtime.
+fn finish(running: Running) -> anyhow::Result<()> {
     // drained: the upgraded process adds what this one admitted meanwhile
     if let Some(sent) = running.handed_over.lock().unwrap().take() {
         sent.finish(&*running.engine.limiter);
@@ -358,4 +397,25 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
         ._admin_rt
         .shutdown_timeout(std::time::Duration::from_millis(500));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{SocketAddr, ToSocketAddrs};
+
+    /// Each worker's key is a distinct string for the same address.
+    #[test]
+    fn reuseport_keys_name_the_same_address() {
+        for listen in ["127.0.0.1:8080", "[::1]:443", "0.0.0.0:1"] {
+            let listen: SocketAddr = listen.parse().unwrap();
+            let keys: Vec<String> = (0..4).map(|w| super::reuseport_key(listen, w)).collect();
+            assert_eq!(keys[0], listen.to_string());
+            for k in &keys {
+                let addrs: Vec<SocketAddr> = k.to_socket_addrs().unwrap().collect();
+                assert_eq!(addrs, vec![listen], "{k}");
+            }
+            let distinct: std::collections::HashSet<&String> = keys.iter().collect();
+            assert_eq!(distinct.len(), 4);
+        }
+    }
 }
