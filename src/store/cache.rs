@@ -528,8 +528,12 @@ impl AuthCache {
     /// through 10 reloads at 100,000 cached keys: benches/memory.rs). Until
     /// a key is re-read, requests pinned to `gen` ignore its older entry
     /// (`At::base`); requests still pinned to the generation before ignore
-    /// the new one ([`At::accepts`]). Only once `gen` is served: before,
-    /// [`AuthCache::prepare`].
+    /// the new one ([`At::accepts`]). Only once `gen` is served: a refill
+    /// before would replace entries requests pinned to the generation still
+    /// served use, so they would miss and read rows an in-place commit
+    /// already changed while their token filter does not know the keys that
+    /// commit added (an old key refused before its successor works: found
+    /// by tests/keys_cli.rs under load).
     pub fn refill(&self, plan: &mut Refill, gen: &Generation, budget: Duration) -> bool {
         let started = Instant::now();
         let before = plan.tokens.len();
@@ -543,60 +547,6 @@ impl AuthCache {
             "verdict cache refill"
         );
         done
-    }
-
-    /// Read up to `budget` of `plan`'s token verdicts from `gen`, a
-    /// generation about to be served, WITHOUT touching this cache; what is
-    /// read leaves `plan`. [`AuthCache::install`] puts them in once `gen` is
-    /// served. Why not in place already: a request pinned to the generation
-    /// still served would find its entry replaced, miss, and read rows an
-    /// in-place commit already changed while its token filter does not know
-    /// the keys that commit added (an old key refused before its successor
-    /// works: found by tests/keys_cli.rs under load). Organizations are
-    /// shared within what is read here.
-    pub fn prepare(&self, plan: &mut Refill, gen: &Generation, budget: Duration) -> Prepared {
-        let started = Instant::now();
-        let mut tokens = Vec::new();
-        let mut done = 0;
-        let orgs = std::cell::RefCell::new(HashMap::<String, Option<Org>>::new());
-        for batch in plan.tokens.chunks(REFILL_BATCH) {
-            if started.elapsed() >= budget {
-                break;
-            }
-            let read = gen.read(|r| {
-                let rows = LocalOrgs {
-                    reader: r,
-                    orgs: &orgs,
-                };
-                batch.iter().try_for_each(|&((t, h), expires)| {
-                    let v = crate::store::principals::load(&rows, t, &hex::encode(h))?;
-                    tokens.push(((t, h), Entry::new(gen.id, v.is_negative(), expires, v)));
-                    Ok(())
-                })
-            });
-            if let Err(e) = read {
-                tracing::warn!(generation = gen.id, error = %e, "verdict cache refill failed");
-                break;
-            }
-            done += batch.len();
-        }
-        plan.tokens.drain(..done);
-        tracing::info!(
-            generation = gen.id,
-            prepared = tokens.len(),
-            left = plan.tokens.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "verdict cache refill prepared"
-        );
-        Prepared { tokens }
-    }
-
-    /// Put what [`AuthCache::prepare`] read in, once its generation is
-    /// served (never over an entry of a newer generation).
-    pub fn install(&self, prepared: Prepared) {
-        for (key, entry) in prepared.tokens {
-            put_unless_newer(&self.tokens, key, entry);
-        }
     }
 
     /// Re-read `plan`'s keys from `gen` into this cache until `deadline`.
@@ -663,44 +613,6 @@ impl Entry<Verdict> {
     pub fn detached(value: Verdict) -> Arc<Entry<Verdict>> {
         let negative = value.is_negative();
         Entry::new(0, negative, Instant::now(), value)
-    }
-}
-
-/// Token verdicts read for a generation before it is served
-/// ([`AuthCache::prepare`]).
-pub struct Prepared {
-    tokens: Vec<(TokenKey, Arc<Entry<Verdict>>)>,
-}
-
-/// The rows of `reader`, organizations read once per preparation.
-struct LocalOrgs<'a, 'r> {
-    reader: &'a Reader<'r>,
-    orgs: &'a std::cell::RefCell<HashMap<String, Option<Org>>>,
-}
-
-impl Rows for LocalOrgs<'_, '_> {
-    fn api_key(&self, hash_hex: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        self.reader.api_key(hash_hex)
-    }
-    fn session(&self, hash_hex: &str) -> Result<Option<SessionRecord>, StoreError> {
-        self.reader.session(hash_hex)
-    }
-    fn service_key(&self, hash_hex: &str) -> Result<Option<ServiceKeyRecord>, StoreError> {
-        self.reader.service_key(hash_hex)
-    }
-    fn mcp_token(&self, hash_hex: &str) -> Result<Option<McpTokenRecord>, StoreError> {
-        self.reader.mcp_token(hash_hex)
-    }
-    fn mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>, StoreError> {
-        self.reader.mcp_server(id)
-    }
-    fn organization(&self, id: &str) -> Result<Option<Org>, StoreError> {
-        if let Some(o) = self.orgs.borrow().get(id) {
-            return Ok(o.clone());
-        }
-        let o = self.reader.organization(id)?;
-        self.orgs.borrow_mut().insert(id.to_string(), o.clone());
-        Ok(o)
     }
 }
 

@@ -9,22 +9,22 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::cache::{AuthCache, Prepared, Refill, SharedTombs};
+use crate::cache::{AuthCache, Refill, SharedTombs};
 use crate::config::CacheConfig;
 use crate::snapshot::{Fallback, SnapshotStore};
 
-/// How long a swap may refill the verdict cache before the new generation is
-/// served (15,000–35,000 keys on a 1M-key snapshot; the rest miss until refilled
-/// after the swap, within [`REFILL_AFTER_SWAP`], or by requests).
-const REFILL_BEFORE_SWAP: Duration = Duration::from_millis(250);
+/// How long the refill thread re-reads a full swap's keys once the new
+/// generation is served (50,000–100,000 keys a second; the rest miss once).
+/// Nothing is re-read before the swap (see `AuthCache::refill`): rename →
+/// served took 380 ms with 250 ms of it, 133–148 ms without, and the peak
+/// RSS through 10 reloads under load fell from 173 to 151 MiB
+/// (benches/load/snapshot_scale.sh, 1M keys, 100,000 warm).
 const REFILL_AFTER_SWAP: Duration = Duration::from_millis(750);
 
-/// A refill begun for a generation about to be served.
+/// The refill planned for a generation about to be served.
 struct NextCache {
     generation: u64,
     cache: Arc<AuthCache>,
-    /// read before the swap, to put in at the swap
-    prepared: Prepared,
     /// keys still to re-read after the swap
     rest: Refill,
 }
@@ -105,13 +105,11 @@ impl Verdicts {
             next: Mutex::new(None),
             refills: Arc::default(),
         });
-        // A full swap refills the cache in place from the new generation:
-        // partly read before that generation is served (`prepare`, put in at
-        // the swap, so the hot keys are warm when it is served), the rest
-        // re-read right after (`refill`), on the refill thread, while
-        // requests fill it too. Entries not yet re-read are tagged with an
-        // older generation and ignored; requests still pinned to the
-        // generation before ignore the new ones.
+        // A full swap refills the cache in place from the new generation,
+        // right after that generation is served (`refill`), on the refill
+        // thread, while requests fill it too. Entries not yet re-read are
+        // tagged with an older generation and ignored; requests still pinned
+        // to the generation before ignore the new ones.
         //
         // An incremental generation keeps the cache: its changes are
         // applied to it before the generation is served (tombstones, then
@@ -126,13 +124,10 @@ impl Verdicts {
                     }
                     gen.demand_full(Fallback::Cache);
                 }
-                let mut plan = cache.refill_plan();
-                let prepared = cache.prepare(&mut plan, gen, REFILL_BEFORE_SWAP);
                 *v.next.lock().unwrap() = Some(NextCache {
                     generation: gen.id,
+                    rest: cache.refill_plan(),
                     cache,
-                    prepared,
-                    rest: plan,
                 });
             }
         });
@@ -147,11 +142,9 @@ impl Verdicts {
             if let Some(NextCache {
                 generation,
                 cache,
-                prepared,
                 rest,
             }) = next.filter(|n| n.generation == gen.id)
             {
-                cache.install(prepared);
                 if !rest.is_empty() {
                     v.refill_later(Job {
                         store: store_weak.clone(),

@@ -1714,7 +1714,15 @@ mod tests {
             Arc::ptr_eq(&cache, &verdicts.current()),
             "refilled in place"
         );
-        let b = cache.token(&key(B), at4).expect("re-read from g4");
+        // re-read by the refill thread once g4 is served
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let b = loop {
+            match cache.token(&key(B), at4) {
+                Some(b) => break b,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                None => panic!("not re-read from g4"),
+            }
+        };
         assert!(
             matches!(&b.value, Verdict::ApiKey(k) if k.org.as_ref().is_some_and(|o| !o.disabled)),
             "g4's answer: org_b enabled again"
