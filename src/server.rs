@@ -331,32 +331,34 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
         let app = app.with_tracing(running.tracing.clone());
         app
     };
-    if tls.is_none() && threads > 1 && listen.port() != 0 {
-        for worker in 0..threads {
-            let mut service = pingora::services::listening::Service::new("keyward".into(), app());
+    // One socket per worker (see `reuseport_key`), except on port 0, where
+    // each socket would get a port of its own.
+    let per_worker = threads > 1 && listen.port() != 0;
+    for worker in 0..if per_worker { threads } else { 1 } {
+        let mut service = pingora::services::listening::Service::new("keyward".into(), app());
+        let (addr, options) = if per_worker {
             service.threads = Some(1);
             let mut options = pingora::listeners::TcpSocketOptions::default();
             options.so_reuseport = Some(true);
-            service.add_tcp_with_settings(&reuseport_key(listen, worker), options);
-            server.add_service(service);
+            (reuseport_key(listen, worker), Some(options))
+        } else {
+            (listen.to_string(), None)
+        };
+        match (&tls, options) {
+            (None, None) => service.add_tcp(&addr),
+            (None, Some(options)) => service.add_tcp_with_settings(&addr, options),
+            (Some(t), options) => {
+                let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
+                    &t.cert.to_string_lossy(),
+                    &t.key.to_string_lossy(),
+                )
+                .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
+                settings.enable_h2();
+                service.add_tls_with_settings(&addr, options, settings);
+            }
         }
-        server.run(RunArgs::default());
-        return finish(running);
+        server.add_service(service);
     }
-    let mut service = pingora::services::listening::Service::new("keyward".into(), app());
-    match &tls {
-        None => service.add_tcp(&listen.to_string()),
-        Some(t) => {
-            let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
-                &t.cert.to_string_lossy(),
-                &t.key.to_string_lossy(),
-            )
-            .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
-            settings.enable_h2();
-            service.add_tls_with_settings(&listen.to_string(), None, settings);
-        }
-    }
-    server.add_service(service);
     server.run(RunArgs::default());
     finish(running)
 }
