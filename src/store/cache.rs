@@ -242,10 +242,11 @@ pub struct At {
 impl At {
     /// An entry tagged `generation` may answer a request pinned here: not
     /// older than the base, and not newer than the request's own
-    /// generation. A full swap refills the cache in place with the next
-    /// generation before it is served; a request still pinned to the one
-    /// before must not combine those entries with rows it reads from its
-    /// own file (a key it reads as active with an organization the next
+    /// generation. Entries of a newer generation go into the cache a
+    /// request may still read (an incremental change's keys before that
+    /// generation is served; a full swap's refill while requests of the one
+    /// before are in flight); such a request must not combine them with
+    /// rows it reads from its own file (a key it reads as active with an organization the next
     /// snapshot re-enabled, when the next one revoked the key). It misses
     /// and reads its own generation instead; its insert then keeps the
     /// newer entry (`put_unless_newer`).
@@ -708,9 +709,9 @@ mod tests {
         })
     }
 
-    /// A full swap's refill writes the next generation's entries before it
-    /// is served: a request still pinned to the one before must not read
-    /// them (it would combine them with rows of its own file).
+    /// Entries of a newer generation may be in the cache while a request
+    /// pinned to the one before is in flight: it must not read them (it
+    /// would combine them with rows of its own file).
     #[test]
     fn entries_of_a_newer_generation_do_not_answer_an_older_pin() {
         let cache = AuthCache::new(&CacheConfig {
