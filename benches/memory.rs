@@ -73,33 +73,25 @@ fn build_snapshot(path: &Path, keys: usize, orgs: usize) {
     conn.execute_batch("COMMIT").unwrap();
 }
 
-fn rss() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib = |field: &str| -> u64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    format!(
-        "VmRSS {} MiB = anon {} + file {}; peak VmHWM {} MiB",
-        kib("VmRSS:") / 1024,
-        kib("RssAnon:") / 1024,
-        kib("RssFile:") / 1024,
-        kib("VmHWM:") / 1024
-    )
-}
-
-fn anon_kib() -> u64 {
+/// A `kB` field of /proc/self/status, in KiB.
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
-        .find(|l| l.starts_with("RssAnon:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+fn rss() -> String {
+    format!(
+        "VmRSS {} MiB = anon {} + file {}; peak VmHWM {} MiB",
+        status_kib("VmRSS:") / 1024,
+        status_kib("RssAnon:") / 1024,
+        status_kib("RssFile:") / 1024,
+        status_kib("VmHWM:") / 1024
+    )
 }
 
 fn main() {
@@ -137,7 +129,7 @@ fn main() {
     let engine: Arc<Engine> = Engine::new(cfg, store.clone(), Metrics::new());
     println!("{:<34}{}", "after load:", rss());
 
-    let before = anon_kib();
+    let before = status_kib("RssAnon:");
     let mut headers = HeaderMap::new();
     let mut forwarded = 0usize;
     for i in 0..warm {
@@ -168,7 +160,7 @@ fn main() {
     }
     assert_eq!(forwarded, warm, "every warm key must be forwarded");
     let entries = engine.verdicts.current().token_entries();
-    let grown = anon_kib().saturating_sub(before) * 1024;
+    let grown = status_kib("RssAnon:").saturating_sub(before) * 1024;
     println!("{:<34}{}", format!("after {warm} warm keys:"), rss());
     println!(
         "{:<34}{} bytes per warm key ({} cached verdicts)",
