@@ -78,7 +78,8 @@ pub fn start_support(config: Config, upgrade: bool) -> anyhow::Result<Running> {
                 &config.snapshot.path,
                 config.snapshot.verify_key.clone(),
             )?
-            .with_metrics(metrics.snapshot_source.clone()),
+            .with_metrics(metrics.snapshot_source.clone())
+            .reporting_to(store.clone()),
         ),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -334,19 +335,22 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
     // One socket per worker (see `reuseport_key`), except on port 0, where
     // each socket would get a port of its own.
     let per_worker = threads > 1 && listen.port() != 0;
-    for worker in 0..if per_worker { threads } else { 1 } {
+    let keys: Vec<String> = if per_worker {
+        (0..threads).map(|w| reuseport_key(listen, w)).collect()
+    } else {
+        vec![listen.to_string()]
+    };
+    for addr in &keys {
         let mut service = pingora::services::listening::Service::new("keyward".into(), app());
-        let (addr, options) = if per_worker {
+        let options = per_worker.then(|| {
             service.threads = Some(1);
             let mut options = pingora::listeners::TcpSocketOptions::default();
             options.so_reuseport = Some(true);
-            (reuseport_key(listen, worker), Some(options))
-        } else {
-            (listen.to_string(), None)
-        };
+            options
+        });
         match (&tls, options) {
-            (None, None) => service.add_tcp(&addr),
-            (None, Some(options)) => service.add_tcp_with_settings(&addr, options),
+            (None, None) => service.add_tcp(addr),
+            (None, Some(options)) => service.add_tcp_with_settings(addr, options),
             (Some(t), options) => {
                 let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
                     &t.cert.to_string_lossy(),
@@ -354,12 +358,23 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
                 )
                 .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
                 settings.enable_h2();
-                service.add_tls_with_settings(&addr, options, settings);
+                service.add_tls_with_settings(addr, options, settings);
             }
         }
         server.add_service(service);
     }
-    server.run(RunArgs::default());
+    // SIGQUIT hands the listeners over and drains at once (not pingora's
+    // 5 s of accepting first); every graceful exit is bounded (ops/shutdown.rs)
+    let signals = crate::ops::shutdown::Signals {
+        upgrade_sock: server_conf.upgrade_sock.clone(),
+        listen,
+        keys,
+        admin: running.admin_addr,
+        grace: Duration::from_secs(grace),
+    };
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
     finish(running)
 }
 

@@ -291,13 +291,15 @@ fn truncated_unsigned_and_badly_signed_versions_are_refused_and_the_last_good_on
     let (v1, key1, _s1) = version("org_one");
     origin.put("/snapshot.db.sig", sign(&key, &v1, snap.dir.path()), None);
     origin.put("/snapshot.db", v1, None);
+    let source = origin.url("/snapshot.db");
     let kw = Keyward::start(
         &snap,
         Opts::new(echo())
-            .set("snapshot.source", origin.url("/snapshot.db"))
+            .set("snapshot.source", source.as_str())
             .set("snapshot.verify_key", public.as_str()),
     );
     assert_served(&kw, &key1, 10, "the signed first version");
+    assert!(kw.readyz().1["snapshot"]["last_reload_error"].is_null());
     let (v2, key2, _s2) = version("org_two");
     let refused = |what: &str| {
         let before = kw.metric("keyward_snapshot_fetches_total{result=\"rejected\"}")
@@ -321,19 +323,38 @@ fn truncated_unsigned_and_badly_signed_versions_are_refused_and_the_last_good_on
             200,
             "{what}: the last good one serves"
         );
+        // SPEC §8.2: /readyz reports it as the last reload error, with the
+        // source and the reason (still ready: the last good one serves)
+        let (status, ready) = kw.readyz();
+        assert_eq!(status, 200, "{what}: {ready}");
+        let error = ready["snapshot"]["last_reload_error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no last_reload_error in {ready}"))
+            .to_string();
+        assert!(error.contains(&source), "{what}: no source in {error:?}");
+        assert!(
+            ready["degraded"]
+                .to_string()
+                .contains("snapshot_reload_failing"),
+            "{what}: {ready}"
+        );
+        error
     };
 
     // 1. truncated: the length announced is not what arrives
     origin.put("/snapshot.db.sig", sign(&key, &v2, snap.dir.path()), None);
     origin.put("/snapshot.db", v2.clone(), Some(v2.len() / 2));
-    refused("a truncated download");
+    let error = refused("a truncated download");
+    assert!(error.contains("truncated"), "{error}");
     // 2. unsigned
     origin.remove("/snapshot.db.sig");
     origin.put("/snapshot.db", v2.clone(), None);
-    refused("an unsigned version");
+    let error = refused("an unsigned version");
+    assert!(error.contains("no signature"), "{error}");
     // 3. signed by another key
     origin.put("/snapshot.db.sig", sign(&other, &v2, snap.dir.path()), None);
-    refused("a version signed by another key");
+    let error = refused("a version signed by another key");
+    assert!(error.contains("does not verify"), "{error}");
     // 4. a signature of other bytes
     let (v3, _, _s3) = version("org_three");
     origin.put("/snapshot.db.sig", sign(&key, &v3, snap.dir.path()), None);
@@ -347,9 +368,71 @@ fn truncated_unsigned_and_badly_signed_versions_are_refused_and_the_last_good_on
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
-    // signed properly: served
+    // signed properly: served, and the error is gone from /readyz
     origin.put("/snapshot.db.sig", sign(&key, &v2, snap.dir.path()), None);
     assert_served(&kw, &key2, 15, "the properly signed version");
+    let (status, ready) = kw.readyz();
+    assert_eq!(status, 200);
+    assert!(ready["snapshot"]["last_reload_error"].is_null(), "{ready}");
+    assert!(!ready["degraded"]
+        .to_string()
+        .contains("snapshot_reload_failing"));
+}
+
+#[test]
+fn a_verify_key_in_base64url_as_a_jwk_carries_it_verifies() {
+    // SPEC §8.2: standard or URL-safe alphabet, padding optional
+    let origin = Origin::start();
+    let snap = Snap::new();
+    let (key, public) = key_pair(snap.dir.path(), "control-plane");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&public)
+        .unwrap();
+    let jwk_x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw);
+    let (v1, key1, _s1) = version("org_one");
+    origin.put("/snapshot.db.sig", sign(&key, &v1, snap.dir.path()), None);
+    origin.put("/snapshot.db", v1, None);
+    let kw = Keyward::start(
+        &snap,
+        Opts::new(echo())
+            .set("snapshot.source", origin.url("/snapshot.db"))
+            .set("snapshot.verify_key", jwk_x.as_str()),
+    );
+    assert_served(&kw, &key1, 10, "a version signed for a base64url key");
+    // and it is the same key: another one's signature is refused
+    let (other, _) = key_pair(snap.dir.path(), "intruder");
+    let (v2, key2, _s2) = version("org_two");
+    origin.put("/snapshot.db.sig", sign(&other, &v2, snap.dir.path()), None);
+    origin.put("/snapshot.db", v2, None);
+    assert!(
+        wait_until(Duration::from_secs(10), || kw
+            .metric("keyward_snapshot_fetches_total{result=\"rejected\"}")
+            >= 1.0),
+        "{}",
+        kw.log()
+    );
+    assert_eq!(kw.get("/api/v1/x", Some(&key2)).status, 401);
+    // `keyward check` accepts the same value
+    let cfg = snap.dir.path().join("check.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[upstream]\naddress = \"127.0.0.1:1\"\n[snapshot]\npath = \"{}\"\nsource = \"{}\"\nverify_key = \"{jwk_x}\"\n",
+            snap.path.display(),
+            origin.url("/snapshot.db")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -165,7 +165,7 @@ fn an_upgrade_under_load_fails_no_request_and_carries_the_rate_limit_windows() {
     let mut old = Keyward::start(
         &snap,
         Opts::new(echo())
-            .set("server.shutdown_grace_s", 2)
+            .set("server.shutdown_grace_s", 3)
             .set("server.upgrade_sock", sock.to_str().unwrap())
             .set("rate_limit.window_s", 86_400)
             .set("plans.counted.requests_per_window", 1000),
@@ -203,11 +203,20 @@ fn an_upgrade_under_load_fails_no_request_and_carries_the_rate_limit_windows() {
     );
     new.wait_catches(libc::SIGQUIT);
     let served_before: u64 = tallies.iter().map(|t| t.ok.load(Ordering::Relaxed)).sum();
+    let signalled = Instant::now();
     old.signal(libc::SIGQUIT);
     let exited = old.wait_exit(Duration::from_secs(20));
+    let took = signalled.elapsed();
     assert!(
         exited.is_some(),
         "the old process did not exit: {}",
+        old.log()
+    );
+    // SPEC §8.2: gone within shutdown_grace_s + 1 s of SIGQUIT, whatever
+    // pingora's own hand-over window (5 s) — 100 ms for reaping it here
+    assert!(
+        took <= Duration::from_millis(4_100),
+        "the old process took {took:?} to exit after SIGQUIT (grace 3 s): {}",
         old.log()
     );
     // the new process alone serves now

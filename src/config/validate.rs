@@ -436,7 +436,7 @@ pub(super) fn tracing(raw: Option<RawTracing>) -> Result<Option<TracingConfig>, 
     if !cfg!(feature = "otel") {
         return Err(invalid(
             "tracing",
-            "this keyward was built without the otel feature (cargo build --features otel); remove [tracing] or use a build with it",
+            "this keyward was built without the otel feature (a --no-default-features build); remove [tracing] or use the default build",
         ));
     }
     let uri: http::Uri = endpoint

@@ -13,4 +13,6 @@ pub mod explain;
 pub mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;
+#[cfg(feature = "server")]
+pub mod shutdown;
 pub mod upgrade;

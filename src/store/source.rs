@@ -75,6 +75,11 @@ pub enum SourceError {
     Unreachable(String),
     #[error("snapshot from the source refused: {0}")]
     Refused(String),
+    /// The download ended before the length the origin announced: retried
+    /// with backoff like an unreachable origin (it is most often the
+    /// network), but reported on `/readyz` like a refused version.
+    #[error("snapshot download from the source truncated: {0}")]
+    Truncated(String),
 }
 
 impl SourceError {
@@ -115,6 +120,8 @@ pub struct Source {
     metrics: Option<SourceMetrics>,
     /// set while the origin cannot be reached (`/readyz` degraded)
     pub unreachable: Arc<AtomicBool>,
+    /// where a refused version is reported (`/readyz` last_reload_error)
+    snapshots: Option<Arc<crate::store::snapshot::SnapshotStore>>,
 }
 
 /// Options for the store from the environment (AWS_*, GOOGLE_*, AZURE_*:
@@ -178,7 +185,15 @@ impl Source {
             refused: None,
             metrics: None,
             unreachable: Arc::new(AtomicBool::new(false)),
+            snapshots: None,
         })
+    }
+
+    /// Report refused versions to `store`: its `/readyz` body shows the
+    /// last one, with the source and the reason, until a later version loads.
+    pub fn reporting_to(mut self, store: Arc<crate::store::snapshot::SnapshotStore>) -> Source {
+        self.snapshots = Some(store);
+        self
     }
 
     pub fn with_metrics(mut self, m: SourceMetrics) -> Source {
@@ -198,13 +213,17 @@ impl Source {
                 tracing::info!(source = %self.url, version = ?self.served, "snapshot fetched from the source")
             }
             Ok(_) => {}
-            Err(e @ SourceError::Refused(_)) => {
-                tracing::error!(source = %self.url, error = %e, "keeping the last good snapshot")
+            Err(e @ (SourceError::Refused(_) | SourceError::Truncated(_))) => {
+                tracing::error!(source = %self.url, error = %e, "keeping the last good snapshot");
+                if let Some(snapshots) = &self.snapshots {
+                    snapshots.report_error(format!("{e} (source {})", self.url));
+                }
             }
             Err(e) => tracing::warn!(source = %self.url, error = %e, "snapshot source"),
         }
+        let truncated = matches!(result, Err(SourceError::Truncated(_)));
         self.unreachable
-            .store(fetch == Fetch::Failed, Ordering::Relaxed);
+            .store(fetch == Fetch::Failed && !truncated, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
             m.fetches.with_label_values(&[fetch.label()]).inc();
         }
@@ -323,7 +342,9 @@ impl Source {
         })?;
         let mut total: u64 = 0;
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| SourceError::Unreachable(e.to_string()))?;
+            let chunk = chunk.map_err(|e| {
+                SourceError::Truncated(format!("{total} of {announced} bytes: {e}"))
+            })?;
             total += chunk.len() as u64;
             if total > announced.min(MAX_SNAPSHOT_BYTES) {
                 return Err(SourceError::Refused(format!(
@@ -335,8 +356,8 @@ impl Source {
             })?;
         }
         if total != announced {
-            return Err(SourceError::Refused(format!(
-                "truncated: {total} of {announced} bytes"
+            return Err(SourceError::Truncated(format!(
+                "{total} of {announced} bytes"
             )));
         }
         file.sync_all().map_err(|e| {

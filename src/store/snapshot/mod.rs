@@ -485,6 +485,14 @@ impl SnapshotStore {
         self.listeners.lock().unwrap().push(Box::new(f));
     }
 
+    /// Record `error` as the last reload error (`/readyz`) without a reload:
+    /// a version the snapshot source downloaded and refused never reaches
+    /// the path, so no reload of the path would report it. Cleared, like
+    /// every reload error, when a later version loads.
+    pub fn report_error(&self, error: String) {
+        *self.reloads.last_error.lock().unwrap() = Some(error);
+    }
+
     pub fn current(&self) -> Option<Arc<Generation>> {
         self.current.load_full()
     }

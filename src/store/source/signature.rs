@@ -4,7 +4,8 @@
 //!   base64 of the 64-byte signature. The key is PKCS#8 PEM as `openssl
 //!   genpkey -algorithm ed25519` writes it, so a control plane in any
 //!   language (or `openssl pkeyutl -sign -rawin`) produces the same file.
-//! * `snapshot.verify_key`: the base64 of the raw 32-byte public key, or the
+//! * `snapshot.verify_key`: the base64 (standard or URL-safe alphabet,
+//!   padding optional) of the raw 32-byte public key, or the
 //!   path of a PEM public key (`openssl pkey -pubout`). With it, a version
 //!   from the source is served only when its `.sig` verifies — a writable
 //!   bucket is then not a way to mint keys.
@@ -43,6 +44,21 @@ impl std::fmt::Debug for VerifyKey {
     }
 }
 
+/// `value` as base64 in the standard or the URL-safe alphabet (a JWK's `x`),
+/// padding optional (SPEC §8.2). A value mixing both alphabets is neither.
+fn decode_key_base64(value: &str) -> Option<Vec<u8>> {
+    use base64::alphabet;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    let config =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    [
+        GeneralPurpose::new(&alphabet::STANDARD, config),
+        GeneralPurpose::new(&alphabet::URL_SAFE, config),
+    ]
+    .iter()
+    .find_map(|engine| engine.decode(value).ok())
+}
+
 /// The DER inside a PEM block with `label` (`-----BEGIN label-----`).
 fn pem_der(text: &str, label: &str) -> Result<Vec<u8>, SignatureError> {
     let begin = format!("-----BEGIN {label}-----");
@@ -66,8 +82,7 @@ impl VerifyKey {
     /// PEM public key.
     pub fn parse(value: &str, base: &Path) -> Result<VerifyKey, SignatureError> {
         let value = value.trim();
-        let raw = base64::engine::general_purpose::STANDARD.decode(value);
-        if let Ok(raw) = raw {
+        if let Some(raw) = decode_key_base64(value) {
             if let Ok(key) = <[u8; 32]>::try_from(raw.as_slice()) {
                 return Ok(VerifyKey(key));
             }
@@ -180,6 +195,29 @@ mod tests {
         assert_eq!(
             hex::encode(empty.as_ref()),
             "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+        );
+    }
+
+    #[test]
+    fn verify_key_in_either_base64_alphabet_with_or_without_padding() {
+        let dir = tempfile::tempdir().unwrap();
+        let standard = VerifyKey::parse("11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=", dir.path());
+        let standard = standard.unwrap();
+        // as a JWK's `x` carries it: URL-safe, no padding
+        for v in [
+            "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+            "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+            "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
+        ] {
+            assert_eq!(VerifyKey::parse(v, dir.path()).unwrap(), standard, "{v}");
+        }
+        // both alphabets in one value is neither encoding (and no such file)
+        assert!(
+            VerifyKey::parse("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHUR+", dir.path()).is_err()
+        );
+        // 31 bytes
+        assert!(
+            VerifyKey::parse("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHUQ", dir.path()).is_err()
         );
     }
 
