@@ -1,4 +1,4 @@
-//! keyward: an authentication sidecar on pingora. See README.md and SPEC.md.
+//! keyward: an authentication sidecar on pingora. See README.md, docs/ and SPEC.md.
 //!
 //! Data flows one way: request bytes → [`http`] (hygiene, facts) →
 //! [`auth`] (credential → principal, read through the [`store`] →

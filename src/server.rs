@@ -387,7 +387,7 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
 ///
 /// Why a socket per worker: with one, pingora accepts on one worker and the
 /// connection stays registered with that worker's event loop, so every
-/// request the other worker serves costs a cross-thread wake-up (README
+/// request the other worker serves costs a cross-thread wake-up (docs/benchmarks.md
 /// "Two workers on two cores"). With `SO_REUSEPORT` the kernel spreads
 /// connections over the sockets by their address hash.
 fn reuseport_key(listen: std::net::SocketAddr, worker: usize) -> String {

@@ -293,7 +293,13 @@ fn access_log_lines(format: &str) {
     opts.env.push(("KEYWARD_LOG_FORMAT".into(), format.into()));
     let kw = Keyward::start(&snap, opts);
     assert_eq!(kw.get("/api/v1/workspaces/ws_a/f", Some(&key)).status, 200);
-    assert_eq!(kw.get("/api/v1/workspaces/ws_a/f", None).status, 401);
+    let refused = kw.get("/api/v1/workspaces/ws_a/f", None);
+    assert_eq!(refused.status, 401);
+    let refused_reason = serde_json::from_slice::<serde_json::Value>(&refused.body).unwrap()
+        ["details"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let access = |log: &str| -> Vec<String> {
         log.lines()
             .filter(|l| l.contains("keyward::access"))
@@ -318,12 +324,22 @@ fn access_log_lines(format: &str) {
         assert_eq!(v["org_id"], "org_a");
         assert_eq!(v["path"], "/api/v1/workspaces/ws_a/f");
         assert_eq!(v["key_prefix"].as_str().unwrap(), &key[..8]);
-        assert!(v["total_us"].as_u64().is_some());
+        assert_eq!(v["client_ip"], "127.0.0.1");
+        assert!(v["reason"].as_str().unwrap_or("").is_empty(), "{v}");
+        let (auth, total) = (
+            v["auth_us"].as_u64().unwrap(),
+            v["total_us"].as_u64().unwrap(),
+        );
+        assert!(total >= auth, "{v}");
         let v: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
         assert_eq!(
             (v["status"].as_u64(), v["outcome"].as_str()),
             (Some(401), Some("unauthenticated"))
         );
+        // the reason is the one the client was answered with
+        assert_eq!(v["reason"].as_str(), Some(refused_reason.as_str()), "{v}");
+        assert_eq!(v["client_ip"], "127.0.0.1");
+        assert!(v["total_us"].as_u64().is_some() && v["auth_us"].as_u64().is_some());
     } else {
         assert!(lines[0].contains("method=GET path=/api/v1/workspaces/ws_a/f status=200 auth_method=api_key outcome=forwarded org_id=org_a"), "{}", lines[0]);
         assert!(
@@ -331,7 +347,15 @@ fn access_log_lines(format: &str) {
             "{}",
             lines[0]
         );
+        assert!(lines[0].contains(" client_ip=127.0.0.1 "), "{}", lines[0]);
+        assert!(lines[0].contains(" auth_us=") && lines[0].contains(" total_us="));
         assert!(lines[1].contains("status=401") && lines[1].contains("outcome=unauthenticated"));
+        assert!(lines[1].contains(" client_ip=127.0.0.1 "), "{}", lines[1]);
+        assert!(
+            lines[1].contains(&format!(" reason={refused_reason}")),
+            "{}",
+            lines[1]
+        );
     }
 }
 

@@ -11,8 +11,9 @@
 //! are looked up by linear scan) and never calls into `keyward` except to
 //! build the real side of the comparison (and to sign test cookies; the
 //! model verifies them itself). Where SPEC names no `details.reason`, the
-//! model uses README's ("Errors", "What keyward refuses, and why") and,
-//! where README has none either (`api_key_on_mcp_route`,
+//! model uses docs/credentials-and-routes.md "Errors" and docs/security.md
+//! ("What keyward refuses, and why") and,
+//! where docs/ has none either (`api_key_on_mcp_route`,
 //! `organization_missing`, `token_kind_mismatch`, …), the string `decide`
 //! uses: those names are vocabulary, not behaviour. Where SPEC leaves the
 //! order of two reasons of one status open, the comment at that step says
@@ -849,7 +850,7 @@ mod model {
             },
             Source::Query(n) => {
                 let found = query_names(query, n, false);
-                // a repeated parameter is ambiguous; README: a bracketed
+                // a repeated parameter is ambiguous; docs/security.md: a bracketed
                 // `NAME[]` alone is too (Express reads an array)
                 match found.as_slice() {
                     [] => Ok(None),

@@ -296,3 +296,32 @@ fn an_upgrade_with_no_running_keyward_gives_up_and_exits() {
     assert!(!status.success(), "nothing to take over is a failure");
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+#[test]
+fn sigquit_with_no_upgrading_keyward_drains_and_is_gone_within_grace_plus_one_second() {
+    let snap = Snap::new();
+    snap.org("org_a", "free");
+    let key = snap.api_key("org_a");
+    let sock = snap.dir.path().join("nobody.sock");
+    let mut kw = Keyward::start(
+        &snap,
+        Opts::new(echo())
+            .set("server.shutdown_grace_s", 2)
+            .set("server.upgrade_sock", sock.to_str().unwrap()),
+    );
+    kw.wait_catches(libc::SIGQUIT);
+    assert_eq!(kw.get("/api/v1/x", Some(&key)).status, 200);
+    let signalled = Instant::now();
+    kw.signal(libc::SIGQUIT);
+    let exited = kw.wait_exit(Duration::from_secs(20));
+    let took = signalled.elapsed();
+    assert!(exited.is_some(), "did not exit: {}", kw.log());
+    // SPEC §8.2: grace + 1 s (pingora alone: a 5 s attempt to reach an
+    // upgrading process first, then the grace period)
+    assert!(
+        took <= Duration::from_millis(3_100),
+        "took {took:?} (grace 2 s): {}",
+        kw.log()
+    );
+    assert!(kw.log().contains("no upgrading keyward listens"), "{}", kw.log());
+}

@@ -21,6 +21,9 @@ use async_trait::async_trait;
 use nix::sys::socket::{getsockname, getsockopt, sockopt, SockaddrStorage};
 use pingora::server::{Fds, ShutdownSignal, ShutdownSignalWatch};
 
+/// Longest the hand-over may hold the drain's start.
+const SEND_WAIT: Duration = Duration::from_secs(1);
+
 /// What the watchdog leaves of the second after the grace period for the
 /// exit itself.
 const EXIT_MARGIN: Duration = Duration::from_millis(150);
@@ -57,25 +60,34 @@ impl ShutdownSignalWatch for Signals {
             _ = int.recv() => return ShutdownSignal::FastShutdown,
         };
         exit_by(self.grace + Duration::from_secs(1) - EXIT_MARGIN);
-        if upgrading {
+        if upgrading && !std::path::Path::new(&self.upgrade_sock).exists() {
+            tracing::warn!(
+                upgrade_sock = %self.upgrade_sock,
+                "SIGQUIT: no upgrading keyward listens; draining as on SIGTERM"
+            );
+        } else if upgrading {
             let (path, listen, admin, keys) = (
                 self.upgrade_sock.clone(),
                 self.listen,
                 self.admin,
                 self.keys.clone(),
             );
-            let sent =
-                tokio::task::spawn_blocking(move || send_listeners(&path, listen, admin, &keys))
-                    .await;
-            match sent {
-                Ok(Ok(n)) => tracing::info!(
+            // A waiting process accepts at once; a stale socket file (pingora
+            // retries it for 5 s) must not eat the grace period.
+            let send =
+                tokio::task::spawn_blocking(move || send_listeners(&path, listen, admin, &keys));
+            match tokio::time::timeout(SEND_WAIT, send).await {
+                Ok(Ok(Ok(n))) => tracing::info!(
                     listeners = n,
                     "SIGQUIT: listeners sent to the upgrading keyward"
                 ),
-                Ok(Err(e)) => {
+                Ok(Ok(Err(e))) => {
                     tracing::error!(error = %e, "SIGQUIT: listeners not sent; draining and exiting")
                 }
-                Err(e) => tracing::error!(error = %e, "SIGQUIT: listeners not sent"),
+                Ok(Err(e)) => tracing::error!(error = %e, "SIGQUIT: listeners not sent"),
+                Err(_) => tracing::error!(
+                    "SIGQUIT: the upgrading keyward did not take the listeners in time; draining"
+                ),
             }
         }
         ShutdownSignal::GracefulTerminate

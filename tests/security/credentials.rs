@@ -164,7 +164,7 @@ fn non_utf8_bytes_give_a_4xx_never_a_5xx() {
     assert_eq!(up.count(), 0, "{:?}", up.seen());
 
     // A non-UTF-8 Cookie header beside a valid one must not hide a second
-    // copy of the session cookie from the duplicate check (SPEC §3.3 README:
+    // copy of the session cookie from the duplicate check (SPEC §3.3, docs/credentials-and-routes.md:
     // the same cookie name twice with different values is 401).
     let valid = format!("Cookie: better-auth.session_token={session}\r\n");
     for (hidden, why) in [

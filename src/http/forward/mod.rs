@@ -7,7 +7,7 @@
 //! half, module and cache hooks) cost keyward about a quarter of its
 //! throughput on small requests (issue 9: the same bare job took 89.8k
 //! instructions per request on pingora-proxy and 64.7k as a direct
-//! `HttpServerApp` loop; README "Benchmarks"). What it did for correctness
+//! `HttpServerApp` loop; docs/benchmarks.md "Load"). What it did for correctness
 //! is done here, each part named: hop-by-hop and `Connection`-nominated
 //! request fields are not forwarded, WebSocket upgrades pass through
 //! normalized, a body keeps its transfer codings (an unframed one is sent

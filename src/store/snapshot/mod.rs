@@ -325,7 +325,7 @@ fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
     let _ = conn.pragma_update(None, "mmap_size", 0i64);
     // A 512 KiB page cache instead of SQLite's default 2 MiB: a larger one
     // did not shorten cache misses (their time is per-transaction file
-    // locking, see README "Benchmarks"), and each thread that reads (workers,
+    // locking, see docs/benchmarks.md "Decision path"), and each thread that reads (workers,
     // reload, refill, filter build) has a connection per generation, two
     // generations alive across a swap (peak RSS, benches/load/snapshot_scale.sh).
     let _ = conn.pragma_update(None, "cache_size", -512i64);
