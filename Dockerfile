@@ -23,7 +23,8 @@ FROM chef AS build
 COPY --from=planner /src/recipe.json recipe.json
 RUN scripts/image-build.sh deps
 COPY . .
-RUN scripts/image-build.sh build
+# debug info out (line tables: 117 -> 26 MB), symbols kept for backtraces
+RUN scripts/image-build.sh build && strip --strip-debug target/release/keyward
 
 # --- runtime: glibc of the same Debian release, CA certificates for
 # https/s3/gs/az snapshot sources, rediss:// and upstream TLS; non-root

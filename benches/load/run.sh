@@ -96,6 +96,13 @@
 #                      target/release/keyward; a copy set aside keeps a
 #                      build by someone else in the same tree out of the run)
 #   KEEP_TMP=0         1: keep the temp dir (configs, logs) for inspection
+#   TRACING_SAMPLE=    a ratio (0.01, 1.0): the `keyward` target (not
+#                      keyward_before) runs with [tracing] at that
+#                      sample_ratio, exporting to a local OTLP/HTTP sink
+#                      (python3, answers 200, discards). The cost of tracing:
+#                      KEYWARD_BEFORE=target/release/keyward TRACING_SAMPLE=0.01 \
+#                        TARGETS="keyward_before keyward" benches/load/run.sh
+#                      (keyward/keyward_before = traced/untraced, same binary)
 #
 # Needs nginx, libnginx-mod-http-lua, wrk, curl, python3 (installed with
 # apt-get when missing). Everything runs as the current user under a mktemp
@@ -116,6 +123,7 @@ QUIET_WAIT=${QUIET_WAIT:-30}
 PIN=${PIN:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
+TRACING_SAMPLE=${TRACING_SAMPLE:-}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)   # other work on the machine skews every figure
@@ -153,7 +161,8 @@ if [ "$SKIP_BUILD" != 1 ]; then
     (cd "$ROOT" && cargo build --release --quiet --features bench-proxy --bin keyward --example bare_proxy --example bare_core)
 fi
 [ -x "$KEYWARD" ] || die "$KEYWARD missing"
-[ -x "$BARE" ] || die "$BARE missing"
+case " $TARGETS " in *" bare "*) [ -x "$BARE" ] || die "$BARE missing" ;; esac
+case " $TARGETS " in *" bare_core "*) [ -x "$BARE_CORE" ] || die "$BARE_CORE missing" ;; esac
 
 # ------------------------------------------------------------------ processes
 # shellcheck source=lib.sh
@@ -178,7 +187,7 @@ REV="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git 
 BUILT=$(date -r "$KEYWARD" +%Y-%m-%dT%H:%M:%S)
 mkdir -p "$TMP/bin"
 cp -p "$KEYWARD" "$TMP/bin/keyward"
-cp -p "$BARE" "$BARE_CORE" "$TMP/bin/"
+for b in "$BARE" "$BARE_CORE"; do [ -x "$b" ] && cp -p "$b" "$TMP/bin/"; done
 KEYWARD=$TMP/bin/keyward
 BARE=$TMP/bin/bare_proxy
 BARE_CORE=$TMP/bin/bare_core
@@ -462,6 +471,10 @@ cfg = tomllib.loads(text)
 assert cfg["server"]["threads"] == int(threads)
 open(dst, "w").write(text)
 EOF
+    if [ -n "$TRACING_SAMPLE" ] && [ "$name" = keyward ]; then
+        printf '\n[tracing]\nendpoint = "http://127.0.0.1:%s/v1/traces"\nsample_ratio = %s\n' \
+            "$OTLP_PORT" "$TRACING_SAMPLE" >>"$TMP/keyward/$name-$threads.toml"
+    fi
     "$KEYWARD" check --config "$TMP/keyward/$name-$threads.toml" >"$TMP/keyward/check-$name-$threads.txt" \
         || die "keyward check failed for $TMP/keyward/$name-$threads.toml"
 }
@@ -507,6 +520,24 @@ BENCH_WS=ws_bench
 UPSTREAM_PORT=$(free_port)
 make_snapshot
 log "benchmark key ${BENCH_KEY:0:8}… path $BENCH_PATH"
+
+if [ -n "$TRACING_SAMPLE" ]; then
+    # the OTLP/HTTP receiver: reads each export, answers 200, keeps nothing
+    OTLP_PORT=$(free_port)
+    python3 - "$OTLP_PORT" >"$TMP/otlp-sink.log" 2>&1 9>&- <<'PY' &
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+PY
+    PIDS+=($!)
+    wait_port "$OTLP_PORT" "$!" otlp-sink
+    log "keyward traced at sample_ratio $TRACING_SAMPLE into the sink on :$OTLP_PORT"
+fi
 
 write_upstream_conf
 start_nginx upstream
