@@ -117,7 +117,11 @@ fn demo_prints_a_key_and_curl_lines_that_answer_as_printed() {
             assert!(body.contains("\"ready\":true"), "{body}");
         }
     }
+    // Ctrl-C: it stops and removes its seeded snapshot
+    let pid = demo.child.id();
     drop(demo);
+    let dir = std::env::temp_dir().join(format!("keyward-demo-{pid}"));
+    assert!(!dir.exists(), "{} left behind", dir.display());
 }
 
 /// `keyward explain` on the shipped config with `snap` as the snapshot.

@@ -323,5 +323,9 @@ fn sigquit_with_no_upgrading_keyward_drains_and_is_gone_within_grace_plus_one_se
         "took {took:?} (grace 2 s): {}",
         kw.log()
     );
-    assert!(kw.log().contains("no upgrading keyward listens"), "{}", kw.log());
+    assert!(
+        kw.log().contains("no upgrading keyward listens"),
+        "{}",
+        kw.log()
+    );
 }

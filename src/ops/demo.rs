@@ -63,5 +63,8 @@ pub fn run() -> anyhow::Result<()> {
     println!("curl -s http://{a}/metrics | grep keyward_requests_total; curl -s http://{a}/readyz");
     println!();
     println!("Ctrl-C to stop.");
-    crate::server::run(config, false)
+    let served = crate::server::run(config, false);
+    // the seeded snapshot is the demo's own: nothing of it outlives the run
+    let _ = std::fs::remove_dir_all(&dir);
+    served
 }
