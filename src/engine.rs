@@ -57,8 +57,8 @@ impl Engine {
         metrics: Arc<Metrics>,
         limiter: Arc<dyn Limiter>,
     ) -> Arc<Engine> {
-        // No bound on token lookups at once (`snapshot::LookupGate` stays
-        // unlimited): with `threads - 1` slots and a 2 ms or 50 ms wait it
+        // No bound on token lookups at once (a lookup gate, removed): with
+        // `threads - 1` slots and a 2 ms or 50 ms wait it
         // refused valid requests with 503 — during a reload under load one
         // lookup can take 50 ms (benches/load/snapshot_scale.sh: 2 of 860,207
         // valid requests shed), and the waiting worker spins, so its own

@@ -115,7 +115,7 @@ CONF
     l1=$(lookups)
     echo "== $label $mode (${secs}s)"
     echo "  flood:  $(grep -E '^Requests/sec' "$tmp/flood.txt")  $(grep statuses "$tmp/flood.txt")"
-    echo "  api_keys lookups during phase: $((${l1%.*} - ${l0%.*}))   cache negative hits total: $(metric 'keyward_cache_lookups_total{result="negative_hit"}')   filter ruled out total: $(metric 'keyward_token_filter_total{result="ruled_out"}')   lookups shed total: $(metric keyward_snapshot_lookups_shed_total)"
+    echo "  api_keys lookups during phase: $((${l1%.*} - ${l0%.*}))   cache negative hits total: $(metric 'keyward_cache_lookups_total{result="negative_hit"}')   filter ruled out total: $(metric 'keyward_token_filter_total{result="ruled_out"}')"
     echo "  valid key beside it: $(grep -E '^Requests/sec' "$tmp/valid.txt")  p99 $(awk '$1=="99%"{print $2}' "$tmp/valid.txt")  $(grep -E 'Non-2xx|Socket errors' "$tmp/valid.txt" | tr '\n' ' ')"
     echo "  RSS every 5 s (MiB):$samples"
   done

@@ -394,7 +394,7 @@ impl Metrics {
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("encode");
-        // the token filter's and the lookup gate's own families
+        // the token filter's own families
         out.extend_from_slice(store.filter_stats.render().as_bytes());
         String::from_utf8(out).expect("utf8")
     }

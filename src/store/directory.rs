@@ -107,12 +107,6 @@ impl Directory for SnapshotDirectory<'_> {
             return Ok(unknown());
         }
         stats.passed.fetch_add(1, Ordering::Relaxed);
-        // A bound on lookups at once (see `LookupGate`): never every
-        // worker inside SQLite.
-        let Some(_slot) = gen.lookup_slot() else {
-            stats.shed.fetch_add(1, Ordering::Relaxed);
-            return Err(StoreError::Busy);
-        };
         let hash_hex = hex::encode(key.1);
         let cache = &self.cache;
         let verdict = Self::logged(gen.read(|r| {

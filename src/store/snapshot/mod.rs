@@ -12,7 +12,7 @@ pub mod schema;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -29,9 +29,6 @@ pub enum StoreError {
     NotLoaded,
     #[error("snapshot query failed: {0}")]
     Query(String),
-    /// every lookup slot is taken ([`LookupGate`]): 503, retryable
-    #[error("too many snapshot lookups at once")]
-    Busy,
 }
 
 /// One loaded, validated version of the snapshot file.
@@ -62,8 +59,6 @@ pub struct Generation {
     lookups: Arc<Lookups>,
     /// The token filter of this generation's chain (see `store::filter`).
     filter: GenFilter,
-    /// Token lookups in flight, all generations (see [`LookupGate`]).
-    gate: Arc<LookupGate>,
     stats: Arc<FilterStats>,
     /// Connections to this version's file, idle between lookups: as many as
     /// lookups ever ran at once (one per worker thread). The first is the one
@@ -252,7 +247,6 @@ pub struct SnapshotStore {
     next_generation: AtomicU64,
     pub reloads: ReloadStats,
     lookups: Arc<Lookups>,
-    gate: Arc<LookupGate>,
     /// What the token filter did (`keyward_token_filter_*`).
     pub filter_stats: Arc<FilterStats>,
     /// The generation whose filter chain should be built (the newest one
@@ -460,7 +454,6 @@ impl SnapshotStore {
             next_generation: AtomicU64::new(1),
             reloads: ReloadStats::default(),
             lookups: Default::default(),
-            gate: Arc::new(LookupGate::default()),
             filter_stats: Default::default(),
             filter_wanted: Default::default(),
             filter_build: Default::default(),
@@ -655,7 +648,6 @@ impl SnapshotStore {
             path: self.path.clone(),
             lookups: self.lookups.clone(),
             filter: token_filter,
-            gate: self.gate.clone(),
             stats: self.filter_stats.clone(),
             idle: Mutex::new(idle),
             returned: Condvar::new(),
@@ -919,8 +911,6 @@ pub struct FilterStats {
     /// cache misses it let through to the store (a token in the snapshot,
     /// a false positive, or no filter built yet)
     pub passed: AtomicU64,
-    /// token lookups refused 503 by the [`LookupGate`]
-    pub shed: AtomicU64,
     /// filters built, and failed builds
     pub built: AtomicU64,
     pub failed: AtomicU64,
@@ -948,91 +938,14 @@ impl FilterStats {
              keyward_token_filter_keys {}\n\
              # HELP keyward_token_filter_bytes Bytes of the last filter built\n\
              # TYPE keyward_token_filter_bytes gauge\n\
-             keyward_token_filter_bytes {}\n\
-             # HELP keyward_snapshot_lookups_shed_total Token lookups refused 503 because every lookup slot was taken\n\
-             # TYPE keyward_snapshot_lookups_shed_total counter\n\
-             keyward_snapshot_lookups_shed_total {}\n",
+             keyward_token_filter_bytes {}\n",
             v(&self.ruled_out),
             v(&self.passed),
             v(&self.built),
             v(&self.failed),
             v(&self.keys),
             v(&self.bytes),
-            v(&self.shed),
         )
-    }
-}
-
-/// A bound on token lookups running at once, across all generations.
-///
-/// Lookups run synchronously on the worker thread (a few µs each); under a
-/// flood of cache misses every worker could be inside SQLite while the
-/// requests with cached verdicts queued behind them on the same threads.
-/// With a limit of `threads - 1` (set by the engine; unlimited by default)
-/// one worker is always outside SQLite. A worker that finds every slot
-/// taken waits up to [`LookupGate::WAIT`] (yielding its thread, so a
-/// preempted slot holder gets the core) for one, and otherwise the request
-/// is refused 503 `AUTH_UNAVAILABLE` (fail closed, retryable) rather than
-/// queued. A lookup takes 15–25 µs, but on a loaded machine the slot holder
-/// can be descheduled for a scheduler slice or more: with a 2 ms wait a
-/// cold 100,000-key warm-up (1M-key snapshot, 2 workers beside wrk and the
-/// upstream on 2 cores) shed 28 of 364,076 valid requests; the wait is
-/// therefore sized to ride out preemption, not lookups. Random tokens never
-/// get here (the token filter rules them out), so what waits is real
-/// cache misses.
-#[derive(Debug)]
-pub struct LookupGate {
-    in_flight: AtomicUsize,
-    limit: AtomicUsize,
-}
-
-impl Default for LookupGate {
-    fn default() -> LookupGate {
-        LookupGate {
-            in_flight: AtomicUsize::new(0),
-            limit: AtomicUsize::new(usize::MAX),
-        }
-    }
-}
-
-/// A slot of the [`LookupGate`], released when dropped.
-pub struct GateSlot<'a>(&'a LookupGate);
-
-impl Drop for GateSlot<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Release);
-    }
-}
-
-impl LookupGate {
-    /// Longest wait for a slot before a 503.
-    pub const WAIT: Duration = Duration::from_millis(50);
-
-    fn try_enter(&self) -> Option<GateSlot<'_>> {
-        let limit = self.limit.load(Ordering::Relaxed);
-        self.in_flight
-            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| GateSlot(self))
-    }
-
-    /// A slot, waiting at most [`Self::WAIT`]; None: refuse the request.
-    pub fn enter(&self) -> Option<GateSlot<'_>> {
-        if let Some(s) = self.try_enter() {
-            return Some(s);
-        }
-        let deadline = Instant::now() + Self::WAIT;
-        loop {
-            std::thread::yield_now();
-            if let Some(s) = self.try_enter() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-        }
     }
 }
 
@@ -1049,11 +962,6 @@ const TOKEN_COLUMNS: [(&str, &str); 4] = [
 ];
 
 impl SnapshotStore {
-    /// At most `n` token lookups at once (at least 1), see [`LookupGate`].
-    pub fn limit_lookups(&self, n: usize) {
-        self.gate.limit.store(n.max(1), Ordering::Relaxed);
-    }
-
     /// Build `gen`'s token filter on a background thread and install it in
     /// its chain's cell (shared with the incremental generations after it).
     /// Builds run one at a time; one queued behind a newer chain's skips.
@@ -1107,11 +1015,6 @@ impl Generation {
 
     pub fn filter_stats(&self) -> &FilterStats {
         &self.stats
-    }
-
-    /// A slot for one token lookup (see [`LookupGate`]).
-    pub fn lookup_slot(&self) -> Option<GateSlot<'_>> {
-        self.gate.enter()
     }
 
     /// Read every token hash of this generation's file (by rowid, in read
@@ -1609,19 +1512,6 @@ mod tests {
             .token_filter()
             .rules_out(&schema::token_hash(b"wvz_added_in_place")));
         assert_eq!(store.filter_stats.keys.load(Ordering::Relaxed), 70_004);
-    }
-
-    #[test]
-    fn the_lookup_gate_bounds_lookups_at_once() {
-        let gate = LookupGate::default();
-        gate.limit.store(1, Ordering::Relaxed);
-        let first = gate.enter().expect("a slot");
-        let started = Instant::now();
-        assert!(gate.enter().is_none(), "every slot taken");
-        assert!(started.elapsed() >= LookupGate::WAIT);
-        drop(first);
-        let again = gate.enter();
-        assert!(again.is_some(), "released when dropped");
     }
 
     /// The race of an incremental change: a request pinned to the
