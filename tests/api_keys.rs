@@ -492,24 +492,17 @@ fn strip_credentials_drops_authorization_toward_the_upstream() {
 /// to `ws_1`, in `dir`; (snapshot path, key).
 fn cli_snapshot_with_a_key(dir: &std::path::Path) -> (std::path::PathBuf, String) {
     let db = dir.join("s.db");
-    let bin = env!("CARGO_BIN_EXE_keyward");
-    let out = std::process::Command::new(bin)
-        .args(["snapshot", "init"])
-        .arg(&db)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let out = std::process::Command::new(bin)
-        .args(["keys", "create", "--snapshot"])
-        .arg(&db)
-        .args(["--org", "org_cli", "--workspace", "ws_1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    keyward_ok(["snapshot".as_ref(), "init".as_ref(), db.as_os_str()]);
+    let out = keyward_ok([
+        "keys".as_ref(),
+        "create".as_ref(),
+        "--snapshot".as_ref(),
+        db.as_os_str(),
+        "--org".as_ref(),
+        "org_cli".as_ref(),
+        "--workspace".as_ref(),
+        "ws_1".as_ref(),
+    ]);
     let key = String::from_utf8(out.stdout).unwrap();
     (db, key)
 }

@@ -201,17 +201,13 @@ fn key_pair(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
 fn sign(key: &Path, bytes: &[u8], dir: &Path) -> Vec<u8> {
     let file = dir.join("to-sign.db");
     std::fs::write(&file, bytes).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(["snapshot", "sign", "--key"])
-        .arg(key)
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    keyward_ok([
+        "snapshot".as_ref(),
+        "sign".as_ref(),
+        "--key".as_ref(),
+        key.as_os_str(),
+        file.as_os_str(),
+    ]);
     std::fs::read(dir.join("to-sign.db.sig")).unwrap()
 }
 
@@ -423,16 +419,7 @@ fn a_verify_key_in_base64url_as_a_jwk_carries_it_verifies() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    keyward_ok(["check".as_ref(), "--config".as_ref(), cfg.as_os_str()]);
 }
 
 #[test]
