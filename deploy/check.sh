@@ -36,13 +36,33 @@ echo "== promtool check rules"
 promtool check rules "$RULES"
 echo "== promtool test rules"
 promtool test rules "$RULE_TESTS"
+echo "== every alert has a case that fires and one that stays quiet"
+python3 - "$RULES" "$RULE_TESTS" <<'PY'
+import re, sys
+rules, tests = (open(f).read() for f in sys.argv[1:])
+alerts = re.findall(r"^\s*- alert:\s*(\S+)", rules, re.M)
+# each alert_rule_test case: "alertname: X" then "exp_alerts: []" (quiet)
+# or "exp_alerts:" followed by a list (firing)
+cases = re.findall(r"alertname:\s*(\S+)\s*\n\s*exp_alerts:\s*(\[\])?", tests)
+missing = []
+for a in alerts:
+    kinds = {"quiet" if empty else "firing" for name, empty in cases if name == a}
+    for k in ("firing", "quiet"):
+        if k not in kinds:
+            missing.append(f"{a}: no {k} case")
+unknown = sorted({n for n, _ in cases} - set(alerts))
+if missing or unknown:
+    sys.exit("rule tests incomplete:\n  " + "\n  ".join(missing + [f"{u}: tested but not in the rules" for u in unknown]))
+print(f"{len(alerts)} alerts, each with a firing and a quiet case")
+PY
 
 if [ -z "${KEYWARD_BIN:-}" ]; then
-  echo "== cargo build --features otel --bin keyward"
-  cargo build --features otel --bin keyward   # the same build as the test suite
+  echo "== cargo build --bin keyward"
+  cargo build --bin keyward   # the same build as the test suite (default features)
   KEYWARD_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/keyward
 fi
 [ -x "$KEYWARD_BIN" ] || { echo "no keyward binary at $KEYWARD_BIN" >&2; exit 1; }
+KEYWARD_BIN=$(realpath "$KEYWARD_BIN")   # the script cds into its temp dir
 START=$(date +%s)
 
 T=$(mktemp -d "${TMPDIR:-/tmp}/keyward-deploy-check.XXXXXX")

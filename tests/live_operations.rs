@@ -39,6 +39,8 @@ fn readyz_answers_503_while_sigterm_drains_in_flight_requests() {
     }
     let body = draining.expect("/readyz never answered 503 while draining");
     assert_eq!(body["draining"], true, "{body}");
+    assert_eq!(kw.metric("keyward_draining"), 1.0, "the gauge agrees");
+    assert_eq!(kw.metric("keyward_ready"), 0.0);
     let r = slow.join().unwrap();
     assert_eq!(
         r.status,

@@ -24,6 +24,10 @@ fn metrics_parse_as_prometheus_exposition_and_name_every_contract_metric() {
         "keyward_rate_limit_decisions_total",
         "keyward_rate_limit_backend_up",
         "keyward_snapshot_lookups_total",
+        "keyward_ready",
+        "keyward_draining",
+        "keyward_process_start_time_seconds",
+        "keyward_build_info",
     ] {
         assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing");
     }
@@ -77,6 +81,23 @@ fn healthz_and_readyz_answer_once_a_snapshot_is_loaded() {
     assert_eq!(j["ready"], true);
     assert!(j["snapshot"]["generation"].as_u64().unwrap() >= 1);
     assert!(j["snapshot"]["age_seconds"].is_number());
+    // the same state as gauges, for dashboards and alerts
+    assert_eq!(kw.metric("keyward_ready"), 1.0);
+    assert_eq!(kw.metric("keyward_draining"), 0.0);
+    let started = kw.metric("keyward_process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started > now - 120.0 && started <= now,
+        "{started} vs {now}"
+    );
+    let build = format!(
+        "keyward_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(kw.metric(&build), 1.0);
 }
 
 #[test]

@@ -71,16 +71,43 @@ pub fn readiness(engine: &Engine) -> (u16, serde_json::Value) {
     (if ready { 200 } else { 503 }, body)
 }
 
+/// The process's lifecycle as gauges, worked out at scrape time from the
+/// same state `/readyz` reads: `keyward_ready` (1 when /readyz answers 200),
+/// `keyward_draining` (1 from SIGTERM/SIGQUIT on), the start time (a change
+/// is a restart or a binary upgrade) and the build's version.
+fn lifecycle_metrics(engine: &Engine) -> String {
+    let (status, body) = readiness(engine);
+    let draining = body["draining"].as_bool().unwrap_or(false);
+    format!(
+        "# HELP keyward_ready 1 when /readyz answers 200 (a fresh snapshot loaded, not draining)\n\
+         # TYPE keyward_ready gauge\n\
+         keyward_ready {}\n\
+         # HELP keyward_draining 1 from SIGTERM or SIGQUIT on, while in-flight requests finish\n\
+         # TYPE keyward_draining gauge\n\
+         keyward_draining {}\n\
+         # HELP keyward_process_start_time_seconds Start of this process, unix seconds (changes on restart or binary upgrade)\n\
+         # TYPE keyward_process_start_time_seconds gauge\n\
+         keyward_process_start_time_seconds {}\n\
+         # HELP keyward_build_info The running build, always 1\n\
+         # TYPE keyward_build_info gauge\n\
+         keyward_build_info{{version=\"{}\"}} 1\n",
+        u8::from(status == 200),
+        u8::from(draining),
+        engine.metrics.started_at,
+        env!("CARGO_PKG_VERSION"),
+    )
+}
+
 async fn handle(
     engine: Arc<Engine>,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match req.uri().path() {
-        "/metrics" => response(
-            200,
-            "text/plain; version=0.0.4",
-            engine.metrics.render(&engine.store),
-        ),
+        "/metrics" => {
+            let mut text = engine.metrics.render(&engine.store);
+            text.push_str(&lifecycle_metrics(&engine));
+            response(200, "text/plain; version=0.0.4", text)
+        }
         "/healthz" => response(200, "application/json", r#"{"status":"ok"}"#),
         "/readyz" => {
             let (status, body) = readiness(&engine);

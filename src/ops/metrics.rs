@@ -126,6 +126,8 @@ pub struct Metrics {
     /// `snapshot_fetches_total{result}` and `snapshot_fetch_bytes_total`
     /// (`snapshot.source`, SPEC §8.2)
     pub snapshot_source: crate::store::source::SourceMetrics,
+    /// unix seconds at which this process made its metrics (its start)
+    pub started_at: u64,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -298,6 +300,9 @@ impl Metrics {
             streams_open,
             streams_closed,
             snapshot_source,
+            started_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         })
     }
 
