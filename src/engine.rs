@@ -95,7 +95,7 @@ impl Engine {
             directory: SnapshotDirectory::pin(
                 self.store.current(),
                 self.verdicts.current(),
-                &self.metrics,
+                &self.metrics.cache,
             ),
         }
     }

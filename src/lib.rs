@@ -20,11 +20,14 @@ pub mod store;
 
 // Short paths for the leaf modules (used by tests, benches, fuzz targets
 // and the CLI); the folders above are where they live.
-pub use auth::{credentials, denial, principal, routes, scope};
+pub use auth::{credentials, denial, principal, scope};
+pub use config::routes;
 #[cfg(feature = "server")]
 pub use http::forward;
+pub use http::{access_log, metrics};
 #[cfg(feature = "server")]
 pub use ops::demo;
-pub use ops::{access_log, admin, clock, echo, metrics};
+pub use ops::{admin, echo};
 pub use request::forwarding;
+pub use store::clock;
 pub use store::{cache, snapshot};

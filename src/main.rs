@@ -337,7 +337,7 @@ fn explain(
     };
     let metrics = keyward::metrics::Metrics::new();
     let cache = std::sync::Arc::new(keyward::cache::AuthCache::new(&cfg.cache));
-    let directory = keyward::store::SnapshotDirectory::pin(store.current(), cache, &metrics);
+    let directory = keyward::store::SnapshotDirectory::pin(store.current(), cache, &metrics.cache);
     let policy = keyward::auth::decide::Policy { config: cfg };
     let e = explain::explain(&policy, &directory, &req, keyward::clock::now_unix());
     if json {

@@ -41,7 +41,7 @@ pub struct Running {
     _admin_rt: tokio::runtime::Runtime,
     /// `[tracing]`: its batch exporter runs on the admin runtime
     #[cfg(feature = "otel")]
-    pub tracing: Option<Arc<crate::ops::otel::Tracing>>,
+    pub tracing: Option<Arc<crate::http::otel::Tracing>>,
 }
 
 /// Longest a SIGINT exit may take before keyward exits without pingora.
@@ -100,7 +100,7 @@ pub fn start_support(config: Config, upgrade: bool) -> anyhow::Result<Running> {
     let admin_listen = config.server.admin_listen;
     #[cfg(feature = "otel")]
     let otel = match &config.tracing {
-        Some(t) => Some(crate::ops::otel::Tracing::start(t, rt.handle())?),
+        Some(t) => Some(crate::http::otel::Tracing::start(t, rt.handle())?),
         None => None,
     };
     let limiter: Arc<dyn crate::ratelimit::Limiter> = match &config.rate_limit.backend {

@@ -6,7 +6,8 @@
 //! without a raw `;` (`%3B` stays encoded), and never yields a `;`.
 #![no_main]
 use http::Method;
-use keyward::routes::{is_noncanonical_method, normalize, PathError};
+use keyward::request::method::is_noncanonical_method;
+use keyward::routes::{normalize, PathError};
 use libfuzzer_sys::fuzz_target;
 
 const STANDARD: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];

@@ -5,7 +5,7 @@
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use http::HeaderMap;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
@@ -195,6 +195,15 @@ pub fn signed_cookie_value(token: &str, secret: &Secret) -> String {
         .replace("%2E", ".")
         .replace("%5F", "_")
         .replace("%2D", "-")
+}
+
+/// `sha256(token)` as lowercase hex: how every token is stored and looked up.
+pub fn token_hash(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
+}
+
+pub fn token_hash_hex(token: &[u8]) -> String {
+    hex::encode(token_hash(token))
 }
 
 #[cfg(test)]

@@ -16,15 +16,15 @@ use http::{HeaderMap, Method};
 
 use crate::auth::credentials::{self, BearerKind, Credential, SessionSettings};
 use crate::auth::denial::Denial;
-use crate::auth::principal::{ApiKey, McpKind, McpToken, Scope, Session, TokenTable, Verdict};
-use crate::auth::routes::{AuthMode, Captures, Route, WorkspaceSource};
+use crate::auth::directory::{Directory, Entry};
+use crate::auth::limit::{Limiter, RateOutcome, RateState, Throttle};
+use crate::auth::principal::{
+    ApiKey, McpKind, McpToken, Org, OrgRecord, Scope, Session, TokenKey, TokenTable, Verdict,
+};
 use crate::auth::scope;
-use crate::cache::{Entry, TokenKey};
+use crate::config::routes::{AuthMode, Captures, Route, WorkspaceSource};
 use crate::config::{Config, Plan, UnknownWorkspaces};
-use crate::ratelimit::{AuthFailureThrottle, Limiter, RateOutcome, RateState};
 use crate::request::forwarding::Client;
-use crate::snapshot::{Org, OrgRecord};
-use crate::store::Directory;
 
 /// The request as the core sees it, gathered once by the shell: the only
 /// view of the request the core has.
@@ -49,7 +49,7 @@ pub struct Env<'a> {
     pub policy: &'a Policy,
     pub directory: &'a dyn Directory,
     pub limiter: &'a dyn Limiter,
-    pub throttle: &'a AuthFailureThrottle,
+    pub throttle: &'a dyn Throttle,
     /// unix seconds
     pub now: i64,
     /// each step of the decision, when someone asks why (`keyward explain`,
@@ -453,7 +453,7 @@ fn principal(
     token: &[u8],
     env: &Env<'_>,
 ) -> Result<(TokenKey, Arc<Entry<Verdict>>), Denial> {
-    let key = (table, crate::snapshot::schema::token_hash(token));
+    let key = (table, credentials::token_hash(token));
     let throttled = || {
         env.throttle
             .blocked(facts.client.ip, env.now)
@@ -1145,6 +1145,3 @@ fn describe_caller(c: &Caller) -> String {
 
 mod standing;
 pub use standing::{lapse_reason, stream_cap, Standing, LAPSE_REASONS};
-
-#[cfg(test)]
-mod tests;

@@ -9,6 +9,7 @@
 pub mod credentials;
 pub mod decide;
 pub mod denial;
+pub mod directory;
+pub mod limit;
 pub mod principal;
-pub mod routes;
 pub mod scope;

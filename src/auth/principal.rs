@@ -5,8 +5,6 @@
 
 use std::sync::Arc;
 
-use crate::snapshot::{McpServerRecord, Org};
-
 /// The snapshot table a credential is looked up in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TokenTable {
@@ -138,6 +136,61 @@ pub enum Verdict {
 impl Verdict {
     pub fn is_negative(&self) -> bool {
         matches!(self, Verdict::Rejected(_))
+    }
+}
+
+/// A token as the cache knows it: its table and `sha256(token)` (never the token).
+pub type TokenKey = (TokenTable, [u8; 32]);
+
+/// An organization as verdicts and lookups share it: one record per
+/// organization in the cache, not a copy per key (benches/memory.rs).
+pub type Org = Arc<OrgRecord>;
+
+#[derive(Debug, Clone)]
+pub struct OrgRecord {
+    pub id: Arc<str>,
+    pub plan: Arc<str>,
+    pub rate_limit: Option<u64>,
+    pub quota_exceeded: bool,
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct McpServerRecord {
+    pub id: String,
+    pub organization_id: String,
+    pub workspace_id: String,
+    pub auth_mode: McpAuthMode,
+}
+
+/// `mcp_servers.auth_mode` (SPEC §2, §3.1): which MCP tokens a server takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum McpAuthMode {
+    Bearer,
+    OAuth,
+    OAuthAndBearer,
+    /// any other value: the server takes no token (fail closed)
+    Unknown,
+}
+
+impl McpAuthMode {
+    pub fn parse(s: &str) -> McpAuthMode {
+        match s {
+            "bearer" => McpAuthMode::Bearer,
+            "oauth" => McpAuthMode::OAuth,
+            "oauth_and_bearer" => McpAuthMode::OAuthAndBearer,
+            _ => McpAuthMode::Unknown,
+        }
+    }
+
+    /// `static` and `end_user` tokens
+    pub fn allows_bearer(self) -> bool {
+        matches!(self, McpAuthMode::Bearer | McpAuthMode::OAuthAndBearer)
+    }
+
+    /// `oauth` tokens; also whether 401s advertise `resource_metadata`
+    pub fn allows_oauth(self) -> bool {
+        matches!(self, McpAuthMode::OAuth | McpAuthMode::OAuthAndBearer)
     }
 }
 

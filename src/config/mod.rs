@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 mod model;
 mod raw;
 mod reload;
+pub mod routes;
+pub mod source;
 mod validate;
 
 pub use model::{

@@ -66,7 +66,7 @@ pub struct SnapshotConfig {
     /// `snapshot.source` (SPEC §8.2): the origin polled for new versions
     pub source: Option<String>,
     /// `snapshot.verify_key`: versions from the source must be signed with it
-    pub verify_key: Option<crate::store::source::signature::VerifyKey>,
+    pub verify_key: Option<crate::config::source::VerifyKey>,
 }
 
 /// `PartialEq`: a reload compares it to decide whether to start a new cache.

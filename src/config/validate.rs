@@ -146,7 +146,7 @@ pub(super) fn snapshot(raw: RawSnapshot, base: &Path) -> Result<SnapshotConfig, 
     let verify_key = match verify_key.trim() {
         "" => None,
         v => Some(
-            crate::store::source::signature::VerifyKey::parse(v, base)
+            crate::config::source::VerifyKey::parse(v, base)
                 .map_err(|e| invalid("snapshot.verify_key", e.to_string()))?,
         ),
     };
@@ -157,7 +157,7 @@ pub(super) fn snapshot(raw: RawSnapshot, base: &Path) -> Result<SnapshotConfig, 
         ));
     }
     if let Some(url) = &source {
-        crate::store::source::parse_url(url).map_err(|e| invalid("snapshot.source", e))?;
+        crate::config::source::parse_url(url).map_err(|e| invalid("snapshot.source", e))?;
     }
     Ok(SnapshotConfig {
         path: resolve(base, &path),

@@ -27,8 +27,8 @@ use crate::auth::denial::Denial;
 use crate::engine::Engine;
 use crate::http::forward::{upstream_request, Failure, Unforwardable, Upstream};
 use crate::http::hygiene;
+use crate::http::metrics::Outcome;
 use crate::http::streams::Stream;
-use crate::ops::metrics::Outcome;
 use crate::ratelimit::RateState;
 use crate::request::forwarding::Client;
 use crate::request::headers::{self, IdentityHeader, X_REQUEST_ID};
@@ -59,7 +59,7 @@ struct Ctx {
     reason: &'static str,
     /// this request's spans, when `[tracing]` is on and it is sampled
     #[cfg(feature = "otel")]
-    trace: Option<crate::ops::otel::RequestTrace>,
+    trace: Option<crate::http::otel::RequestTrace>,
 }
 
 impl Ctx {
@@ -99,7 +99,7 @@ pub struct KeywardApp {
     https: bool,
     /// `[tracing]`: None when off (one check per request)
     #[cfg(feature = "otel")]
-    tracing: Option<Arc<crate::ops::otel::Tracing>>,
+    tracing: Option<Arc<crate::http::otel::Tracing>>,
 }
 
 impl KeywardApp {
@@ -118,7 +118,7 @@ impl KeywardApp {
 
     /// Trace requests (`[tracing]`, SPEC §8.2).
     #[cfg(feature = "otel")]
-    pub fn with_tracing(mut self, tracing: Option<Arc<crate::ops::otel::Tracing>>) -> KeywardApp {
+    pub fn with_tracing(mut self, tracing: Option<Arc<crate::http::otel::Tracing>>) -> KeywardApp {
         self.tracing = tracing;
         self
     }
@@ -193,7 +193,7 @@ impl KeywardApp {
             let generation = self.engine.store.generation_id();
             let config = &pinned.policy.config;
             let inspected = inspected.is_some();
-            t.decided(crate::ops::otel::Decided::of(
+            t.decided(crate::http::otel::Decided::of(
                 &decision, config, generation, inspected,
             ));
             t.propagation()

@@ -11,7 +11,7 @@ use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 
 use crate::auth::denial::Denial;
-use crate::auth::routes;
+use crate::config::routes;
 use crate::request::headers::{count, Count, X_REQUEST_ID};
 
 /// The request id (SPEC §4): the client's when it is one value of at most
@@ -64,7 +64,7 @@ pub fn check(session: &ServerSession) -> Result<Option<String>, Refused> {
         return Err(refused("malformed_framing", true));
     }
     let h = session.req_header();
-    routes::check_method(&h.method, &h.headers, h.uri.query())
+    crate::request::method::check_method(&h.method, &h.headers, h.uri.query())
         .map_err(|reason| refused(reason, false))?;
     if !plausible_host(&h.headers) {
         return Err(refused("malformed_host", false));

@@ -3,11 +3,17 @@
 //! way (request hygiene), gathers the facts the core reads, applies the
 //! [`Decision`](crate::auth::decide::Decision) (a refusal, or the upstream
 //! head with keyward's headers) and forwards. Decides nothing itself.
+//! Reports what it did: [`metrics`], the [`access_log`] and (feature
+//! `otel`) traces.
 
+pub mod access_log;
 #[cfg(feature = "server")]
 pub mod app;
 #[cfg(feature = "server")]
 pub mod forward;
 #[cfg(feature = "server")]
 pub mod hygiene;
+pub mod metrics;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod streams;

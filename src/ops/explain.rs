@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::decide::{
     decide, decide_body, Body, Decision, Env, Identity, Policy, RequestFacts, Step, Trace,
 };
-use crate::auth::routes;
+use crate::config::routes;
 use crate::config::{Config, Secret};
 use crate::ratelimit::{AuthFailureThrottle, Limiter, LocalLimiter, RateOutcome, RateState};
 use crate::request::forwarding::Client;
@@ -127,7 +127,7 @@ pub fn explain(policy: &Policy, directory: &dyn Directory, req: &Request, now: i
         Some((p, q)) => (p, Some(q)),
         None => (req.target.as_str(), None),
     };
-    if let Err(reason) = routes::check_method(&method, &headers, query) {
+    if let Err(reason) = crate::request::method::check_method(&method, &headers, query) {
         note(
             "method",
             match reason {

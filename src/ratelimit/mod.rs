@@ -1,9 +1,9 @@
 //! Rate limits (SPEC §6): per-organization fixed windows behind the
 //! [`Limiter`] trait, and the per-IP throttle on failed authentication.
 //!
-//! This module owns the interface the decision core sees — [`Limiter`],
-//! [`RateState`], [`RateOutcome`], [`BackendStatus`] — and nothing else; it
-//! must not hold counting logic of its own. The pieces, after
+//! The interface the decision core sees — [`Limiter`], [`Throttle`],
+//! [`RateState`], [`RateOutcome`], [`BackendStatus`] — is the core's
+//! (`auth::limit`); this module implements it. The pieces, after
 //! envoyproxy/ratelimit's `algorithm/` + one folder per backend:
 //!
 //! * `window` — the window math (aligned to multiples of `window_s` since
@@ -30,74 +30,4 @@ pub use crate::forwarding::client_ip;
 /// Most organizations tracked at once (~120 bytes each: ≈ 32 MiB at most).
 pub const DEFAULT_ORG_CAPACITY: u64 = 262_144;
 
-/// What the `X-RateLimit-*` headers say.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateState {
-    pub limit: u64,
-    pub remaining: u64,
-    /// unix seconds at which the current window ends
-    pub reset: i64,
-}
-
-impl RateState {
-    /// `Retry-After`: max(1, ceil(reset − now)).
-    pub fn retry_after(&self, now: i64) -> u64 {
-        window::retry_after(self.reset, now)
-    }
-
-    /// The state of a window ending at `reset` in which `used` of `limit`
-    /// are taken.
-    pub(crate) fn counted(limit: u64, used: u64, reset: i64) -> Self {
-        RateState {
-            limit,
-            remaining: limit.saturating_sub(used),
-            reset,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateOutcome {
-    Admitted(RateState),
-    Limited(RateState),
-}
-
-/// A per-organization limiter. A shared backend (Redis) implements the same
-/// trait; the proxy only sees this.
-pub trait Limiter: Send + Sync {
-    /// Count one request for `key` if it fits under `limit`.
-    fn admit(&self, key: &str, limit: u64, now: i64) -> RateOutcome;
-    /// The current state without counting (for denied responses).
-    fn peek(&self, key: &str, limit: u64, now: i64) -> RateState;
-    /// Which backend, and whether it is usable (for metrics and /readyz).
-    fn status(&self) -> BackendStatus {
-        BackendStatus {
-            backend: "local",
-            up: true,
-        }
-    }
-    /// The windows this instance counts itself, for a binary upgrade's
-    /// hand-over (`keyward run --upgrade`); empty where the counts live in a
-    /// shared backend.
-    fn export(&self) -> Vec<WindowUse> {
-        Vec::new()
-    }
-    /// Add what another process admitted (the hand-over's counts) to this
-    /// instance's windows; a window that has already ended here is ignored.
-    fn absorb(&self, _uses: &[WindowUse]) {}
-}
-
-/// Requests one organization was admitted in one window (an upgrade's
-/// hand-over between the old and the new process).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct WindowUse {
-    pub key: String,
-    pub window: u64,
-    pub used: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackendStatus {
-    pub backend: &'static str,
-    pub up: bool,
-}
+pub use crate::auth::limit::{BackendStatus, Limiter, RateOutcome, RateState, Throttle, WindowUse};

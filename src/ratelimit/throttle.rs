@@ -58,6 +58,16 @@ impl AuthFailureThrottle {
     }
 }
 
+impl crate::auth::limit::Throttle for AuthFailureThrottle {
+    fn blocked(&self, ip: IpAddr, now: i64) -> Option<u64> {
+        AuthFailureThrottle::blocked(self, ip, now)
+    }
+
+    fn record_failure(&self, ip: IpAddr, now: i64) {
+        AuthFailureThrottle::record_failure(self, ip, now)
+    }
+}
+
 /// What the throttle counts under: an IPv4 address, or the /64 of an IPv6
 /// one (one host gets a whole /64 to rotate through). IPv4-mapped IPv6
 /// addresses count as their IPv4 address.

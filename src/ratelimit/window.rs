@@ -49,10 +49,7 @@ impl FixedWindow {
     }
 }
 
-/// `Retry-After`: max(1, ceil(reset − now)) (whole seconds, so ceil is exact).
-pub(crate) fn retry_after(reset: i64, now: i64) -> u64 {
-    (reset - now).max(1) as u64
-}
+pub(crate) use crate::auth::limit::retry_after;
 
 /// The window a request is counted in, given the window a key's state is in
 /// and the window of the request's `now`. State never moves back: a request

@@ -144,7 +144,7 @@ pub fn is_forwarding_header(name: &str) -> bool {
 
 /// `X-RateLimit-*` for a rate-limited organization (SPEC §6), on keyward's
 /// own answers and the upstream's alike.
-pub fn insert_rate(h: &mut HeaderMap, r: &crate::ratelimit::RateState) {
+pub fn insert_rate(h: &mut HeaderMap, r: &crate::auth::limit::RateState) {
     h.insert(X_RATELIMIT_LIMIT, r.limit.into());
     h.insert(X_RATELIMIT_REMAINING, r.remaining.into());
     h.insert(X_RATELIMIT_RESET, r.reset.into());

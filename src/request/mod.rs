@@ -6,3 +6,4 @@
 
 pub mod forwarding;
 pub mod headers;
+pub mod method;

@@ -43,17 +43,15 @@ use arc_swap::ArcSwap;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 
+pub use crate::auth::directory::Entry;
 use crate::config::CacheConfig;
-pub use crate::principal::TokenTable;
 use crate::principal::Verdict;
+pub use crate::principal::{TokenKey, TokenTable};
 use crate::snapshot::{
     ApiKeyRecord, Change, Generation, McpServerRecord, McpTokenRecord, Org, Reader,
     ServiceKeyRecord, SessionRecord, StoreError,
 };
 use crate::store::principals::Rows;
-
-/// A token as the cache knows it: its table and `sha256(token)` (never the token).
-pub type TokenKey = (TokenTable, [u8; 32]);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheResult {
@@ -62,23 +60,29 @@ pub enum CacheResult {
     Miss,
 }
 
-pub struct Entry<V> {
-    generation: u64,
-    negative: bool,
-    /// End of the TTL of the first load: a refill on swap re-reads the value
-    /// but neither extends nor shortens its life.
-    expires: Instant,
-    pub value: V,
+/// `keyward_cache_lookups_total{result}`'s children, resolved once: the
+/// directory counts each lookup, the shell's registry exports them.
+pub struct CacheCounters {
+    hit: prometheus::IntCounter,
+    miss: prometheus::IntCounter,
+    negative: prometheus::IntCounter,
 }
 
-impl<V> Entry<V> {
-    fn new(generation: u64, negative: bool, expires: Instant, value: V) -> Arc<Entry<V>> {
-        Arc::new(Entry {
-            generation,
-            negative,
-            expires,
-            value,
-        })
+impl CacheCounters {
+    pub fn new(vec: &prometheus::IntCounterVec) -> CacheCounters {
+        CacheCounters {
+            hit: vec.with_label_values(&["hit"]),
+            miss: vec.with_label_values(&["miss"]),
+            negative: vec.with_label_values(&["negative_hit"]),
+        }
+    }
+
+    pub fn count(&self, r: CacheResult) {
+        match r {
+            CacheResult::Hit => self.hit.inc(),
+            CacheResult::Miss => self.miss.inc(),
+            CacheResult::NegativeHit => self.negative.inc(),
+        }
     }
 }
 
@@ -600,20 +604,6 @@ impl AuthCache {
     #[cfg(test)]
     pub(crate) fn evict_token(&self, key: &TokenKey) {
         self.tokens.invalidate(key);
-    }
-}
-
-impl<V> Entry<V> {
-    pub fn is_negative(&self) -> bool {
-        self.negative
-    }
-}
-
-impl Entry<Verdict> {
-    /// A verdict outside any cache (in-memory directories, `keyward explain`).
-    pub fn detached(value: Verdict) -> Arc<Entry<Verdict>> {
-        let negative = value.is_negative();
-        Entry::new(0, negative, Instant::now(), value)
     }
 }
 

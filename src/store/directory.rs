@@ -1,39 +1,17 @@
-//! The [`Directory`]: everything the decision core may ask about the
-//! snapshot, behind one trait, so the core never sees the cache, SQLite or a
-//! generation swap. [`SnapshotDirectory`] is the real one, pinned to one
-//! snapshot generation and one verdict cache for the whole request; the
-//! core's unit tests use an in-memory one.
+//! [`SnapshotDirectory`]: the store's [`Directory`] (the trait is the
+//! core's, `auth::directory`), pinned to one snapshot generation and one
+//! verdict cache for the whole request.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
-use crate::cache::{At, AuthCache, CacheResult, Entry, Tombs};
-use crate::metrics::Metrics;
+use crate::auth::directory::Entry;
+use crate::auth::directory::StoreError;
+pub use crate::auth::directory::{Directory, Held, TokenKey};
+use crate::auth::principal::{McpServerRecord, Org};
+use crate::cache::{At, AuthCache, CacheCounters, CacheResult, Tombs};
 use crate::principal::Verdict;
-use crate::snapshot::{Generation, McpServerRecord, Org, StoreError};
-
-/// A token's verdict as the cache holds it (shared, never copied).
-pub type Held = Arc<Entry<Verdict>>;
-
-pub use crate::cache::TokenKey;
-
-pub trait Directory {
-    /// A snapshot is loaded (else every authenticated request is 503).
-    fn loaded(&self) -> bool;
-    /// The cached verdict for a token, if any (positive or negative),
-    /// without touching the store.
-    fn cached_token(&self, key: &TokenKey) -> Option<Held>;
-    /// Read a token's verdict from the store and cache it. `workspace` is the
-    /// workspace the request names (when known before its body): a store
-    /// that reads in transactions may read its owner in the same one.
-    fn load_token(&self, key: TokenKey, workspace: Option<&str>) -> Result<Held, StoreError>;
-    fn organization(&self, id: &str) -> Result<Option<Org>, StoreError>;
-    /// The organization that owns a workspace.
-    fn workspace_owner(&self, id: &str) -> Result<Option<Arc<str>>, StoreError>;
-    /// The workspace a resource belongs to.
-    fn resource_workspace(&self, id: &str) -> Result<Option<Arc<str>>, StoreError>;
-    fn mcp_server(&self, id: &str) -> Result<Option<McpServerRecord>, StoreError>;
-}
+use crate::snapshot::Generation;
 
 /// The verdict of a token the filter rules out (one shared entry).
 fn unknown() -> Held {
@@ -48,19 +26,19 @@ fn unknown() -> Held {
 pub struct SnapshotDirectory<'a> {
     generation: Option<Arc<Generation>>,
     cache: Arc<AuthCache>,
-    metrics: &'a Metrics,
+    counters: &'a CacheCounters,
 }
 
 impl<'a> SnapshotDirectory<'a> {
     pub fn pin(
         generation: Option<Arc<Generation>>,
         cache: Arc<AuthCache>,
-        metrics: &'a Metrics,
+        counters: &'a CacheCounters,
     ) -> SnapshotDirectory<'a> {
         SnapshotDirectory {
             generation,
             cache,
-            metrics,
+            counters,
         }
     }
 
@@ -87,7 +65,7 @@ impl Directory for SnapshotDirectory<'_> {
 
     fn cached_token(&self, key: &TokenKey) -> Option<Held> {
         let entry = self.cache.token(key, self.at());
-        self.metrics.cache(match &entry {
+        self.counters.count(match &entry {
             Some(e) if e.is_negative() => CacheResult::NegativeHit,
             Some(_) => CacheResult::Hit,
             None => CacheResult::Miss,

@@ -6,6 +6,7 @@
 //! nothing about requests.
 
 pub mod cache;
+pub mod clock;
 pub mod directory;
 pub mod filter;
 pub mod memory;

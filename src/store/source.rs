@@ -145,20 +145,7 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// `url` parsed, if it can name a source (for config errors and [`Source::new`]).
-pub fn parse_url(url: &str) -> Result<url::Url, String> {
-    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
-    if !matches!(
-        parsed.scheme(),
-        "http" | "https" | "s3" | "gs" | "az" | "azure" | "abfs" | "abfss"
-    ) {
-        return Err("scheme must be http, https, s3, gs or az".into());
-    }
-    if parsed.path().trim_matches('/').is_empty() {
-        return Err("names no object (a path after the host or bucket)".into());
-    }
-    Ok(parsed)
-}
+pub use crate::config::source::parse_url;
 
 impl Source {
     /// A source for `url` writing to `dest`; checks the URL and key now.

@@ -13,11 +13,10 @@ use super::{
 };
 use crate::auth::credentials::BearerKind;
 use crate::auth::denial::Denial;
-use crate::auth::principal::{Scope, Verdict};
-use crate::auth::routes::Route;
-use crate::cache::TokenKey;
+use crate::auth::directory::StoreError;
+use crate::auth::principal::{Org, Scope, TokenKey, Verdict};
+use crate::config::routes::Route;
 use crate::config::{Config, UnknownWorkspaces};
-use crate::snapshot::{Org, StoreError};
 
 /// What one open stream was granted on. Holds the credential's cache key
 /// (table, sha256), never the token.

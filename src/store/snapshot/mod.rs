@@ -16,20 +16,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+pub use crate::auth::directory::StoreError;
+pub use crate::auth::principal::{McpAuthMode, McpServerRecord, Org, OrgRecord};
 pub use changes::{Change, Fallback};
 
 use crate::store::filter::{self, GenFilter, TokenFilter};
 
 use arc_swap::ArcSwapOption;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("no valid snapshot loaded")]
-    NotLoaded,
-    #[error("snapshot query failed: {0}")]
-    Query(String),
-}
 
 /// One loaded, validated version of the snapshot file.
 #[derive(Debug)]
@@ -122,19 +116,6 @@ pub struct Counts {
     pub resources: u64,
 }
 
-/// An organization as verdicts and lookups share it: one record per
-/// organization in the cache, not a copy per key (benches/memory.rs).
-pub type Org = Arc<OrgRecord>;
-
-#[derive(Debug, Clone)]
-pub struct OrgRecord {
-    pub id: Arc<str>,
-    pub plan: Arc<str>,
-    pub rate_limit: Option<u64>,
-    pub quota_exceeded: bool,
-    pub disabled: bool,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRecord {
     pub id: String,
@@ -157,45 +138,6 @@ pub struct SessionRecord {
 pub struct ServiceKeyRecord {
     pub id: String,
     pub revoked_at: Option<i64>,
-}
-
-#[derive(Debug, Clone)]
-pub struct McpServerRecord {
-    pub id: String,
-    pub organization_id: String,
-    pub workspace_id: String,
-    pub auth_mode: McpAuthMode,
-}
-
-/// `mcp_servers.auth_mode` (SPEC §2, §3.1): which MCP tokens a server takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum McpAuthMode {
-    Bearer,
-    OAuth,
-    OAuthAndBearer,
-    /// any other value: the server takes no token (fail closed)
-    Unknown,
-}
-
-impl McpAuthMode {
-    pub fn parse(s: &str) -> McpAuthMode {
-        match s {
-            "bearer" => McpAuthMode::Bearer,
-            "oauth" => McpAuthMode::OAuth,
-            "oauth_and_bearer" => McpAuthMode::OAuthAndBearer,
-            _ => McpAuthMode::Unknown,
-        }
-    }
-
-    /// `static` and `end_user` tokens
-    pub fn allows_bearer(self) -> bool {
-        matches!(self, McpAuthMode::Bearer | McpAuthMode::OAuthAndBearer)
-    }
-
-    /// `oauth` tokens; also whether 401s advertise `resource_metadata`
-    pub fn allows_oauth(self) -> bool {
-        matches!(self, McpAuthMode::OAuth | McpAuthMode::OAuthAndBearer)
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -8,7 +8,6 @@ pub mod keys;
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use sha2::{Digest, Sha256};
 
 /// The contract's schema, plus the optional `meta` table.
 pub const CREATE_SQL: &str = r#"
@@ -153,14 +152,7 @@ pub fn validate(conn: &Connection) -> Result<(), SchemaError> {
     Ok(())
 }
 
-/// `sha256(token)` as lowercase hex: how every token is stored and looked up.
-pub fn token_hash(token: &[u8]) -> [u8; 32] {
-    Sha256::digest(token).into()
-}
-
-pub fn token_hash_hex(token: &[u8]) -> String {
-    hex::encode(token_hash(token))
-}
+pub use crate::auth::credentials::{token_hash, token_hash_hex};
 
 /// Create (or complete) a snapshot file with the contract's schema.
 pub fn init(path: &Path) -> rusqlite::Result<Connection> {

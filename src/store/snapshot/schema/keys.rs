@@ -252,7 +252,7 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
 /// Unix seconds as RFC 3339 UTC, e.g. `2026-11-22T20:42:33Z`.
 pub fn rfc3339(secs: i64) -> String {
     let (days, s) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = crate::ops::access_log::civil_from_days(days);
+    let (y, m, d) = crate::store::clock::civil_from_days(days);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         s / 3600,

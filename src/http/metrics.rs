@@ -101,9 +101,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub request_duration: Histogram,
     pub auth_duration: Histogram,
-    cache_hit: IntCounter,
-    cache_miss: IntCounter,
-    cache_negative: IntCounter,
+    /// `cache_lookups_total{result}`, counted by the store's directory
+    pub cache: crate::store::cache::CacheCounters,
     pub snapshot_generation: IntGauge,
     pub snapshot_age: Gauge,
     pub snapshot_reloads: IntCounterVec,
@@ -280,9 +279,7 @@ impl Metrics {
             })
             .collect();
         Arc::new(Metrics {
-            cache_hit: cache.with_label_values(&["hit"]),
-            cache_miss: cache.with_label_values(&["miss"]),
-            cache_negative: cache.with_label_values(&["negative_hit"]),
+            cache: crate::store::cache::CacheCounters::new(&cache),
             registry,
             requests,
             request_duration,
@@ -307,11 +304,7 @@ impl Metrics {
     }
 
     pub fn cache(&self, r: CacheResult) {
-        match r {
-            CacheResult::Hit => self.cache_hit.inc(),
-            CacheResult::Miss => self.cache_miss.inc(),
-            CacheResult::NegativeHit => self.cache_negative.inc(),
-        }
+        self.cache.count(r)
     }
 
     /// One request's `requests_total` (static label sets resolve without
