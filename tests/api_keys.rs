@@ -528,13 +528,12 @@ fn cli_keys_create_prints_one_key_stored_with_its_workspaces() {
 fn cli_check_counts_what_the_snapshot_holds() {
     let dir = tempfile::tempdir().unwrap();
     cli_snapshot_with_a_key(dir.path());
-    let bin = env!("CARGO_BIN_EXE_keyward");
     std::fs::write(
         dir.path().join("k.toml"),
         "[snapshot]\npath = \"s.db\"\n[plans.free]\nrequests_per_window = 5\n",
     )
     .unwrap();
-    let out = std::process::Command::new(bin)
+    let out = keyward_cmd()
         .args(["check", "--config"])
         .arg(dir.path().join("k.toml"))
         .output()
@@ -553,13 +552,12 @@ fn cli_check_counts_what_the_snapshot_holds() {
 fn cli_check_refuses_an_unknown_key_by_name() {
     let dir = tempfile::tempdir().unwrap();
     cli_snapshot_with_a_key(dir.path());
-    let bin = env!("CARGO_BIN_EXE_keyward");
     std::fs::write(
         dir.path().join("bad.toml"),
         "[snapshot]\npath = \"s.db\"\nbogus = 1\n",
     )
     .unwrap();
-    let out = std::process::Command::new(bin)
+    let out = keyward_cmd()
         .args(["check", "--config"])
         .arg(dir.path().join("bad.toml"))
         .output()

@@ -47,7 +47,7 @@ fn run_curl_line(line: &str) -> (u16, String) {
 
 #[test]
 fn demo_prints_a_key_and_curl_lines_that_answer_as_printed() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+    let mut child = keyward_cmd()
         .arg("demo")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -127,7 +127,7 @@ fn demo_prints_a_key_and_curl_lines_that_answer_as_printed() {
 /// `keyward explain` on the shipped config with `snap` as the snapshot.
 fn explain(snap: &Snap, args: &[&str]) -> Output {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/keyward.toml");
-    Command::new(env!("CARGO_BIN_EXE_keyward"))
+    keyward_cmd()
         .arg("explain")
         .arg("--config")
         .arg(&shipped)
@@ -210,7 +210,7 @@ fn explain_on_the_shipped_config_exits_0_1_2_and_never_prints_a_secret() {
 
     // 2: usage or config errors
     let missing = snap.dir.path().join("missing.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+    let out = keyward_cmd()
         .args(["explain", "--config"])
         .arg(&missing)
         .arg(path)

@@ -5,14 +5,11 @@ mod common;
 use common::*;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 /// Run `keyward ARGS…`.
 fn keyward(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(args)
-        .output()
-        .unwrap()
+    keyward_cmd().args(args).output().unwrap()
 }
 
 fn stdout(out: &Output) -> String {

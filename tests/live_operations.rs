@@ -14,18 +14,22 @@ fn readyz_answers_503_while_sigterm_drains_in_flight_requests() {
     let snap = Snap::new();
     snap.org("org_a", "free");
     let key = snap.api_key("org_a");
-    let kw = Keyward::start(&snap, Opts::new(echo()).set("server.shutdown_grace_s", 5));
+    let upstream = SlowUpstream::start(Duration::from_millis(2500));
+    let kw = Keyward::start(
+        &snap,
+        Opts::new(upstream.addr).set("server.shutdown_grace_s", 5),
+    );
     assert_eq!(kw.readyz().0, 200);
     kw.wait_catches(libc::SIGTERM);
     let addr = kw.addr;
     let slow = std::thread::spawn(move || {
         raw(
             addr,
-            &format!("GET /api/v1/x?echo_delay_ms=2500 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"),
+            &format!("GET /api/v1/x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"),
         )
     });
     // the slow request is in flight before the signal
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(wait_until(PATIENCE, || upstream.arrived() == 1));
     kw.signal(libc::SIGTERM);
     let started = Instant::now();
     let mut draining = None;

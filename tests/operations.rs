@@ -104,7 +104,7 @@ fn healthz_and_readyz_answer_once_a_snapshot_is_loaded() {
 fn healthcheck_command_succeeds_against_a_live_healthz() {
     let snap = Snap::new();
     let kw = Keyward::start(&snap, Opts::new(echo()));
-    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+    let ok = keyward_cmd()
         .args([
             "healthcheck",
             "--url",
@@ -117,7 +117,7 @@ fn healthcheck_command_succeeds_against_a_live_healthz() {
 
 #[test]
 fn healthcheck_command_fails_without_a_listener() {
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+    let bad = keyward_cmd()
         .args([
             "healthcheck",
             "--url",

@@ -325,16 +325,20 @@ fn a_plain_request_in_flight_is_not_a_stream_and_finishes_after_revocation() {
     let snap = Snap::new();
     snap.org("org_a", "free");
     let key = snap.api_key("org_a");
-    let kw = Keyward::start(&snap, Opts::new(echo()).generous_plan());
+    let upstream = SlowUpstream::start(Duration::from_millis(1500));
+    let kw = Keyward::start(&snap, Opts::new(upstream.addr).generous_plan());
     let addr = kw.addr;
     let k = key.clone();
     let slow = std::thread::spawn(move || {
         raw(
             addr,
-            &format!("GET /api/v1/x?echo_delay_ms=1500 HTTP/1.1\r\nHost: t\r\n{}Connection: close\r\n\r\n", bearer(&k)),
+            &format!(
+                "GET /api/v1/x HTTP/1.1\r\nHost: t\r\n{}Connection: close\r\n\r\n",
+                bearer(&k)
+            ),
         )
     });
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(wait_until(Duration::from_secs(10), || upstream.arrived() == 1));
     assert_eq!(open_streams(&kw), 0.0);
     let generation = kw.generation();
     revoke(&snap, &key);

@@ -179,7 +179,7 @@ fn bad_tls_files_are_a_clear_startup_error() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+    let out = keyward_cmd()
         .args(["check", "--config"])
         .arg(&config)
         .output()

@@ -53,7 +53,7 @@ fn a_build_without_otel_refuses_a_tracing_table() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+    let out = keyward_cmd()
         .args(["check", "--config"])
         .arg(&path)
         .output()

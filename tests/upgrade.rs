@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -130,7 +130,7 @@ fn wait_for_path(p: &Path, timeout: Duration) -> bool {
 fn start_upgrade(old: &Keyward) -> Keyward {
     let log_path = old.log_path.with_extension("upgraded.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+    let child = keyward_cmd()
         .args(["run", "--upgrade", "--config"])
         .arg(&old.config_path)
         .stdout(log.try_clone().unwrap())
@@ -190,7 +190,11 @@ fn an_upgrade_under_load_fails_no_request_and_carries_the_rate_limit_windows() {
             std::thread::spawn(move || load(addr, key, i == 0, stop, t))
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    let served = || -> u64 { tallies.iter().map(|t| t.ok.load(Ordering::Relaxed)).sum() };
+    // every client is answered before the upgrade starts
+    assert!(wait_until(Duration::from_secs(10), || tallies
+        .iter()
+        .all(|t| t.ok.load(Ordering::Relaxed) > 0)));
 
     let mut new = start_upgrade(&old);
     // the new process listens for both hand-overs before the signal
@@ -220,8 +224,12 @@ fn an_upgrade_under_load_fails_no_request_and_carries_the_rate_limit_windows() {
         old.log()
     );
     // the new process alone serves now
-    let after_exit: u64 = tallies.iter().map(|t| t.ok.load(Ordering::Relaxed)).sum();
-    std::thread::sleep(Duration::from_millis(700));
+    let after_exit = served();
+    assert!(
+        wait_until(Duration::from_secs(10), || served() >= after_exit + 50),
+        "the new process answers after the old one left: {}",
+        new.log()
+    );
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
@@ -286,7 +294,7 @@ fn an_upgrade_with_no_running_keyward_gives_up_and_exits() {
     )
     .unwrap();
     let started = Instant::now();
-    let status = Command::new(env!("CARGO_BIN_EXE_keyward"))
+    let status = keyward_cmd()
         .args(["run", "--upgrade", "--config"])
         .arg(&config)
         .stdout(Stdio::null())

@@ -201,16 +201,20 @@ fn rand_suffix() -> String {
     format!("{n:016x}")
 }
 
+/// The binary under test, as every test runs it (a one-shot CLI call, the
+/// demo, an upgrading process); [`Keyward::start`] is the way to run a
+/// server.
+pub fn keyward_cmd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_keyward"))
+}
+
 /// `keyward ARGS…` to its end; it must exit 0 (its stderr is the failure).
 pub fn keyward_ok<I, S>(args: I) -> std::process::Output
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = keyward_cmd().args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -257,7 +261,7 @@ impl Keyward {
             std::fs::write(&config_path, render(&config)).unwrap();
             let log_path = dir.join(format!("keyward-{}.log", addr.port()));
             let log = std::fs::File::create(&log_path).unwrap();
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
+            let mut cmd = keyward_cmd();
             cmd.args(["run", "--config"])
                 .arg(&config_path)
                 .stdout(log.try_clone().unwrap())

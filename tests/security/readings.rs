@@ -846,7 +846,7 @@ fn redis_backend_without_expected_replicas_is_refused_by_check() {
         w.snap.path.display()
     );
     std::fs::write(&path, config).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+    let out = keyward_cmd()
         .args(["check", "--config"])
         .arg(&path)
         .env_remove("BETTER_AUTH_SECRET")
