@@ -96,34 +96,8 @@ SNAP=$TMP/snapshot.db
 TOKENS=$TMP/tokens.txt
 "$KEYWARD" snapshot init "$SNAP" >/dev/null
 log "building a snapshot with $KEYS keys over $ORGS organizations"
-python3 - "$SNAP" "$KEYS" "$ORGS" "$LOAD_KEYS" "$TOKENS" <<'EOF'
-import hashlib, json, sqlite3, sys, time
-path, keys, orgs, load_keys, tokens_path = sys.argv[1], *map(int, sys.argv[2:5]), sys.argv[5]
-db = sqlite3.connect(path, isolation_level=None)
-db.execute("PRAGMA journal_mode=OFF")
-db.execute("PRAGMA synchronous=OFF")
-db.execute("PRAGMA cache_size=-524288")
-def token(i):
-    return "wvz_" + hashlib.sha256(f"bench-{i}".encode()).hexdigest()[:40]
-def rows():
-    for i in range(keys):
-        tok = token(i)
-        org = i % orgs
-        perms = json.dumps({"scope": "workspace", "workspaceIds": [f"ws_{org}"]}) if i % 4 == 3 else None
-        yield (f"key_{i}", f"org_{org}", hashlib.sha256(tok.encode()).hexdigest(), tok[:8], perms)
-db.execute("BEGIN")
-db.executemany("INSERT INTO organizations (id, plan) VALUES (?, 'free')", ((f"org_{o}",) for o in range(orgs)))
-db.executemany("INSERT INTO workspaces (id, organization_id) VALUES (?, ?)", ((f"ws_{o}", f"org_{o}") for o in range(orgs)))
-db.executemany("INSERT INTO api_keys (id, organization_id, key_hash, key_prefix, permissions) VALUES (?, ?, ?, ?, ?)", rows())
-db.execute("CREATE TABLE changes (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, key TEXT NOT NULL)")
-db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('generated_at', ?)", (str(int(time.time())),))
-db.execute("COMMIT")
-db.execute("PRAGMA journal_mode=DELETE")
-db.close()
-with open(tokens_path, "w") as f:
-    for i in range(load_keys):
-        f.write(f"{token(i)} /api/v1/workspaces/ws_{i % orgs}/connections\n")
-EOF
+python3 "$ROOT/benches/lib/snapshot.py" "$SNAP" --keys "$KEYS" --orgs "$ORGS" \
+    --scoped-every 4 --scoped-rem 3 --changes --tokens "$TOKENS" --load-keys "$LOAD_KEYS"
 result "snapshot" "$KEYS keys, $(du -m "$SNAP" | cut -f1) MiB, changes table (rollback journal)"
 
 # ------------------------------------------------------------------ keyward

@@ -20,10 +20,12 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import snapshot  # noqa: E402  benches/lib/snapshot.py
 import threading
 import time
 import hashlib
@@ -99,19 +101,10 @@ def make_snapshot(path, orgs, tag):
     if os.path.exists(path):
         os.remove(path)
     subprocess.run([KEYWARD, "snapshot", "init", path], check=True, capture_output=True)
-    db = sqlite3.connect(path)
-    keys = {}
-    with db:
-        for i, org in enumerate(orgs):
-            tok = f"wvz_fleet{tag}{i}" + "x" * 30
-            db.execute("INSERT OR IGNORE INTO organizations (id, plan) VALUES (?, 'fleet')", (org,))
-            db.execute(
-                "INSERT INTO api_keys (id, organization_id, key_hash, key_prefix) VALUES (?, ?, ?, ?)",
-                (f"key_{tag}_{i}", org, hashlib.sha256(tok.encode()).hexdigest(), tok[:8]))
-            keys[org] = tok
-    db.execute("PRAGMA journal_mode=DELETE")
-    db.close()
-    return keys
+    token = snapshot.build(path, keys=len(orgs), org_names=orgs, plan="fleet",
+                           token=f"wvz_fleet{tag}{{i}}" + "x" * 30, key_id=f"key_{tag}_{{i}}",
+                           workspaces=False)
+    return {org: token(i) for i, org in enumerate(orgs)}
 
 
 def publish(tmp, origin_root, orgs, tag, private_key):

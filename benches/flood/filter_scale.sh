@@ -13,16 +13,8 @@ KW=target/release/keyward
 tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$tmp"' EXIT
 port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 $KW snapshot init "$tmp/snap.db" >/dev/null
-python3 - "$tmp/snap.db" "$KEYS" <<'PY'
-import hashlib, sqlite3, sys
-db, n = sys.argv[1], int(sys.argv[2])
-c = sqlite3.connect(db)
-c.execute("BEGIN")
-c.executemany("INSERT INTO organizations (id, plan) VALUES (?, 'free')", ((f"org_{i}",) for i in range(10000)))
-c.executemany("INSERT INTO api_keys (id, organization_id, key_hash) VALUES (?, ?, ?)",
-    ((f"key_{i}", f"org_{i % 10000}", hashlib.sha256(f"wvz_bench_{i}".encode()).hexdigest()) for i in range(n)))
-c.execute("COMMIT")
-PY
+python3 benches/lib/snapshot.py "$tmp/snap.db" --keys "$KEYS" --orgs 10000 \
+    --token "wvz_bench_{i}" --no-workspaces
 ls -la "$tmp/snap.db" | awk '{printf "snapshot: %d keys, %d MiB\n", '"$KEYS"', $5/1048576}'
 run_one() { # BINARY LABEL
   local bin=$1 label=$2 P A PID

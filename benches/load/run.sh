@@ -428,21 +428,9 @@ make_snapshot() {
     mkdir -p "$TMP/keyward"
     "$KEYWARD" snapshot init "$db" >/dev/null
     BENCH_KEY=$("$KEYWARD" keys create --snapshot "$db" --org "$BENCH_ORG" --workspace "$BENCH_WS")
-    python3 - "$db" <<'EOF'
-import hashlib, json, sqlite3, sys
-db = sqlite3.connect(sys.argv[1])
-with db:
-    for i in range(1, 1000):
-        tok = f"wvz_filler{i}" + "x" * 30
-        db.execute("INSERT OR IGNORE INTO organizations (id, plan) VALUES (?, 'free')", (f"org_{i}",))
-        perms = None
-        if i % 2 == 0:
-            db.execute("INSERT INTO workspaces (id, organization_id) VALUES (?, ?)", (f"ws_{i}", f"org_{i}"))
-            perms = json.dumps({"scope": "workspace", "workspaceIds": [f"ws_{i}"]})
-        db.execute(
-            "INSERT INTO api_keys (id, organization_id, key_hash, key_prefix, permissions) VALUES (?, ?, ?, ?, ?)",
-            (f"key_{i}", f"org_{i}", hashlib.sha256(tok.encode()).hexdigest(), tok[:8], perms))
-EOF
+    # the filler keys nginx's Lua table holds too (init_by_lua_block below)
+    python3 "$ROOT/benches/lib/snapshot.py" "$db" --keys 999 --first 1 \
+        --token "wvz_filler{i}$(printf 'x%.0s' {1..30})" --scoped-every 2 --scoped-rem 0
 }
 
 # config/keyward.toml with its route table, on our ports, N threads, every
