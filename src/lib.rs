@@ -6,6 +6,11 @@
 //! [`http`] applies. [`config`] is read at start and on SIGHUP; [`ops`]
 //! observes. The [`engine`] wires them per process and pins one policy and
 //! snapshot generation per request.
+//!
+//! Layers, lowest first (a module names only its own layer or lower ones;
+//! `tests/layers.rs` checks it): [`config`] → [`auth`], [`request`] (the
+//! pure core) → [`store`], [`ratelimit`] → [`http`], [`engine`] → [`ops`],
+//! `server`, the CLI. See docs/layout.md.
 
 pub mod auth;
 pub mod config;

@@ -2,9 +2,10 @@
 //! principal → route + workspace rules → limit → [`decide::Decision`].
 //!
 //! Owns what keyward decides, never how bytes move: nothing here knows
-//! pingora, sockets, SQLite or threads. Lookups go through the
-//! [`Directory`](crate::store::Directory) trait, limits through
-//! [`Limiter`](crate::ratelimit::Limiter); both are passed in.
+//! pingora, sockets, SQLite or threads. It owns the traits it reads
+//! through — [`directory::Directory`] for lookups, [`limit::Limiter`] and
+//! [`limit::Throttle`] for limits — and the store and the limiters, a layer
+//! up, implement them (docs/layout.md).
 
 pub mod credentials;
 pub mod decide;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 
-/// `url` parsed, if it can name a source (for config errors and [`Source::new`]).
+/// `url` parsed, if it can name a source (for config errors and `store::source::Source::new`).
 pub fn parse_url(url: &str) -> Result<url::Url, String> {
     let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
     if !matches!(
