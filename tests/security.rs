@@ -18,5 +18,7 @@ mod paths;
 mod readings;
 #[path = "security/smuggling.rs"]
 mod smuggling;
+#[path = "security/transport.rs"]
+mod transport;
 
 use common::*;
