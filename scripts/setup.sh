@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine with only the Rust toolchain lacks to
 # build and test keyward: cmake (pingora's zlib-ng build), curl and promtool
-# (tests), redis-server and redis-cli (tests/redis.rs: a plain server, one with
+# (tests), postgresql (tests/sync.rs), redis-server and redis-cli (tests/redis.rs: a plain server, one with
 # TLS, a 3-master cluster, and a sentinel run as `redis-server --sentinel`, so
 # Debian's separate redis-sentinel package is not needed).
 set -euo pipefail
@@ -11,6 +11,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+# PostgreSQL for tests/sync.rs (`keyward sync`): a throwaway cluster per test
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq

@@ -10,7 +10,7 @@
 //! Layers, lowest first (a module names only its own layer or lower ones;
 //! `tests/layers.rs` checks it): [`config`] → [`auth`], [`request`] (the
 //! pure core) → [`store`], [`ratelimit`] → [`http`], [`engine`] → [`ops`],
-//! `server`, the CLI. See docs/layout.md.
+//! `server`, [`sync`], the CLI. See docs/layout.md.
 
 pub mod auth;
 pub mod config;
@@ -22,6 +22,7 @@ pub mod request;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod store;
+pub mod sync;
 
 // Short paths for the leaf modules (used by tests, benches, fuzz targets
 // and the CLI); the folders above are where they live.

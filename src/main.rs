@@ -88,10 +88,39 @@ enum Command {
         config: PathBuf,
         cases: PathBuf,
     },
+    /// Build and follow the snapshot from the application's Postgres
+    /// (SPEC §9); `sync install` creates the outbox and its triggers
+    #[command(args_conflicts_with_subcommands = true)]
+    Sync {
+        #[command(subcommand)]
+        command: Option<SyncCommand>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// one full build, then exit (non-zero when it failed)
+        #[arg(long)]
+        once: bool,
+        #[arg(long, value_enum, default_value = "text", env = "KEYWARD_LOG_FORMAT")]
+        log_format: LogFormat,
+    },
     /// Exit 0 when the admin /healthz answers 200
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
         url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SyncCommand {
+    /// Create the outbox table and triggers on the mapped source tables
+    Install {
+        #[arg(long)]
+        config: PathBuf,
+        /// print the SQL instead of running it
+        #[arg(long)]
+        print: bool,
+        /// schema of the source tables (default public)
+        #[arg(long, default_value = "public")]
+        schema: String,
     },
 }
 
@@ -191,6 +220,37 @@ fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
         LogFormat::Text => builder.with_ansi(false).init(),
     }
     guard
+}
+
+fn sync(
+    command: Option<SyncCommand>,
+    config: Option<PathBuf>,
+    once: bool,
+    log_format: LogFormat,
+) -> Result<(), String> {
+    use keyward::sync::SyncConfig;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match command {
+        Some(SyncCommand::Install {
+            config,
+            print,
+            schema,
+        }) => {
+            let cfg = SyncConfig::load(&config).map_err(|e| e.to_string())?;
+            runtime.block_on(keyward::sync::install(&cfg, print, &schema))
+        }
+        None => {
+            let config = config.ok_or("sync: --config SYNC.toml is required")?;
+            let cfg = SyncConfig::load(&config).map_err(|e| e.to_string())?;
+            let _guard = init_logs(log_format);
+            runtime.block_on(keyward::sync::run(cfg, once))
+        }
+    }
 }
 
 fn check(config: &std::path::Path) -> Result<(), String> {
@@ -413,6 +473,12 @@ fn main() -> ExitCode {
         }),
         Command::Keys { command } => keys(command),
         Command::Healthcheck { url } => keyward::admin::healthcheck(&url),
+        Command::Sync {
+            command,
+            config,
+            once,
+            log_format,
+        } => sync(command, config, once, log_format),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

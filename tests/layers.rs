@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("engine", 3),
     ("ops", 4),
     ("server", 4),
+    ("sync", 4),
     ("main", 4),
 ];
 

@@ -13,6 +13,7 @@
 
 mod client;
 mod config;
+pub mod postgres;
 pub mod redis_servers;
 mod upstreams;
 mod world;
@@ -195,7 +196,7 @@ impl Snap {
     }
 }
 
-fn rand_suffix() -> String {
+pub fn rand_suffix() -> String {
     use rand::Rng;
     let n: u64 = rand::thread_rng().gen();
     format!("{n:016x}")
