@@ -380,3 +380,86 @@ fn poll_mode_writes_the_difference() {
     assert_eq!(ino(&snap), inode);
     assert!(changes(&snap) >= 1);
 }
+
+#[test]
+fn readyz_turns_503_while_the_source_is_unreachable_and_custom_tables_follow() {
+    let mut pg = Postgres::start();
+    pg.sql(BETTERAUTH);
+    pg.sql(
+        "CREATE TABLE app_workspaces (id text PRIMARY KEY, org text NOT NULL);
+         INSERT INTO app_workspaces VALUES ('ws_1', 'org_1');
+         CREATE TABLE app_service_keys (id text PRIMARY KEY, digest text NOT NULL, revoked boolean NOT NULL DEFAULT false);",
+    );
+    let service = "svc_secret_value_0123456789";
+    pg.sql(&format!(
+        "INSERT INTO app_service_keys VALUES ('sk_1', '{}', false)",
+        hash_hex(service)
+    ));
+    let snap = Snap::new();
+    let config = sync_config(
+        &pg,
+        &snap,
+        "outbox",
+        "[tables.workspaces]\nquery = \"SELECT id, org AS organization_id FROM app_workspaces\"\nwatch = [\"app_workspaces\"]\n\
+         [tables.service_keys]\nquery = \"SELECT id, digest AS key_hash, CASE WHEN revoked THEN extract(epoch FROM now())::bigint END AS revoked_at FROM app_service_keys\"\nhash = \"hex\"\nwatch = [\"app_service_keys\"]",
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("max_staleness_s = 1\n");
+    std::fs::write(&config, text).unwrap();
+    let out = sync_cmd(&pg, &["install", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sync = Sync::start(&pg, &config);
+    let readyz = || {
+        let text = std::fs::read_to_string(&config).unwrap();
+        let admin: std::net::SocketAddr = text
+            .lines()
+            .find_map(|l| l.strip_prefix("admin_listen = "))
+            .unwrap()
+            .trim_matches('"')
+            .parse()
+            .unwrap();
+        if std::net::TcpStream::connect(admin).is_err() {
+            return 0; // not listening yet
+        }
+        get(admin, "/readyz").status
+    };
+    assert!(wait_until(PATIENCE, || readyz() == 200), "{}", sync.log());
+    let kw = keyward_on(&snap);
+    let svc = |kw: &Keyward| {
+        kw.request("GET", "/api/v1/x", &[("X-Service-Key", service)], "")
+            .status
+    };
+    assert_eq!(svc(&kw), 200);
+    pg.sql("UPDATE app_service_keys SET revoked = true WHERE id = 'sk_1'");
+    assert!(wait_until(PATIENCE, || svc(&kw) == 401), "{}", sync.log());
+    pg.sql("INSERT INTO app_workspaces VALUES ('ws_2', 'org_2')");
+    assert!(
+        wait_until(PATIENCE, || snap
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM workspaces WHERE id = 'ws_2'",
+                [],
+                |r| r.get::<_, i64>(0)
+            )
+            .unwrap_or(0)
+            == 1),
+        "{}",
+        sync.log()
+    );
+    pg.stop();
+    assert!(wait_until(PATIENCE, || readyz() == 503), "{}", sync.log());
+    // keyward keeps serving the last snapshot meanwhile
+    assert_eq!(svc(&kw), 401);
+    pg.run();
+    assert!(
+        wait_until(Duration::from_secs(20), || readyz() == 200),
+        "{}",
+        sync.log()
+    );
+}
