@@ -463,3 +463,94 @@ fn readyz_turns_503_while_the_source_is_unreachable_and_custom_tables_follow() {
         sync.log()
     );
 }
+
+/// A new Ed25519 key pair: (private PKCS#8 PEM path, public key base64).
+fn key_pair(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    use ring::signature::KeyPair;
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let path = dir.join("sync-sign.pem");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
+    std::fs::write(
+        &path,
+        format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n"),
+    )
+    .unwrap();
+    (
+        path,
+        base64::engine::general_purpose::STANDARD.encode(pair.public_key().as_ref()),
+    )
+}
+
+#[test]
+fn uploads_signed_versions_a_fleet_keyward_fetches_and_verifies() {
+    use common::moto::*;
+    let moto = start_moto();
+    // the bucket must exist: put a placeholder with boto3
+    let pg = Postgres::start();
+    pg.sql(BETTERAUTH);
+    let key = add_key(&pg, "e1", "u_1", r#"{"organizationId":"org_1"}"#);
+    let work = tempfile::tempdir().unwrap();
+    s3_put(&moto, "snapshots", "placeholder", b"x", work.path());
+    let (private, public) = key_pair(work.path());
+    let admin = free_port();
+    let config = work.path().join("sync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nurl_env = \"KW_TEST_DATABASE_URL\"\npreset = \"betterauth\"\n\
+             [output]\nupload = \"s3://snapshots/prod/snapshot.db\"\nsign_key = \"{}\"\n\
+             [follow]\nmode = \"outbox\"\ninterval_ms = 200\n[sync]\nadmin_listen = \"{admin}\"\n",
+            private.display()
+        ),
+    )
+    .unwrap();
+    let env: Vec<(String, String)> = S3_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([
+            ("AWS_ENDPOINT".to_string(), moto.endpoint.clone()),
+            ("AWS_ALLOW_HTTP".to_string(), "true".to_string()),
+        ])
+        .collect();
+    let out = sync_cmd(&pg, &["install", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = work.path().join("sync.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let mut child = sync_cmd(&pg, &["--config", config.to_str().unwrap()])
+        .envs(env.clone())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let sync_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let snap = Snap::new();
+    let mut opts = Opts::new(echo())
+        .set("plans.default.requests_per_window", 1_000_000)
+        .set("snapshot.source", "s3://snapshots/prod/snapshot.db")
+        .set("snapshot.verify_key", public.as_str());
+    opts.env.extend(env);
+    opts.wait_ready = false;
+    let kw = Keyward::start(&snap, opts);
+    let ok = wait_until(Duration::from_secs(20), || {
+        kw.get("/api/v1/x", Some(&key)).status == 200
+    });
+    let served = ok && {
+        // a revocation in Postgres reaches the fleet through a new signed upload
+        pg.sql("UPDATE apikey SET enabled = false, \"updatedAt\" = now() WHERE id = 'e1'");
+        wait_until(Duration::from_secs(20), || {
+            kw.get("/api/v1/x", Some(&key)).status == 401
+        })
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "sync: {}\nkeyward: {}", sync_log(), kw.log());
+    assert!(served, "sync: {}\nkeyward: {}", sync_log(), kw.log());
+}

@@ -147,19 +147,33 @@ fn install_crypto_provider() {
 
 pub use crate::config::source::parse_url;
 
+/// The object store and object a source URL names, credentials from the
+/// environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`); also what `keyward sync`
+/// uploads to (`output.upload`).
+pub fn object_store_for(
+    parsed: &url::Url,
+) -> Result<(Box<dyn ObjectStore>, object_store::path::Path), String> {
+    install_crypto_provider();
+    let mut options = store_options();
+    if parsed.scheme() == "http" {
+        // the operator wrote http:// (an origin on a private network)
+        options.push(("allow_http".into(), "true".into()));
+    }
+    object_store::parse_url_opts(parsed, options).map_err(|e| e.to_string())
+}
+
+/// The URL without credentials or query, for logs.
+pub fn redacted(url: &url::Url) -> String {
+    redact(url)
+}
+
 impl Source {
     /// A source for `url` writing to `dest`; checks the URL and key now.
     pub fn new(url: &str, dest: &Path, verify: Option<VerifyKey>) -> Result<Source, SourceError> {
         install_crypto_provider();
         let bad = |e: String| SourceError::Config(url.to_string(), e);
         let parsed = parse_url(url).map_err(bad)?;
-        let mut options = store_options();
-        if parsed.scheme() == "http" {
-            // the operator wrote http:// (an origin on a private network)
-            options.push(("allow_http".into(), "true".into()));
-        }
-        let (store, object) =
-            object_store::parse_url_opts(&parsed, options).map_err(|e| bad(e.to_string()))?;
+        let (store, object) = object_store_for(&parsed).map_err(bad)?;
         let signature = object_store::path::Path::from(format!("{object}.sig"));
         Ok(Source {
             url: redact(&parsed),

@@ -199,13 +199,19 @@ pub enum Mode {
     Off,
 }
 
-#[derive(Debug, Clone)]
+/// No `Debug`: `url` may hold a password.
+#[derive(Clone)]
 pub struct SyncConfig {
     /// the connection string (from `url` or the environment); never logged
     pub url: String,
     pub ca_file: Option<PathBuf>,
     pub tables: Vec<Table>,
+    /// the snapshot file written (with `upload`: the working copy uploaded)
     pub output: PathBuf,
+    /// `output.upload`: where each new version is put (object, then `.sig`)
+    pub upload: Option<url::Url>,
+    /// `output.sign_key`: Ed25519 PKCS#8 PEM the upload is signed with
+    pub sign_key: Option<PathBuf>,
     pub mode: Mode,
     pub interval: Duration,
     pub full_rebuild_interval: Duration,
@@ -322,15 +328,36 @@ impl SyncConfig {
                 "no table is mapped (set source.preset or [tables.*])",
             ));
         }
-        let output = match (raw.output.path, raw.output.upload, raw.output.sign_key) {
-            (Some(p), None, None) => base.join(p),
-            (_, Some(_), _) | (_, _, Some(_)) => {
+        let upload = match raw.output.upload {
+            Some(u) => {
+                let parsed = crate::config::source::parse_url(&u)
+                    .map_err(|e| invalid("output.upload", e))?;
+                Some(parsed)
+            }
+            None => None,
+        };
+        let sign_key = match (&upload, raw.output.sign_key) {
+            (Some(_), Some(k)) => {
+                let path = base.join(k);
+                let pem = std::fs::read_to_string(&path)
+                    .map_err(|e| invalid("output.sign_key", format!("{}: {e}", path.display())))?;
+                crate::store::source::signature::signing_key(&pem)
+                    .map_err(|e| invalid("output.sign_key", e.to_string()))?;
+                Some(path)
+            }
+            (None, Some(_)) => {
                 return Err(invalid(
-                    "output.upload",
-                    "uploading to an object store is not supported by this build of keyward sync yet: write output.path and publish it with snapshot.source's origin",
+                    "output.sign_key",
+                    "signs what output.upload uploads: set output.upload too",
                 ))
             }
-            (None, None, None) => return Err(invalid("output.path", "is required")),
+            (_, None) => None,
+        };
+        let output = match (raw.output.path, &upload) {
+            (Some(p), _) => base.join(p),
+            // the working copy an upload is made from
+            (None, Some(_)) => base.join(".keyward-sync.snapshot.db"),
+            (None, None) => return Err(invalid("output", "names neither path nor upload")),
         };
         let mode = match raw.follow.mode.as_str() {
             "outbox" => Mode::Outbox,
@@ -356,6 +383,8 @@ impl SyncConfig {
             ca_file,
             tables: tables.into_values().collect(),
             output,
+            upload,
+            sign_key,
             mode,
             interval: Duration::from_millis(raw.follow.interval_ms),
             full_rebuild_interval: Duration::from_secs(raw.follow.full_rebuild_interval_s.max(1)),

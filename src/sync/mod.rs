@@ -16,6 +16,7 @@ pub mod config;
 pub mod outbox;
 pub mod pg;
 pub mod preset;
+pub mod upload;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -38,6 +39,7 @@ pub struct SyncMetrics {
     pub lag: Gauge,
     pub source_up: IntGauge,
     pub rows_skipped: IntCounterVec,
+    pub uploads: IntCounterVec,
     /// unix seconds of the last round that reached the source
     pub last_contact: AtomicI64,
     max_staleness: Duration,
@@ -72,8 +74,17 @@ impl SyncMetrics {
             &["table"],
         )
         .unwrap();
+        let uploads = IntCounterVec::new(
+            opts(
+                "sync_uploads_total",
+                "Versions put to output.upload, by result",
+            ),
+            &["result"],
+        )
+        .unwrap();
         for c in [
-            Box::new(builds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(uploads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(builds.clone()),
             Box::new(changes_applied.clone()),
             Box::new(lag.clone()),
             Box::new(source_up.clone()),
@@ -83,6 +94,7 @@ impl SyncMetrics {
         }
         for r in ["ok", "failed"] {
             builds.with_label_values(&[r]);
+            uploads.with_label_values(&[r]);
         }
         Arc::new(SyncMetrics {
             registry,
@@ -91,6 +103,7 @@ impl SyncMetrics {
             lag,
             source_up,
             rows_skipped,
+            uploads,
             last_contact: AtomicI64::new(0),
             max_staleness,
         })
@@ -219,6 +232,26 @@ async fn full_build(
     }
 }
 
+/// Upload the working copy when `output.upload` is set; a failure leaves
+/// `pending` set so the next round tries again.
+async fn publish(cfg: &SyncConfig, m: &SyncMetrics, pending: &mut bool) -> Result<(), String> {
+    if cfg.upload.is_none() || !*pending {
+        return Ok(());
+    }
+    match upload::upload(cfg).await {
+        Ok(_) => {
+            m.uploads.with_label_values(&["ok"]).inc();
+            *pending = false;
+            Ok(())
+        }
+        Err(e) => {
+            m.uploads.with_label_values(&["failed"]).inc();
+            tracing::error!(error = %e, "upload failed (retried next round)");
+            Err(e)
+        }
+    }
+}
+
 /// `keyward sync install [--print]`: the outbox SQL, run or printed.
 pub async fn install(cfg: &SyncConfig, print: bool, schema: &str) -> Result<(), String> {
     let sql = outbox::install_sql(cfg, schema);
@@ -259,7 +292,7 @@ pub async fn run(cfg: SyncConfig, once: bool) -> Result<(), String> {
         full_build(&mut client, &cfg, &metrics, "once")
             .await
             .map_err(|e| format!("{e} (the last good snapshot is kept)"))?;
-        return Ok(());
+        return publish(&cfg, &metrics, &mut true).await;
     }
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -296,7 +329,10 @@ async fn follow(cfg: &SyncConfig, m: &SyncMetrics) -> Result<(), SyncError> {
         last_full = Instant::now();
     }
     let mut position = position.unwrap();
+    // a restart may follow a version that was never uploaded
+    let mut pending = true;
     loop {
+        let _ = publish(cfg, m, &mut pending).await;
         // a notification, or the interval: a missed NOTIFY is found by the outbox
         let _ = tokio::time::timeout(cfg.interval, wake.recv()).await;
         if let Some(l) = &listener {
@@ -310,6 +346,7 @@ async fn follow(cfg: &SyncConfig, m: &SyncMetrics) -> Result<(), SyncError> {
         if last_full.elapsed() >= cfg.full_rebuild_interval {
             position = full_build(&mut client, cfg, m, "interval").await?;
             last_full = Instant::now();
+            pending = true;
             continue;
         }
         match cfg.mode {
@@ -325,6 +362,7 @@ async fn follow(cfg: &SyncConfig, m: &SyncMetrics) -> Result<(), SyncError> {
                 .await
                 .expect("the apply thread panicked")?;
                 m.changes_applied.inc_by(changed);
+                pending |= changed > 0;
             }
             Mode::Outbox => {
                 let round = outbox::round(&mut client, cfg, &position).await?;
@@ -333,6 +371,7 @@ async fn follow(cfg: &SyncConfig, m: &SyncMetrics) -> Result<(), SyncError> {
                     outbox::Round::Rebuild(why) => {
                         position = full_build(&mut client, cfg, m, why).await?;
                         last_full = Instant::now();
+                        pending = true;
                     }
                     outbox::Round::Changes {
                         reads,
@@ -351,6 +390,7 @@ async fn follow(cfg: &SyncConfig, m: &SyncMetrics) -> Result<(), SyncError> {
                             .await
                             .expect("the apply thread panicked")?;
                             m.changes_applied.inc_by(changed);
+                            pending |= changed > 0;
                             tracing::info!(outbox_rows = rows, changed, "changes applied");
                         }
                         if xmin != position {

@@ -13,6 +13,7 @@
 
 mod client;
 mod config;
+pub mod moto;
 pub mod postgres;
 pub mod redis_servers;
 mod upstreams;
