@@ -89,7 +89,7 @@ pub async fn read_table(
         None => tx.prepare(&t.query).await.map_err(query_err)?,
         Some(_) => tx
             .prepare(&format!(
-                "SELECT * FROM ({}) AS keyward_rows WHERE keyward_rows.id = ANY($1::text[])",
+                "SELECT * FROM ({}) AS keyward_rows WHERE keyward_rows.id::text = ANY($1::text[])",
                 t.query
             ))
             .await
@@ -485,14 +485,19 @@ pub fn apply_in_place(output: &Path, reads: &[(&Read, Scope<'_>)]) -> Result<u64
         let mut change = tx
             .prepare("INSERT INTO changes (seq, kind, key) VALUES (?1, ?2, ?3)")
             .map_err(|e| snap_err(output, e))?;
-        for id in ids {
-            let (before, after) = (old.get(id), new.get(id).copied());
-            if before == after {
-                continue;
-            }
-            if before.is_some() {
+        // every delete before any insert: two rows trading a token hash
+        // must not meet the UNIQUE index half-way
+        let differing: Vec<&str> = ids
+            .into_iter()
+            .filter(|id| old.get(*id) != new.get(*id).copied())
+            .collect();
+        for id in &differing {
+            if old.contains_key(*id) {
                 delete.execute([id]).map_err(|e| snap_err(output, e))?;
             }
+        }
+        for id in differing {
+            let (before, after) = (old.get(id), new.get(id).copied());
             if let Some(row) = after {
                 insert
                     .execute(params_from_iter(row.iter()))

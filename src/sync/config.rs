@@ -295,7 +295,14 @@ impl SyncConfig {
             }
             let hash = match (token_column(&name), t.hash.as_deref()) {
                 (Some(col), h) => {
-                    let h = h.unwrap_or("hex");
+                    // no default: a source holding raw hex tokens must not
+                    // land in the snapshot as if they were digests
+                    let h = h.ok_or_else(|| {
+                        invalid(
+                            format!("tables.{name}.hash"),
+                            "is required for a token table: hex, base64url, base64 (digests) or plain (tokens, hashed by sync)",
+                        )
+                    })?;
                     let enc = HashEncoding::parse(h).ok_or_else(|| {
                         invalid(
                             format!("tables.{name}.hash"),

@@ -295,8 +295,11 @@ pub async fn run(cfg: SyncConfig, once: bool) -> Result<(), String> {
         return publish(&cfg, &metrics, &mut true).await;
     }
     let mut backoff = Duration::from_millis(200);
+    // kept across reconnects: a round failing over and over must not keep
+    // the periodic full rebuild from ever coming
+    let mut last_full: Option<Instant> = None;
     loop {
-        match follow(&cfg, &metrics).await {
+        match follow(&cfg, &metrics, &mut last_full).await {
             Ok(()) => unreachable!("follow returns only on an error"),
             Err(e) => {
                 metrics.contact(false);
@@ -309,7 +312,11 @@ pub async fn run(cfg: SyncConfig, once: bool) -> Result<(), String> {
 }
 
 /// Connect, listen, build when needed, then follow until an error.
-async fn follow(cfg: &SyncConfig, m: &SyncMetrics) -> Result<(), SyncError> {
+async fn follow(
+    cfg: &SyncConfig,
+    m: &SyncMetrics,
+    last_full_at: &mut Option<Instant>,
+) -> Result<(), SyncError> {
     // the listening connection: notifications wake the loop early
     let config: tokio_postgres::Config = pg::normalize_url(&cfg.url)
         .parse()
@@ -323,11 +330,13 @@ async fn follow(cfg: &SyncConfig, m: &SyncMetrics) -> Result<(), SyncError> {
     let mut client = pg::connect(&cfg.url, cfg.ca_file.as_deref()).await?;
     m.contact(true);
     let mut position = build::load_position(&cfg.output).filter(|_| cfg.output.exists());
-    let mut last_full = Instant::now();
-    if position.is_none() || cfg.mode == Mode::Poll {
+    let due = last_full_at.is_some_and(|t| t.elapsed() >= cfg.full_rebuild_interval);
+    last_full_at.get_or_insert_with(Instant::now);
+    if position.is_none() || cfg.mode == Mode::Poll || due {
         position = Some(full_build(&mut client, cfg, m, "start").await?);
-        last_full = Instant::now();
+        *last_full_at = Some(Instant::now());
     }
+    let mut last_full = last_full_at.unwrap_or_else(Instant::now);
     let mut position = position.unwrap();
     // a restart may follow a version that was never uploaded
     let mut pending = true;
@@ -346,6 +355,7 @@ async fn follow(cfg: &SyncConfig, m: &SyncMetrics) -> Result<(), SyncError> {
         if last_full.elapsed() >= cfg.full_rebuild_interval {
             position = full_build(&mut client, cfg, m, "interval").await?;
             last_full = Instant::now();
+            *last_full_at = Some(last_full);
             pending = true;
             continue;
         }
@@ -371,6 +381,7 @@ async fn follow(cfg: &SyncConfig, m: &SyncMetrics) -> Result<(), SyncError> {
                     outbox::Round::Rebuild(why) => {
                         position = full_build(&mut client, cfg, m, why).await?;
                         last_full = Instant::now();
+                        *last_full_at = Some(last_full);
                         pending = true;
                     }
                     outbox::Round::Changes {

@@ -5,12 +5,13 @@
 //! The position is a transaction-id watermark, not a sequence number:
 //! sequence values are handed out before commit, so a row with a lower
 //! `seq` can become visible after a higher one was read. Each round reads,
-//! inside one repeatable-read transaction, the rows whose writing
-//! transaction id lies in [position, xmin) — `xmin` being the oldest
-//! transaction still running, every id below it is finished and its rows
-//! visible — re-reads the mapped rows they name, and moves the position to
-//! `xmin` once the snapshot has them. Rows at or above `xmin` that were
-//! already visible are read again next round; re-applying a row changes
+//! inside one repeatable-read transaction, every visible row whose writing
+//! transaction id is at or above the position, re-reads the mapped rows
+//! they name, and moves the position to the snapshot's `xmin` (the oldest
+//! transaction still running: every id below it is finished, so no row
+//! below it can appear later) once the snapshot has them. Rows at or above
+//! `xmin` are read again next round (a long transaction elsewhere delays
+//! nothing, it only makes rounds re-read); re-applying a row changes
 //! nothing. Rows below the position are pruned.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -118,8 +119,8 @@ pub async fn round(
     let rows = tx
         .query(
             "SELECT source_table, row_id FROM keyward_outbox \
-             WHERE xid >= $1::text::xid8 AND xid < $2::text::xid8 ORDER BY seq",
-            &[&position, &xmin],
+             WHERE xid >= $1::text::xid8 ORDER BY seq",
+            &[&position],
         )
         .await
         .map_err(pg)?;

@@ -1,8 +1,8 @@
 //! The source: Postgres through tokio-postgres, TLS over rustls (ring) per
 //! the URL's `sslmode`, and result rows as the few values a snapshot holds.
 //!
-//! `sslmode`: `disable` → plain TCP; `prefer` (libpq's default) → TLS when
-//! the server offers it; `require`, `verify-ca`, `verify-full` → TLS or no
+//! `sslmode`: `disable` → plain TCP; `prefer` → TLS when the server offers
+//! it; absent → `require` (stricter than libpq's `prefer` default); `require`, `verify-ca`, `verify-full` → TLS or no
 //! connection. Whenever TLS is used the certificate is verified (against
 //! `source.ca_file`, else the webpki roots) and so is the host name:
 //! stricter than libpq's `require`, on purpose (an auth proxy's source of
@@ -113,7 +113,8 @@ pub async fn connect(url: &str, ca_file: Option<&std::path::Path>) -> Result<Cli
     Ok(client)
 }
 
-/// The URL's `sslmode` (libpq's default: `prefer`). tokio-postgres reads
+/// The URL's `sslmode`; absent: `require` (not libpq's `prefer`, which an
+/// active attacker turns into plain text by refusing TLS). tokio-postgres reads
 /// disable/prefer/require itself; verify-ca and verify-full are require
 /// here, since every TLS connection verifies.
 fn sslmode(url: &str) -> String {
@@ -124,13 +125,21 @@ fn sslmode(url: &str) -> String {
                 .find(|(k, _)| k == "sslmode")
                 .map(|(_, v)| v.into_owned())
         })
-        .unwrap_or_else(|| "prefer".into())
+        .unwrap_or_else(|| "require".into())
 }
 
 /// A URL tokio-postgres accepts: `verify-ca`/`verify-full` become `require`.
 pub fn normalize_url(url: &str) -> String {
-    url.replace("sslmode=verify-full", "sslmode=require")
-        .replace("sslmode=verify-ca", "sslmode=require")
+    let u = url
+        .replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require");
+    if u.contains("sslmode=") {
+        u
+    } else if u.contains('?') {
+        format!("{u}&sslmode=require")
+    } else {
+        format!("{u}?sslmode=require")
+    }
 }
 
 fn tls(

@@ -53,13 +53,15 @@ pub fn betterauth(schema: &str, plan_query: Option<&str>, window_s: u64) -> Vec<
             name: "sessions".into(),
             query: format!(
                 "SELECT s.id::text AS id, s.token AS token_hash, s.\"userId\"::text AS user_id, \
-                 s.\"activeOrganizationId\"::text AS active_organization_id, \
+                 CASE WHEN EXISTS (SELECT 1 FROM {member} AS m WHERE m.\"userId\" = s.\"userId\" \
+                      AND m.\"organizationId\" = s.\"activeOrganizationId\") \
+                      THEN s.\"activeOrganizationId\"::text END AS active_organization_id, \
                  floor(extract(epoch FROM s.\"expiresAt\"))::bigint AS expires_at \
                  FROM {session} AS s"
             ),
             hash: Some(("token_hash", HashEncoding::Plain)),
             watch: vec!["session".into()],
-            watch_all: vec![],
+            watch_all: vec!["member".into()],
             derive: None,
         },
         Table {
@@ -71,7 +73,7 @@ pub fn betterauth(schema: &str, plan_query: Option<&str>, window_s: u64) -> Vec<
                  k.key AS key_hash, left(coalesce(k.start, k.prefix), 8) AS key_prefix, \
                  NULL::text AS permissions, \
                  floor(extract(epoch FROM k.\"expiresAt\"))::bigint AS expires_at, \
-                 CASE WHEN k.enabled IS FALSE \
+                 CASE WHEN k.enabled IS FALSE OR k.remaining <= 0 \
                       THEN floor(extract(epoch FROM k.\"updatedAt\"))::bigint END AS revoked_at, \
                  CASE WHEN k.\"rateLimitEnabled\" IS TRUE AND k.\"rateLimitTimeWindow\" = {window_ms} \
                       THEN k.\"rateLimitMax\"::bigint END AS rate_limit \
