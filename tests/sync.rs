@@ -285,21 +285,10 @@ fn outbox_follows_revocations_in_place_and_survives_restarts() {
     .unwrap();
     assert!(String::from_utf8_lossy(&printed.stdout)
         .contains("CREATE TABLE IF NOT EXISTS keyward_outbox"));
-    let out = sync_cmd(&pg, &["install", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    install(&pg, &config);
     let sync = Sync::start(&pg, &config);
     assert!(
-        wait_until(PATIENCE, || snap
-            .conn()
-            .query_row("SELECT count(*) FROM api_keys", [], |r| r.get::<_, i64>(0))
-            .unwrap_or(0)
-            == 2),
+        wait_until(PATIENCE, || api_key_rows(&snap) == 2),
         "{}",
         sync.log()
     );
@@ -343,16 +332,38 @@ fn ino(snap: &Snap) -> u64 {
     std::fs::metadata(&snap.path).unwrap().ino()
 }
 
-fn sync_metrics(config: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(config).unwrap();
-    let admin = text
+/// `[sync] admin_listen` of a sync config written by [`sync_config`].
+fn sync_admin(config: &std::path::Path) -> std::net::SocketAddr {
+    std::fs::read_to_string(config)
+        .unwrap()
         .lines()
         .find_map(|l| l.strip_prefix("admin_listen = "))
         .unwrap()
         .trim_matches('"')
-        .to_string();
-    let addr: std::net::SocketAddr = admin.parse().unwrap();
-    get(addr, "/metrics").body_str()
+        .parse()
+        .unwrap()
+}
+
+fn sync_metrics(config: &std::path::Path) -> String {
+    get(sync_admin(config), "/metrics").body_str()
+}
+
+/// `keyward sync install`: it must succeed.
+fn install(pg: &Postgres, config: &std::path::Path) {
+    let out = sync_cmd(pg, &["install", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn api_key_rows(snap: &Snap) -> i64 {
+    snap.conn()
+        .query_row("SELECT count(*) FROM api_keys", [], |r| r.get(0))
+        .unwrap_or(0)
 }
 
 #[test]
@@ -364,11 +375,7 @@ fn poll_mode_writes_the_difference() {
     let config = sync_config(&pg, &snap, "poll", "");
     let sync = Sync::start(&pg, &config);
     assert!(
-        wait_until(PATIENCE, || snap
-            .conn()
-            .query_row("SELECT count(*) FROM api_keys", [], |r| r.get::<_, i64>(0))
-            .unwrap_or(0)
-            == 1),
+        wait_until(PATIENCE, || api_key_rows(&snap) == 1),
         "{}",
         sync.log()
     );
@@ -406,24 +413,10 @@ fn readyz_turns_503_while_the_source_is_unreachable_and_custom_tables_follow() {
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("max_staleness_s = 1\n");
     std::fs::write(&config, text).unwrap();
-    let out = sync_cmd(&pg, &["install", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    install(&pg, &config);
     let sync = Sync::start(&pg, &config);
     let readyz = || {
-        let text = std::fs::read_to_string(&config).unwrap();
-        let admin: std::net::SocketAddr = text
-            .lines()
-            .find_map(|l| l.strip_prefix("admin_listen = "))
-            .unwrap()
-            .trim_matches('"')
-            .parse()
-            .unwrap();
+        let admin = sync_admin(&config);
         if std::net::TcpStream::connect(admin).is_err() {
             return 0; // not listening yet
         }
@@ -514,14 +507,7 @@ fn uploads_signed_versions_a_fleet_keyward_fetches_and_verifies() {
             ("AWS_ALLOW_HTTP".to_string(), "true".to_string()),
         ])
         .collect();
-    let out = sync_cmd(&pg, &["install", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    install(&pg, &config);
     let log = work.path().join("sync.log");
     let f = std::fs::File::create(&log).unwrap();
     let mut child = sync_cmd(&pg, &["--config", config.to_str().unwrap()])

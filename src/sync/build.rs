@@ -58,7 +58,11 @@ pub struct Fetched {
 /// The position of a repeatable-read transaction (see [`Fetched::xmin`]).
 pub const XMIN_SQL: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text";
 
-pub async fn fetch_all(client: &mut Client, cfg: &SyncConfig) -> Result<Fetched, SyncError> {
+/// A read-only repeatable-read transaction and its `xmin`: the one view
+/// of the source a full build or a follow round reads.
+pub async fn snapshot_tx(
+    client: &mut Client,
+) -> Result<(tokio_postgres::Transaction<'_>, String), SyncError> {
     let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -67,6 +71,11 @@ pub async fn fetch_all(client: &mut Client, cfg: &SyncConfig) -> Result<Fetched,
         .await
         .map_err(pg)?;
     let xmin: String = tx.query_one(XMIN_SQL, &[]).await.map_err(pg)?.get(0);
+    Ok((tx, xmin))
+}
+
+pub async fn fetch_all(client: &mut Client, cfg: &SyncConfig) -> Result<Fetched, SyncError> {
+    let (tx, xmin) = snapshot_tx(client).await?;
     let mut tables = Vec::with_capacity(cfg.tables.len());
     for t in &cfg.tables {
         tables.push(read_table(&tx, t, None).await?);

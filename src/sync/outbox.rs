@@ -16,9 +16,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tokio_postgres::{Client, IsolationLevel};
+use tokio_postgres::Client;
 
-use super::build::{read_table, Read, SyncError, XMIN_SQL};
+use super::build::{read_table, snapshot_tx, Read, SyncError};
 use super::config::SyncConfig;
 
 pub const CHANNEL: &str = "keyward_outbox";
@@ -97,14 +97,7 @@ pub async fn round(
     position: &str,
 ) -> Result<Round, SyncError> {
     let pg = |e| SyncError::Source(super::pg::PgError::from(e));
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(pg)?;
-    let xmin: String = tx.query_one(XMIN_SQL, &[]).await.map_err(pg)?.get(0);
+    let (tx, xmin) = snapshot_tx(client).await?;
     let ahead: bool = tx
         .query_one(
             "SELECT $1::text::xid8 > pg_snapshot_xmax(pg_current_snapshot())",
