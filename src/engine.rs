@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use crate::auth::decide::{self, Body, Decision, Env, Pending, PlanUse, Policy, RequestFacts};
 use crate::config::Config;
 use crate::http::streams::Streams;
+use crate::http::usage::Usage;
 use crate::metrics::Metrics;
 use crate::ratelimit::{AuthFailureThrottle, Limiter, LocalLimiter};
 use crate::snapshot::SnapshotStore;
@@ -28,6 +29,8 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     /// open WebSocket and SSE streams, closed when their credential lapses
     pub streams: Arc<Streams>,
+    /// per-key usage for `usage.push_url` (SPEC §8.4)
+    pub usage: Arc<Usage>,
     warned_unconfigured: AtomicBool,
     /// set from SIGTERM/SIGQUIT on: `/readyz` answers 503 while in-flight
     /// requests drain, so a load balancer stops sending
@@ -72,6 +75,12 @@ impl Engine {
             limiter,
             verdicts: Verdicts::attach(&config.cache, &store),
             streams: Streams::new(store.clone(), metrics.clone()),
+            usage: Usage::new(
+                &config.usage,
+                &config.server.replica_id,
+                metrics.usage.clone(),
+                crate::clock::now_unix(),
+            ),
             store,
             policy: ArcSwap::from_pointee(Policy { config }),
             metrics,
@@ -137,6 +146,7 @@ impl<'e> Pinned<'e> {
     /// organization whose plan has no table.
     fn count(&self, d: &Decision<'_>) {
         let (plan, decision) = match d {
+            Decision::Forward(g) if g.would_deny.is_some() => (g.plan, "shadow_denied"),
             Decision::Forward(g) => (g.plan, "allowed"),
             Decision::Refuse(r) => (r.plan, "limited"),
             Decision::NeedBody(_) => (None, ""),

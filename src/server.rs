@@ -120,6 +120,9 @@ pub fn start_support(config: Config, upgrade: bool) -> anyhow::Result<Running> {
         let _ = engine.source_unreachable.set(source.unreachable.clone());
         rt.spawn(source.run(poll));
     }
+    if engine.usage.enabled() {
+        rt.spawn(engine.usage.clone().run());
+    }
     let admin: Arc<Mutex<Option<AdminHandle>>> = Arc::default();
     let admin_addr = match incoming {
         None => {
@@ -401,6 +404,16 @@ fn finish(running: Running) -> anyhow::Result<()> {
     // drained: the upgraded process adds what this one admitted meanwhile
     if let Some(sent) = running.handed_over.lock().unwrap().take() {
         sent.finish(&*running.engine.limiter);
+    }
+    // the last requests' usage (SPEC §8.4): one bounded push
+    if running.engine.usage.enabled() {
+        let usage = running.engine.usage.clone();
+        let last = running._admin_rt.block_on(async move {
+            tokio::time::timeout(std::time::Duration::from_secs(2), usage.flush()).await
+        });
+        if !matches!(last, Ok(Ok(()))) {
+            tracing::warn!("usage: the last push at shutdown did not complete");
+        }
     }
     // spans of the last requests: exported before the runtime stops
     #[cfg(feature = "otel")]

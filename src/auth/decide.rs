@@ -17,12 +17,13 @@ use http::{HeaderMap, Method};
 use crate::auth::credentials::{self, BearerKind, Credential, SessionSettings};
 use crate::auth::denial::Denial;
 use crate::auth::directory::{Directory, Entry};
-use crate::auth::limit::{Limiter, RateOutcome, RateState, Throttle};
+use crate::auth::limit::{group_key, Limiter, RateState, Throttle, Window, MAX_WINDOWS};
 use crate::auth::principal::{
-    ApiKey, McpKind, McpToken, Org, OrgRecord, Scope, Session, TokenKey, TokenTable, Verdict,
+    AllowedIps, ApiKey, McpKind, McpToken, Org, OrgRecord, OwnLimit, Scope, Session, TokenKey,
+    TokenTable, Verdict,
 };
 use crate::auth::scope;
-use crate::config::routes::{AuthMode, Captures, Route, WorkspaceSource};
+use crate::config::routes::{AuthMode, Captures, LimitMode, Route, WorkspaceSource};
 use crate::config::{Config, Plan, UnknownWorkspaces};
 use crate::request::forwarding::Client;
 
@@ -168,6 +169,9 @@ pub enum PlanUse<'p> {
 pub struct Grant<'p> {
     pub identity: Identity,
     pub rate: Option<RateState>,
+    /// `Some("rate_limit")`: over a shadowed limit, forwarded anyway (SPEC
+    /// §6.1; the access log's `would_deny`, `decision="shadow_denied"`)
+    pub would_deny: Option<&'static str>,
     /// None on `auth = "none"` routes
     pub caller: Option<Caller>,
     pub plan: Option<PlanUse<'p>>,
@@ -234,6 +238,7 @@ fn on_route<'p>(
         return Decision::Forward(Grant {
             identity: Identity::default(),
             rate: None,
+            would_deny: None,
             caller: None,
             plan: None,
             route: None,
@@ -256,8 +261,8 @@ fn on_route<'p>(
     };
     // The route's own rules come before any body is read (a request they
     // refuse is never buffered).
-    if let Err(d) = check_flags(route, &caller, env) {
-        return refusal(env, caller, d);
+    if let Err(d) = check_flags(facts.method, route, &caller, env) {
+        return refusal(env, route, caller, d);
     }
     let inspects_body = route
         .workspace
@@ -268,7 +273,7 @@ fn on_route<'p>(
         // Only a body keyward and the upstream read the same way is
         // inspected, judged from the head (415 before 413, SPEC §5.1).
         if let Err(e) = scope::inspectable_body(facts.headers) {
-            return refusal(env, caller, Denial::UnsupportedMediaType(e.reason()));
+            return refusal(env, route, caller, Denial::UnsupportedMediaType(e.reason()));
         }
         env.note("body", || {
             format!(
@@ -309,22 +314,18 @@ pub fn decide_body<'p>(
     } = pending;
     match body {
         Body::Read(body) => authorize(facts, route, &captures, caller, Some(body), env),
-        Body::TooLarge => refusal(env, caller, Denial::PayloadTooLarge),
+        Body::TooLarge => refusal(env, route, caller, Denial::PayloadTooLarge),
     }
     .at(route)
 }
 
-/// A refusal for an authenticated caller: it carries the organization's
-/// rate-limit state when it has one (SPEC §6: every response to a
-/// rate-limited organization carries the headers).
-fn refusal<'p>(env: &Env<'p>, caller: Caller, denial: Denial) -> Decision<'p> {
-    let rate = match (&caller.org, limit_for(&caller, &env.policy.config)) {
-        (Some(org), Some((n, _))) => Some(env.limiter.peek(&org.id, n, env.now)),
-        _ => None,
-    };
+/// A refusal for an authenticated caller: it carries the rate-limit state
+/// of the windows the request would count in, when it has any (SPEC §6:
+/// every response to a rate-limited organization carries the headers).
+fn refusal<'p>(env: &Env<'p>, route: &Route, caller: Caller, denial: Denial) -> Decision<'p> {
     Decision::Refuse(Refusal {
         denial,
-        rate,
+        rate: peek_windows(&caller, Some(route), env),
         caller: Some(caller),
         plan: None,
         route: None,

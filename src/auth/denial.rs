@@ -17,6 +17,9 @@ pub enum Denial {
     RateLimited {
         retry_after: u64,
         per_ip: bool,
+        /// `details.limit` (SPEC §6.1): `"key"` or `"organization"` — the
+        /// window that refused; None for the per-IP throttle
+        limit: Option<&'static str>,
     },
     BadRequest(&'static str),
     /// 415: a body the route must inspect is not JSON as sent (SPEC §5.1)
@@ -103,6 +106,14 @@ impl Denial {
     /// The JSON body: `{"error", "code", "details"}`.
     pub fn body(&self) -> Bytes {
         let details = match (self, self.reason()) {
+            (
+                Denial::RateLimited {
+                    retry_after,
+                    limit: Some(limit),
+                    ..
+                },
+                _,
+            ) => serde_json::json!({ "retry_after": retry_after, "limit": limit }),
             (Denial::RateLimited { retry_after, .. }, _) => {
                 serde_json::json!({ "retry_after": retry_after })
             }

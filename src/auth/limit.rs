@@ -18,7 +18,7 @@ pub trait Throttle: Send + Sync {
 }
 
 /// What the `X-RateLimit-*` headers say.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RateState {
     pub limit: u64,
     pub remaining: u64,
@@ -49,11 +49,58 @@ pub enum RateOutcome {
     Limited(RateState),
 }
 
-/// A per-organization limiter. A shared backend (Redis) implements the same
-/// trait; the proxy only sees this.
+/// One window a request counts in (SPEC §6, §6.1): the organization's
+/// main window, one of its limit groups, or a key's own window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window<'a> {
+    /// the limiter's key: the organization id for its main window (see
+    /// [`group_key`], [`credential_key`] for the others)
+    pub key: &'a str,
+    pub limit: u64,
+}
+
+/// The most windows one request counts in: its credential's and its
+/// organization's (main or group).
+pub const MAX_WINDOWS: usize = 2;
+
+/// The limiter key of an organization's limit group (SPEC §6.1 route
+/// `limit`). The unit separator cannot be part of a snapshot id keyward
+/// serves in a header, so it cannot collide with an organization id.
+pub fn group_key(org: &str, group: &str) -> String {
+    format!("{org}\u{1f}g\u{1f}{group}")
+}
+
+/// The limiter key of a credential's own window (`api_keys.rate_limit`,
+/// `mcp_tokens.rate_limit`), by its kind and id.
+pub fn credential_key(kind: &str, id: &str) -> String {
+    format!("\u{1f}k\u{1f}{kind}\u{1f}{id}")
+}
+
+/// A limiter of fixed windows per key. A shared backend (Redis) implements
+/// the same trait; the proxy only sees this.
 pub trait Limiter: Send + Sync {
+    /// Count `cost` in every one of `windows` if each has `cost` left, else
+    /// in none (SPEC §6.1: a request refused by one window uses up none).
+    /// `states[i]` is set to window `i`'s state afterwards; the answer is the
+    /// index of the window that refused, None when admitted. At most
+    /// [`MAX_WINDOWS`] windows; racing callers are admitted exactly up to
+    /// every limit when the windows come in the same order (credential
+    /// first, organization last).
+    fn charge(
+        &self,
+        windows: &[Window<'_>],
+        cost: u64,
+        now: i64,
+        states: &mut [RateState],
+    ) -> Option<usize>;
     /// Count one request for `key` if it fits under `limit`.
-    fn admit(&self, key: &str, limit: u64, now: i64) -> RateOutcome;
+    fn admit(&self, key: &str, limit: u64, now: i64) -> RateOutcome {
+        let mut states = [RateState::default()];
+        match self.charge(&[Window { key, limit }], 1, now, &mut states) {
+            None => RateOutcome::Admitted(states[0]),
+            Some(_) => RateOutcome::Limited(states[0]),
+        }
+    }
     /// The current state without counting (for denied responses).
     fn peek(&self, key: &str, limit: u64, now: i64) -> RateState;
     /// Which backend, and whether it is usable (for metrics and /readyz).

@@ -27,28 +27,57 @@ pub enum Scope {
     Malformed,
 }
 
-impl Scope {
-    pub fn parse(permissions: Option<&str>) -> Scope {
+/// What `api_keys.permissions` says (SPEC §2, §6.1): the scope, and
+/// `readOnly`.
+#[derive(Debug, Clone)]
+pub struct Permissions {
+    pub scope: Scope,
+    /// `permissions.readOnly = true`: only GET, HEAD and OPTIONS pass
+    pub read_only: bool,
+}
+
+impl Permissions {
+    pub fn parse(permissions: Option<&str>) -> Permissions {
         #[derive(serde::Deserialize)]
         struct Perms {
             scope: Option<String>,
             #[serde(rename = "workspaceIds")]
             workspace_ids: Option<Vec<String>>,
+            /// anything but a JSON boolean (or null) makes the JSON malformed
+            #[serde(rename = "readOnly")]
+            read_only: Option<bool>,
         }
+        let open = |scope| Permissions {
+            scope,
+            read_only: false,
+        };
         let Some(text) = permissions else {
-            return Scope::OrgWide;
+            return open(Scope::OrgWide);
         };
         // JSON `null` is org-wide like SQL NULL; anything else must be valid
         // JSON (found by fuzz/permissions_json: `str::trim` accepted a
         // vertical tab around "null", which JSON does not).
         let p = match serde_json::from_str::<Option<Perms>>(text) {
             Ok(Some(p)) => p,
-            Ok(None) => return Scope::OrgWide,
-            Err(_) => return Scope::Malformed,
+            Ok(None) => return open(Scope::OrgWide),
+            Err(_) => return open(Scope::Malformed),
         };
-        match p.scope.as_deref() {
+        Permissions {
+            scope: Scope::from_fields(p.scope.as_deref(), p.workspace_ids),
+            read_only: p.read_only.unwrap_or(false),
+        }
+    }
+}
+
+impl Scope {
+    pub fn parse(permissions: Option<&str>) -> Scope {
+        Permissions::parse(permissions).scope
+    }
+
+    fn from_fields(scope: Option<&str>, workspace_ids: Option<Vec<String>>) -> Scope {
+        match scope {
             Some("org") => Scope::OrgWide,
-            Some("workspace") => match p.workspace_ids {
+            Some("workspace") => match workspace_ids {
                 // An empty list would become an empty X-Allowed-Workspaces,
                 // which `if (header)` reads as org-wide (SPEC §5.1).
                 Some(ids)
@@ -78,6 +107,63 @@ impl Scope {
     }
 }
 
+/// `api_keys.allowed_ips` (SPEC §6.1): which client IPs may use a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedIps {
+    /// NULL (or JSON null): any
+    Any,
+    Only(Arc<[ipnet::IpNet]>),
+    /// not a JSON array of CIDRs/IPs: the key is unusable (403)
+    Malformed,
+}
+
+impl AllowedIps {
+    pub fn parse(text: Option<&str>) -> AllowedIps {
+        let Some(text) = text else {
+            return AllowedIps::Any;
+        };
+        let list = match serde_json::from_str::<Option<Vec<String>>>(text) {
+            Ok(None) => return AllowedIps::Any,
+            Ok(Some(list)) => list,
+            Err(_) => return AllowedIps::Malformed,
+        };
+        let mut nets = Vec::with_capacity(list.len());
+        for entry in &list {
+            // exactly as written: no surrounding space, no zone, no port
+            let net = entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match net {
+                Ok(n) => nets.push(n.trunc()),
+                Err(_) => return AllowedIps::Malformed,
+            }
+        }
+        AllowedIps::Only(nets.into())
+    }
+
+    /// Whether `ip` may use the key (an IPv4 client seen on an IPv6
+    /// socket, `::ffff:a.b.c.d`, is matched as IPv4).
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        match self {
+            AllowedIps::Any => true,
+            AllowedIps::Only(nets) => nets.iter().any(|n| n.contains(&ip)),
+            AllowedIps::Malformed => false,
+        }
+    }
+}
+
+/// A credential's own window (SPEC §6.1 `rate_limit`): its limit and the
+/// limiter key, made once when the verdict is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnLimit {
+    pub limit: u64,
+    pub key: Arc<str>,
+}
+
 #[derive(Debug)]
 pub struct ApiKey {
     pub id: Arc<str>,
@@ -87,6 +173,10 @@ pub struct ApiKey {
     pub org: Option<Org>,
     pub scope: Scope,
     pub expires_at: Option<i64>,
+    /// `permissions.readOnly`
+    pub read_only: bool,
+    pub allowed_ips: AllowedIps,
+    pub own_limit: Option<OwnLimit>,
 }
 
 #[derive(Debug)]
@@ -118,6 +208,7 @@ pub struct McpToken {
     pub org: Option<Org>,
     pub end_user_id: Option<Arc<str>>,
     pub expires_at: Option<i64>,
+    pub own_limit: Option<OwnLimit>,
 }
 
 /// A cached answer about one token.

@@ -24,7 +24,7 @@ mod validate;
 pub use model::{
     CacheConfig, Config, McpConfig, Plan, RateLimitBackend, RateLimitConfig, RedisConfig,
     RedisTopology, Secret, ServerConfig, SessionConfig, SnapshotConfig, TlsConfig, TracingConfig,
-    UnknownWorkspaces, UpstreamConfig,
+    UnknownWorkspaces, UpstreamConfig, UsageConfig,
 };
 pub use raw::{
     RawCache, RawConfig, RawMcp, RawPlan, RawRateLimit, RawScopes, RawServer, RawSession,
@@ -103,22 +103,27 @@ impl Config {
             tracing,
             scopes,
             mcp,
+            usage,
             plans,
             routes,
         } = raw;
+        let plans = validate::plans(plans)?;
+        let routes = validate::routes(routes)?;
+        validate::route_groups(&routes, &plans)?;
         Ok(Config {
             source: None,
             server: validate::server(server, base)?,
             upstream: validate::upstream(upstream, base)?,
             snapshot: validate::snapshot(snapshot, base)?,
             cache: validate::cache(cache)?,
-            session: validate::session(session, env)?,
+            session: validate::session(session, &env)?,
             rate_limit: validate::rate_limit(rate_limit, base)?,
             tracing: validate::tracing(tracing)?,
             unknown_workspaces: validate::scopes(scopes)?,
             mcp: validate::mcp(mcp)?,
-            plans: validate::plans(plans),
-            routes: validate::routes(routes)?,
+            usage: validate::usage(usage, &env)?,
+            plans,
+            routes,
         })
     }
 }

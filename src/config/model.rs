@@ -44,6 +44,8 @@ pub struct ServerConfig {
     /// the unix socket `keyward run --upgrade` takes the listeners over (SPEC §8.2)
     pub upgrade_sock: PathBuf,
     pub tls: Option<TlsConfig>,
+    /// `server.replica_id`, else the hostname (usage pushes, SPEC §8.4)
+    pub replica_id: String,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +131,20 @@ pub struct RateLimitConfig {
     pub auth_failures_per_ip: u64,
     pub service_keys_limited: bool,
     pub backend: RateLimitBackend,
+    /// SPEC §6.1 `rate_limit.mode`; a route's `limit_mode` overrides it
+    pub mode: crate::config::routes::LimitMode,
+}
+
+/// `[usage]` (SPEC §8.4): per-key usage pushed to a receiver.
+#[derive(Clone)]
+pub struct UsageConfig {
+    /// None: off
+    pub push_url: Option<url::Url>,
+    pub push_interval: Duration,
+    /// the bearer token for the receiver (from `push_token_env`)
+    pub push_token: Option<Secret>,
+    /// most distinct keys counted and waiting at once
+    pub max_keys: u64,
 }
 
 /// `[tracing]` (SPEC §8.2): OpenTelemetry spans exported over OTLP/HTTP.
@@ -160,12 +176,14 @@ pub struct McpConfig {
     pub allowed_origins: Vec<String>,
 }
 
-/// One `[plans.NAME]` table (SPEC §6, §8.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One `[plans.NAME]` table (SPEC §6, §6.1, §8.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub requests_per_window: u64,
     /// concurrent streams (WebSocket, SSE) per organization; None: no cap
     pub max_streams: Option<u64>,
+    /// limit group → its requests per window (`[plans.NAME.limits.GROUP]`)
+    pub limits: HashMap<String, u64>,
 }
 
 /// The validated configuration.
@@ -182,6 +200,7 @@ pub struct Config {
     pub tracing: Option<TracingConfig>,
     pub unknown_workspaces: UnknownWorkspaces,
     pub mcp: McpConfig,
+    pub usage: UsageConfig,
     /// plan name → its limits
     pub plans: HashMap<String, Plan>,
     pub routes: RouteTable,

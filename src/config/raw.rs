@@ -33,6 +33,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub mcp: RawMcp,
     #[serde(default)]
+    pub usage: RawUsage,
+    #[serde(default)]
     pub plans: HashMap<String, RawPlan>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RawRoute>,
@@ -50,6 +52,8 @@ pub struct RawServer {
     pub max_body_inspect_bytes: usize,
     pub upgrade_sock: String,
     pub tls: Option<RawTls>,
+    /// this replica's name in usage pushes (SPEC §8.4); "" = the hostname
+    pub replica_id: String,
 }
 
 impl Default for RawServer {
@@ -64,6 +68,7 @@ impl Default for RawServer {
             max_body_inspect_bytes: 1 << 20,
             upgrade_sock: "/tmp/keyward-upgrade.sock".into(),
             tls: None,
+            replica_id: String::new(),
         }
     }
 }
@@ -192,6 +197,8 @@ pub struct RawRateLimit {
     pub redis_nodes: Vec<String>,
     pub redis_sentinel_master: String,
     pub redis_ca_file: String,
+    /// SPEC §6.1: "enforce" (default) | "shadow"
+    pub mode: String,
 }
 
 impl Default for RawRateLimit {
@@ -210,6 +217,28 @@ impl Default for RawRateLimit {
             redis_nodes: Vec::new(),
             redis_sentinel_master: String::new(),
             redis_ca_file: String::new(),
+            mode: "enforce".into(),
+        }
+    }
+}
+
+/// `[usage]`: per-key usage pushed to a receiver (SPEC §8.4).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUsage {
+    pub push_url: String,
+    pub push_interval_ms: u64,
+    pub push_token_env: String,
+    pub max_keys: u64,
+}
+
+impl Default for RawUsage {
+    fn default() -> Self {
+        Self {
+            push_url: String::new(),
+            push_interval_ms: 10_000,
+            push_token_env: String::new(),
+            max_keys: 100_000,
         }
     }
 }
@@ -263,4 +292,14 @@ pub struct RawPlan {
     /// concurrent streams per organization (SPEC §8.2); absent: no cap
     #[serde(default)]
     pub max_streams: Option<u64>,
+    /// SPEC §6.1 limit groups: `[plans.NAME.limits.GROUP]`
+    #[serde(default)]
+    pub limits: HashMap<String, RawGroup>,
+}
+
+/// `[plans.NAME.limits.GROUP]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    pub requests_per_window: u64,
 }

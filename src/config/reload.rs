@@ -13,7 +13,8 @@
 
 use super::model::{
     CacheConfig, Config, McpConfig, RateLimitBackend, RateLimitConfig, RedisConfig, RedisTopology,
-    ServerConfig, SessionConfig, SnapshotConfig, TlsConfig, TracingConfig, UpstreamConfig,
+    Secret, ServerConfig, SessionConfig, SnapshotConfig, TlsConfig, TracingConfig, UpstreamConfig,
+    UsageConfig,
 };
 
 /// The dotted key (as written in the file, SPEC §8.1) of the first frozen
@@ -46,6 +47,7 @@ pub fn frozen_change(old: &Config, new: &Config) -> Option<&'static str> {
         unknown_workspaces: _,
         // live: read per request
         mcp: McpConfig { allowed_origins: _ },
+        usage,
         // live: read per request
         plans: _,
         routes: _,
@@ -55,6 +57,29 @@ pub fn frozen_change(old: &Config, new: &Config) -> Option<&'static str> {
         .or_else(|| snapshot_change(snapshot, &new.snapshot))
         .or_else(|| rate_limit_change(rate_limit, &new.rate_limit))
         .or_else(|| tracing_change(tracing.as_ref(), new.tracing.as_ref()))
+        .or_else(|| usage_change(usage, &new.usage))
+}
+
+fn usage_change(old: &UsageConfig, new: &UsageConfig) -> Option<&'static str> {
+    let UsageConfig {
+        // frozen: the pusher is started once
+        push_url,
+        push_interval,
+        push_token,
+        max_keys,
+    } = old;
+    first([
+        ("usage.push_url", *push_url != new.push_url),
+        (
+            "usage.push_interval_ms",
+            *push_interval != new.push_interval,
+        ),
+        (
+            "usage.push_token_env",
+            push_token.as_ref().map(Secret::expose) != new.push_token.as_ref().map(Secret::expose),
+        ),
+        ("usage.max_keys", *max_keys != new.max_keys),
+    ])
 }
 
 /// The first key whose flag is set.
@@ -82,6 +107,8 @@ fn server_change(old: &ServerConfig, new: &ServerConfig) -> Option<&'static str>
         upgrade_sock,
         // frozen: the listener's TLS settings are loaded once
         tls,
+        // frozen: the usage pusher names itself once
+        replica_id,
     } = old;
     first([
         ("server.listen", *listen != new.listen),
@@ -92,6 +119,7 @@ fn server_change(old: &ServerConfig, new: &ServerConfig) -> Option<&'static str>
             *shutdown_grace != new.shutdown_grace,
         ),
         ("server.upgrade_sock", *upgrade_sock != new.upgrade_sock),
+        ("server.replica_id", *replica_id != new.replica_id),
     ])
     .or_else(|| tls_change(tls.as_ref(), new.tls.as_ref()))
 }
@@ -166,6 +194,7 @@ fn rate_limit_change(old: &RateLimitConfig, new: &RateLimitConfig) -> Option<&'s
         auth_failures_per_ip,
         // live: read per request
         service_keys_limited: _,
+        mode: _,
         // frozen: the limiter is built at start
         backend,
     } = old;

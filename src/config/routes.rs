@@ -29,6 +29,33 @@ pub struct RawRoute {
     pub org_optional: bool,
     #[serde(default)]
     pub scoped_keys: Option<String>,
+    /// SPEC §6.1: requests this route's request uses of each window (≥ 1)
+    #[serde(default)]
+    pub cost: Option<u64>,
+    /// SPEC §6.1: the organization's limit group it counts in
+    #[serde(default)]
+    pub limit: Option<String>,
+    /// SPEC §6.1: "enforce" | "shadow" (default: `rate_limit.mode`)
+    #[serde(default)]
+    pub limit_mode: Option<String>,
+}
+
+/// `rate_limit.mode` and route `limit_mode` (SPEC §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitMode {
+    Enforce,
+    /// over the limit: counted, forwarded, reported (`shadow_denied`)
+    Shadow,
+}
+
+impl LimitMode {
+    pub fn parse(text: &str) -> Option<LimitMode> {
+        match text {
+            "enforce" => Some(LimitMode::Enforce),
+            "shadow" => Some(LimitMode::Shadow),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +107,12 @@ pub struct Route {
     pub scoped_filter: bool,
     /// capture index of `{server}` on `auth = "mcp"` routes
     pub mcp_server: Option<usize>,
+    /// requests one request uses of each window it counts in (SPEC §6.1)
+    pub cost: u64,
+    /// the limit group (`[plans.NAME.limits.GROUP]`) it counts in
+    pub limit_group: Option<std::sync::Arc<str>>,
+    /// None: `rate_limit.mode`
+    pub limit_mode: Option<LimitMode>,
 }
 
 impl Route {
@@ -124,6 +157,9 @@ pub static DEFAULT_ROUTE: std::sync::LazyLock<Route> = std::sync::LazyLock::new(
     org_optional: false,
     scoped_filter: false,
     mcp_server: None,
+    cost: 1,
+    limit_group: None,
+    limit_mode: None,
 });
 
 #[derive(Debug)]
@@ -362,6 +398,37 @@ fn compile_route(index: usize, r: RawRoute) -> Result<Route, RouteError> {
     if auth == AuthMode::None && workspace.is_some() {
         return Err(err("a workspace rule needs authentication".into()));
     }
+    let cost = match r.cost {
+        None => 1,
+        Some(0) => return Err(err("cost must be at least 1".into())),
+        Some(n) if n > u64::from(u32::MAX) => {
+            return Err(err(format!("cost {n} is larger than any window can hold")))
+        }
+        Some(n) => n,
+    };
+    let limit_group = match r.limit.as_deref() {
+        None => None,
+        Some(g) if valid_group(g) => Some(std::sync::Arc::from(g)),
+        Some(g) => {
+            return Err(err(format!(
+                "limit `{g}`: a group name is 1-64 of A-Z a-z 0-9 _ -"
+            )))
+        }
+    };
+    let limit_mode = match r.limit_mode.as_deref() {
+        None => None,
+        Some(m) => Some(LimitMode::parse(m).ok_or_else(|| {
+            err(format!(
+                "limit_mode `{m}`: expected \"enforce\" or \"shadow\""
+            ))
+        })?),
+    };
+    if auth == AuthMode::None && (r.cost.is_some() || limit_group.is_some() || limit_mode.is_some())
+    {
+        return Err(err(
+            "cost, limit and limit_mode need authentication (an `auth = \"none\"` route counts in no window)".into(),
+        ));
+    }
     Ok(Route {
         index,
         path: r.path.clone(),
@@ -382,7 +449,18 @@ fn compile_route(index: usize, r: RawRoute) -> Result<Route, RouteError> {
         org_optional: r.org_optional,
         scoped_filter,
         mcp_server,
+        cost,
+        limit_group,
+        limit_mode,
     })
+}
+
+/// A limit group's name (`[plans.NAME.limits.GROUP]`, route `limit`).
+pub fn valid_group(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Why a path was refused (400 BAD_REQUEST).

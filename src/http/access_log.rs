@@ -49,6 +49,9 @@ pub struct Line<'a> {
     pub route: Option<usize>,
     /// `details.reason` of keyward's own answer, empty when forwarded
     pub reason: &'a str,
+    /// `"rate_limit"`: forwarded over a shadowed limit (SPEC §6.1); empty
+    /// otherwise (left out of the line)
+    pub would_deny: &'a str,
     /// the client's `User-Agent`, cut to [`USER_AGENT_MAX`] bytes
     pub user_agent: &'a str,
 }
@@ -160,6 +163,7 @@ pub fn write(line: &Line<'_>) {
             client_ip = ?line.client_ip,
             route = ?line.route,
             reason = line.reason,
+            would_deny = line.would_deny,
             user_agent = line.user_agent,
         );
         return;
@@ -206,6 +210,9 @@ fn text(b: &mut Vec<u8>, l: &Line<'_>) {
     if !l.reason.is_empty() {
         field(b, " reason=", l.reason);
     }
+    if !l.would_deny.is_empty() {
+        field(b, " would_deny=", l.would_deny);
+    }
     let _ = write!(b, " auth_us={} total_us={}", l.auth_us, l.total_us);
     // last, quoted: a user agent has spaces
     b.extend_from_slice(b" user_agent=\"");
@@ -250,6 +257,11 @@ fn json(b: &mut Vec<u8>, l: &Line<'_>) {
     }
     if let Some(ip) = l.client_ip {
         let _ = write!(b, ",\"client_ip\":\"{ip}\"");
+    }
+    if !l.would_deny.is_empty() {
+        b.extend_from_slice(b",\"would_deny\":\"");
+        json_escape(b, l.would_deny);
+        b.push(b'"');
     }
     if let Some(r) = l.route {
         let _ = write!(b, ",\"route\":{r}");
@@ -333,6 +345,7 @@ mod tests {
             client_ip: Some("203.0.113.7".parse().unwrap()),
             route: Some(3),
             reason: "workspace_not_in_scope",
+            would_deny: "",
             user_agent: "curl/8.5 \"x\"\n",
         }
     }

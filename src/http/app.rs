@@ -57,6 +57,10 @@ struct Ctx {
     route: Option<usize>,
     /// `details.reason` of keyward's answer
     reason: &'static str,
+    /// the decision forwarded the request (usage: forwarded, else denied)
+    granted: bool,
+    /// `"rate_limit"`: forwarded over a shadowed limit (SPEC §6.1)
+    would_deny: &'static str,
     /// this request's spans, when `[tracing]` is on and it is sampled
     #[cfg(feature = "otel")]
     trace: Option<crate::http::otel::RequestTrace>,
@@ -74,6 +78,8 @@ impl Ctx {
             client_ip: None,
             route: None,
             reason: "",
+            granted: false,
+            would_deny: "",
             #[cfg(feature = "otel")]
             trace: None,
         }
@@ -229,6 +235,8 @@ impl KeywardApp {
                 ctx.caller = grant.caller;
                 ctx.route = grant.route;
                 ctx.outcome = Outcome::Forwarded;
+                ctx.granted = true;
+                ctx.would_deny = grant.would_deny.unwrap_or("");
                 let strip = pinned.policy.config.upstream.strip_credentials;
                 let apply = |up: &mut HeaderMap,
                              down: &HeaderMap|
@@ -448,6 +456,9 @@ impl KeywardApp {
         if ctx.caller.is_some() || ctx.auth_time > Duration::ZERO {
             m.auth_duration.observe(ctx.auth_time.as_secs_f64());
         }
+        if let Some(caller) = &ctx.caller {
+            record_usage(&self.engine.usage, caller, ctx.granted);
+        }
         let req = session.req_header();
         #[cfg(feature = "otel")]
         if let Some(t) = &ctx.trace {
@@ -475,6 +486,7 @@ impl KeywardApp {
             client_ip: ctx.client_ip,
             route: ctx.route,
             reason: ctx.reason,
+            would_deny: ctx.would_deny,
             user_agent: crate::access_log::cut_user_agent(
                 req.headers
                     .get(http::header::USER_AGENT)
@@ -483,6 +495,24 @@ impl KeywardApp {
             ),
         });
     }
+}
+
+/// Count a request of an API key or MCP token (SPEC §8.4) by its id.
+fn record_usage(usage: &crate::http::usage::Usage, caller: &Caller, forwarded: bool) {
+    use crate::auth::principal::Verdict;
+    use crate::http::usage::KeyKind;
+    if !usage.enabled() {
+        return;
+    }
+    let (kind, id, org) = match &caller.verdict.value {
+        Verdict::ApiKey(k) => (KeyKind::ApiKey, &k.id, &k.org_id),
+        Verdict::Mcp(t) => match &caller.org {
+            Some(o) => (KeyKind::McpToken, &t.id, &o.id),
+            None => return,
+        },
+        _ => return,
+    };
+    usage.record(kind, id, org, forwarded, crate::clock::now_unix());
 }
 
 /// The upstream's copy of the head without any client spelling of

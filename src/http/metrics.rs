@@ -120,6 +120,9 @@ pub struct Metrics {
     pub snapshot_lookups: IntCounterVec,
     /// WebSocket and SSE streams open now (SPEC §8.2 Streams)
     pub streams_open: IntGauge,
+    /// `usage_pushes_total{result}`, `usage_dropped_total`,
+    /// `usage_keys_pending` (SPEC §8.4)
+    pub usage: crate::http::usage::UsageMetrics,
     /// streams closed because their credential no longer stands, by reason
     pub streams_closed: IntCounterVec,
     /// `snapshot_fetches_total{result}` and `snapshot_fetch_bytes_total`
@@ -262,6 +265,32 @@ impl Metrics {
         for r in crate::auth::decide::LAPSE_REASONS {
             streams_closed.with_label_values(&[r]);
         }
+        let usage_pushes = counter_vec(
+            "usage_pushes_total",
+            "Usage pushes to usage.push_url by result (SPEC §8.4)",
+            &["result"],
+        );
+        for r in ["ok", "failed"] {
+            usage_pushes.with_label_values(&[r]);
+        }
+        let usage_dropped = IntCounter::with_opts(
+            Opts::new(
+                "usage_dropped_total",
+                "Keys whose usage was dropped: more than usage.max_keys waited",
+            )
+            .namespace("keyward"),
+        )
+        .unwrap();
+        registry.register(Box::new(usage_dropped.clone())).unwrap();
+        let usage_pending = IntGauge::with_opts(
+            Opts::new(
+                "usage_keys_pending",
+                "Keys whose usage waits for a successful push",
+            )
+            .namespace("keyward"),
+        )
+        .unwrap();
+        registry.register(Box::new(usage_pending.clone())).unwrap();
         for t in TABLES {
             snapshot_lookups.with_label_values(&[t]);
         }
@@ -295,6 +324,11 @@ impl Metrics {
             upstream_errors,
             snapshot_lookups,
             streams_open,
+            usage: crate::http::usage::UsageMetrics {
+                pushes: usage_pushes,
+                dropped: usage_dropped,
+                pending: usage_pending,
+            },
             streams_closed,
             snapshot_source,
             started_at: std::time::SystemTime::now()

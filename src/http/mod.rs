@@ -17,3 +17,4 @@ pub mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod streams;
+pub mod usage;

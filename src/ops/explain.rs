@@ -17,7 +17,7 @@ use crate::auth::decide::{
 };
 use crate::config::routes;
 use crate::config::{Config, Secret};
-use crate::ratelimit::{AuthFailureThrottle, Limiter, LocalLimiter, RateOutcome, RateState};
+use crate::ratelimit::{AuthFailureThrottle, Limiter, LocalLimiter, RateState, Window};
 use crate::request::forwarding::Client;
 use crate::request::headers::IdentityHeader;
 use crate::store::Directory;
@@ -66,13 +66,26 @@ pub struct RateView {
 struct Peek<'a>(&'a dyn Limiter);
 
 impl Limiter for Peek<'_> {
-    fn admit(&self, key: &str, limit: u64, now: i64) -> RateOutcome {
-        let s = self.0.peek(key, limit, now);
-        if s.remaining == 0 {
-            RateOutcome::Limited(s)
-        } else {
-            RateOutcome::Admitted(s)
+    fn charge(
+        &self,
+        windows: &[Window<'_>],
+        cost: u64,
+        now: i64,
+        states: &mut [RateState],
+    ) -> Option<usize> {
+        let mut refused = None;
+        for (i, w) in windows.iter().enumerate() {
+            states[i] = self.0.peek(w.key, w.limit, now);
+            if refused.is_none() && states[i].remaining < cost.max(1) {
+                refused = Some(i);
+            }
         }
+        if refused.is_none() {
+            for s in states.iter_mut().take(windows.len()) {
+                s.remaining -= cost.max(1);
+            }
+        }
+        refused
     }
     fn peek(&self, key: &str, limit: u64, now: i64) -> RateState {
         self.0.peek(key, limit, now)

@@ -1,24 +1,34 @@
-//! The local backend (`rate_limit.backend = "local"`, SPEC §6): exact
-//! per-organization fixed windows on this instance.
+//! The local backend (`rate_limit.backend = "local"`, SPEC §6, §6.1): exact
+//! fixed windows per organization, limit group and key on this instance.
 //!
-//! Each organization owns one [`WindowCount`], so racing requests are
-//! admitted exactly up to the limit and never beyond, with no lock. State
+//! Each window owns one [`WindowCount`], so racing requests are admitted
+//! exactly up to the limit and never beyond, with no lock for a request that
+//! counts in one window; one that also counts in its key's window holds that
+//! key's gate (never a global lock) while its organization answers. State
 //! lives in a [`bounded_map`]: idle organizations are evicted and the number
 //! tracked never exceeds the capacity. Window math comes from
 //! [`super::window`]; this module must not compute windows itself, and it
 //! never shares counts with other replicas (that is [`super::RedisLimiter`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use moka::sync::Cache;
 
 use super::window::{bounded_map, entry, FixedWindow, WindowCount};
-use super::{Limiter, RateOutcome, RateState, WindowUse, DEFAULT_ORG_CAPACITY};
+use super::{Limiter, RateState, Window, WindowUse, DEFAULT_ORG_CAPACITY, MAX_WINDOWS};
 
 /// Exact per-key fixed windows on this instance.
 pub struct LocalLimiter {
     window: FixedWindow,
-    counts: Cache<Arc<str>, Arc<WindowCount>>,
+    counts: Cache<Arc<str>, Arc<Slot>>,
+}
+
+/// One key's window, and the gate a request holds on it while it counts in
+/// a later window too (SPEC §6.1: a key's window and its organization's).
+#[derive(Debug, Default)]
+struct Slot {
+    count: WindowCount,
+    gate: Mutex<()>,
 }
 
 impl LocalLimiter {
@@ -38,24 +48,77 @@ impl LocalLimiter {
         self.counts.run_pending_tasks();
         self.counts.entry_count()
     }
+
+    fn slot(&self, key: &str) -> Arc<Slot> {
+        entry(&self.counts, key, |_| Arc::default())
+    }
 }
 
 impl Limiter for LocalLimiter {
-    fn admit(&self, key: &str, limit: u64, now: i64) -> RateOutcome {
-        let count = entry(&self.counts, key, |_| Arc::default());
-        let take = count.try_take(self.window.index(now), limit);
-        let state = RateState::counted(limit, take.used, self.window.reset(take.window));
-        if take.admitted {
-            RateOutcome::Admitted(state)
-        } else {
-            RateOutcome::Limited(state)
+    /// Exact for every window: each window but the last is counted under its
+    /// gate, held until the last window (the organization's, lock-free, so
+    /// the common one-window request never waits) has answered. A window's
+    /// count is only given back while its gate is still held, so no other
+    /// request of that window ever sees a count that is undone: racing
+    /// requests are admitted exactly up to each limit.
+    fn charge(
+        &self,
+        windows: &[Window<'_>],
+        cost: u64,
+        now: i64,
+        states: &mut [RateState],
+    ) -> Option<usize> {
+        let index = self.window.index(now);
+        let Some((last, gated)) = windows.split_last() else {
+            return None;
+        };
+        debug_assert!(windows.len() <= MAX_WINDOWS && states.len() >= windows.len());
+        let slots: [Option<Arc<Slot>>; MAX_WINDOWS] =
+            std::array::from_fn(|i| gated.get(i).map(|w| self.slot(w.key)));
+        let mut guards: [Option<MutexGuard<'_, ()>>; MAX_WINDOWS] = Default::default();
+        let mut taken: [Option<u64>; MAX_WINDOWS] = [None; MAX_WINDOWS];
+        let give_back = |taken: &[Option<u64>; MAX_WINDOWS]| {
+            for (slot, w) in slots.iter().zip(taken) {
+                if let (Some(slot), Some(w)) = (slot, w) {
+                    slot.count.give_back(*w, cost);
+                }
+            }
+        };
+        for (i, w) in gated.iter().enumerate() {
+            let slot = slots[i].as_ref().expect("one slot per gated window");
+            guards[i] = Some(slot.gate.lock().unwrap_or_else(|p| p.into_inner()));
+            let take = slot.count.try_take_n(index, w.limit, cost);
+            states[i] = RateState::counted(w.limit, take.used, self.window.reset(take.window));
+            if !take.admitted {
+                give_back(&taken);
+                for (j, w) in gated.iter().enumerate().take(i) {
+                    states[j].remaining = (states[j].remaining + cost).min(w.limit);
+                }
+                return Some(i);
+            }
+            taken[i] = Some(take.window);
         }
+        let n = gated.len();
+        let take = self
+            .slot(last.key)
+            .count
+            .try_take_n(index, last.limit, cost);
+        states[n] = RateState::counted(last.limit, take.used, self.window.reset(take.window));
+        if !take.admitted {
+            give_back(&taken);
+            for (j, w) in gated.iter().enumerate() {
+                states[j].remaining = (states[j].remaining + cost).min(w.limit);
+            }
+            return Some(n);
+        }
+        drop(guards);
+        None
     }
 
     fn peek(&self, key: &str, limit: u64, now: i64) -> RateState {
         let w = self.window.index(now);
         let (w, used) = match self.counts.get(key) {
-            Some(count) => count.used(w),
+            Some(slot) => slot.count.used(w),
             None => (w, 0),
         };
         RateState::counted(limit, used, self.window.reset(w))
@@ -64,8 +127,8 @@ impl Limiter for LocalLimiter {
     fn export(&self) -> Vec<WindowUse> {
         self.counts
             .iter()
-            .filter_map(|(key, count)| {
-                let (window, used) = count.load();
+            .filter_map(|(key, slot)| {
+                let (window, used) = slot.count.load();
                 (used > 0).then(|| WindowUse {
                     key: key.to_string(),
                     window,
@@ -77,7 +140,7 @@ impl Limiter for LocalLimiter {
 
     fn absorb(&self, uses: &[WindowUse]) {
         for u in uses {
-            entry(&self.counts, &u.key, |_| Arc::default()).add(u.window, u.used);
+            self.slot(&u.key).count.add(u.window, u.used);
         }
     }
 }
@@ -90,6 +153,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::ratelimit::RateOutcome;
 
     #[test]
     fn admits_exactly_the_limit_under_contention() {

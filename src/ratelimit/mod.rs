@@ -30,4 +30,7 @@ pub use crate::forwarding::client_ip;
 /// Most organizations tracked at once (~120 bytes each: ≈ 32 MiB at most).
 pub const DEFAULT_ORG_CAPACITY: u64 = 262_144;
 
-pub use crate::auth::limit::{BackendStatus, Limiter, RateOutcome, RateState, Throttle, WindowUse};
+pub use crate::auth::limit::{
+    credential_key, group_key, BackendStatus, Limiter, RateOutcome, RateState, Throttle, Window,
+    WindowUse, MAX_WINDOWS,
+};

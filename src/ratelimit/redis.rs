@@ -11,7 +11,12 @@
 //! replica reaches half a batch, and at least every `redis_sync_interval_ms`.
 //!
 //! **Bound.** Per window, all replicas together admit at most
-//! `limit + replicas × batch − 1`. Once the shared count reaches the limit,
+//! `limit + replicas × batch − 1` (a route `cost` c counts c requests, and a
+//! request costing more than a batch passes alone: `batch` reads
+//! `max(batch, c)` then). Key windows (SPEC §6.1 `api_keys.rate_limit`) and
+//! limit groups are windows like the organization's, with the same bound,
+//! and a request counts in all of its windows or in none.
+//! Once the shared count reaches the limit,
 //! every replica stops at its next reply; until then, each replica can hold
 //! at most `batch` requests that Redis has not counted. With one replica the
 //! count is exact. The price is a transient 429 when one replica admits a
@@ -64,7 +69,7 @@ use tokio::sync::{mpsc, Notify};
 
 use self::link::Link;
 use super::window::{bounded_map, current, entry, FixedWindow};
-use super::{BackendStatus, Limiter, RateOutcome, RateState, DEFAULT_ORG_CAPACITY};
+use super::{BackendStatus, Limiter, RateState, Window, DEFAULT_ORG_CAPACITY, MAX_WINDOWS};
 use crate::config::RedisConfig;
 
 mod link;
@@ -175,36 +180,65 @@ fn roll(s: &mut OrgState, window: u64) -> u64 {
 }
 
 impl Limiter for RedisLimiter {
-    fn admit(&self, key: &str, limit: u64, now: i64) -> RateOutcome {
-        let org = self.org(key);
+    /// Every window's state is locked (in the order given: credential, then
+    /// organization, so two requests never wait on each other in a circle),
+    /// checked, and only then counted: all or none, exact on this replica.
+    fn charge(
+        &self,
+        windows: &[Window<'_>],
+        cost: u64,
+        now: i64,
+        states: &mut [RateState],
+    ) -> Option<usize> {
+        let cost = cost.max(1);
         let up = self.up.load(Ordering::Acquire);
-        let mut s = org.state.lock().unwrap();
-        let reset = self.window.reset(roll(&mut s, self.window.index(now)));
-        let (eff, used) = self.view(&s, limit, up);
-        let state = |used: u64| RateState::counted(eff, used, reset);
-        let unsynced = s.pending + s.inflight;
-        let over = used >= eff || (up && unsynced >= self.batch);
-        if over {
-            if up && unsynced >= self.batch {
-                self.wake.notify_one();
+        let index = self.window.index(now);
+        let orgs: [Option<Arc<Org>>; MAX_WINDOWS] =
+            std::array::from_fn(|i| windows.get(i).map(|w| self.org(w.key)));
+        let mut locked: [Option<std::sync::MutexGuard<'_, OrgState>>; MAX_WINDOWS] =
+            Default::default();
+        let mut refused = None;
+        let mut wake = false;
+        for (i, w) in windows.iter().enumerate() {
+            let org = orgs[i].as_ref().expect("one state per window");
+            let mut s = org.state.lock().unwrap_or_else(|p| p.into_inner());
+            let reset = self.window.reset(roll(&mut s, index));
+            let (eff, used) = self.view(&s, w.limit, up);
+            states[i] = RateState::counted(eff, used, reset);
+            let unsynced = s.pending + s.inflight;
+            // A cost larger than a batch still passes when nothing is pending.
+            let over_batch = up && unsynced > 0 && unsynced + cost > self.batch;
+            if over_batch {
+                wake = true;
             }
-            return RateOutcome::Limited(state(used));
+            locked[i] = Some(s);
+            if refused.is_none() && (used + cost > eff || over_batch) {
+                refused = Some(i);
+            }
         }
-        s.pending += 1;
-        if !up {
-            s.fallback += 1;
+        if refused.is_none() {
+            for (i, s) in locked.iter_mut().enumerate() {
+                let Some(s) = s else { continue };
+                s.pending += cost;
+                if !up {
+                    s.fallback += cost;
+                }
+                states[i].remaining = states[i].remaining.saturating_sub(cost);
+                if up && s.pending * 2 >= self.batch {
+                    wake = true;
+                }
+                if !s.queued {
+                    s.queued = true;
+                    let org = orgs[i].clone().expect("one state per window");
+                    let _ = self.dirty.send(org);
+                }
+            }
         }
-        let enqueue = !s.queued;
-        s.queued = true;
-        let wake = up && s.pending * 2 >= self.batch;
-        drop(s);
-        if enqueue {
-            let _ = self.dirty.send(org);
-        }
+        drop(locked);
         if wake {
             self.wake.notify_one();
         }
-        RateOutcome::Admitted(state(used + 1))
+        refused
     }
 
     fn peek(&self, key: &str, limit: u64, now: i64) -> RateState {
@@ -362,6 +396,7 @@ impl Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ratelimit::RateOutcome;
 
     fn limiter(batch: u64, replicas: u64) -> (tokio::runtime::Runtime, Arc<RedisLimiter>) {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -116,20 +116,27 @@ impl WindowCount {
 
     /// Count one request in `window` if the count is under `limit`.
     pub(crate) fn try_take(&self, window: u64, limit: u64) -> Take {
+        self.try_take_n(window, limit, 1)
+    }
+
+    /// Count `n` in `window` if at least `n` are left under `limit` (SPEC
+    /// §6.1 route `cost`); a window with fewer left is not touched.
+    pub(crate) fn try_take_n(&self, window: u64, limit: u64, n: u64) -> Take {
         let limit = limit.min(Self::MAX_LIMIT);
+        let n = n.max(1);
         let mut cur = self.0.load(Ordering::Relaxed);
         loop {
             let (stored, count) = (cur >> 32, cur & COUNT_MASK);
             let window = current(stored, window);
             let used = if stored == window { count } else { 0 };
-            if used >= limit {
+            if used >= limit || limit - used < n {
                 return Take {
                     admitted: false,
                     window,
                     used,
                 };
             }
-            let next = (window << 32) | (used + 1);
+            let next = (window << 32) | (used + n);
             match self
                 .0
                 .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
@@ -138,7 +145,7 @@ impl WindowCount {
                     return Take {
                         admitted: true,
                         window,
-                        used: used + 1,
+                        used: used + n,
                     }
                 }
                 Err(actual) => cur = actual,
@@ -166,6 +173,27 @@ impl WindowCount {
                 std::cmp::Ordering::Less => 0,
             };
             let next = (window << 32) | (used + n).min(COUNT_MASK);
+            match self
+                .0
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Undo a [`try_take_n`](Self::try_take_n) of `n` in `window` (another
+    /// window of the same request refused it); nothing when the count has
+    /// moved on to a later window since.
+    pub(crate) fn give_back(&self, window: u64, n: u64) {
+        let mut cur = self.0.load(Ordering::Relaxed);
+        loop {
+            let (stored, count) = (cur >> 32, cur & COUNT_MASK);
+            if stored != window {
+                return;
+            }
+            let next = (window << 32) | count.saturating_sub(n);
             match self
                 .0
                 .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
@@ -242,6 +270,25 @@ mod tests {
         assert_eq!(c.used(1), (2, 2));
         assert_eq!(c.used(3), (3, 0));
         assert!(c.try_take(3, 2).admitted, "the next window starts fresh");
+    }
+
+    #[test]
+    fn a_cost_takes_n_or_nothing_and_can_be_given_back() {
+        let c = WindowCount::default();
+        assert_eq!(c.try_take_n(1, 10, 4).used, 4);
+        assert_eq!(c.try_take_n(1, 10, 4).used, 8);
+        let refused = c.try_take_n(1, 10, 4);
+        assert!(!refused.admitted);
+        assert_eq!(refused.used, 8, "a refused cost takes nothing");
+        assert!(c.try_take_n(1, 10, 2).admitted, "what is left still fits");
+        c.give_back(1, 2);
+        assert_eq!(c.used(1), (1, 8));
+        c.give_back(0, 8);
+        assert_eq!(
+            c.used(1),
+            (1, 8),
+            "a give-back for another window is ignored"
+        );
     }
 
     #[test]

@@ -696,6 +696,9 @@ mod tests {
             org: Some(org),
             scope: Scope::OrgWide,
             expires_at: None,
+            read_only: false,
+            allowed_ips: crate::principal::AllowedIps::Any,
+            own_limit: None,
         })
     }
 

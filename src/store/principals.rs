@@ -5,8 +5,10 @@
 
 use std::sync::Arc;
 
+use crate::auth::limit::credential_key;
 use crate::principal::{
-    ApiKey, McpKind, McpToken, Scope, ServiceKey, Session, TokenTable, Verdict,
+    AllowedIps, ApiKey, McpKind, McpToken, OwnLimit, Permissions, ServiceKey, Session, TokenTable,
+    Verdict,
 };
 use crate::snapshot::{
     ApiKeyRecord, McpServerRecord, McpTokenRecord, Org, Reader, ServiceKeyRecord, SessionRecord,
@@ -65,7 +67,12 @@ fn load_api_key(r: &impl Rows, hash_hex: &str) -> Result<Verdict, StoreError> {
         return Ok(Verdict::Rejected("revoked"));
     }
     let org = r.organization(&k.organization_id)?;
+    let permissions = Permissions::parse(k.permissions.as_deref());
+    let own_limit = own_limit("api_key", &k.id, k.rate_limit);
     Ok(Verdict::ApiKey(ApiKey {
+        own_limit,
+        read_only: permissions.read_only,
+        allowed_ips: AllowedIps::parse(k.allowed_ips.as_deref()),
         id: Arc::from(k.id),
         prefix: Arc::from(k.key_prefix.unwrap_or_default()),
         // the organization's own id when it is there: shared, not a copy
@@ -73,7 +80,7 @@ fn load_api_key(r: &impl Rows, hash_hex: &str) -> Result<Verdict, StoreError> {
             .as_ref()
             .map_or_else(|| Arc::from(k.organization_id), |o| o.id.clone()),
         org,
-        scope: Scope::parse(k.permissions.as_deref()),
+        scope: permissions.scope,
         expires_at: k.expires_at,
     }))
 }
@@ -120,6 +127,7 @@ fn load_mcp_token(r: &impl Rows, hash_hex: &str) -> Result<Verdict, StoreError> 
         None => None,
     };
     Ok(Verdict::Mcp(Box::new(McpToken {
+        own_limit: own_limit("mcp_token", &t.id, t.rate_limit),
         id: Arc::from(t.id),
         kind: match t.kind.as_str() {
             "static" => Some(McpKind::Static),
@@ -133,4 +141,13 @@ fn load_mcp_token(r: &impl Rows, hash_hex: &str) -> Result<Verdict, StoreError> 
         end_user_id: t.end_user_id.map(Arc::from),
         expires_at: t.expires_at,
     })))
+}
+
+/// A credential's own window (SPEC §6.1): a negative `rate_limit` reads as
+/// 0 (the key admits nothing), never as "no limit".
+fn own_limit(kind: &str, id: &str, rate_limit: Option<i64>) -> Option<OwnLimit> {
+    rate_limit.map(|n| OwnLimit {
+        limit: n.max(0) as u64,
+        key: Arc::from(credential_key(kind, id)),
+    })
 }

@@ -43,6 +43,7 @@ struct Raw {
     follow: RawFollow,
     #[serde(default)]
     sync: RawSync,
+    usage: Option<RawUsage>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +144,69 @@ fn default_staleness() -> u64 {
     300
 }
 
+/// `[usage]`: the usage receiver (SPEC §8.4), off without the table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUsage {
+    listen: String,
+    #[serde(default)]
+    token_env: String,
+    api_key_update: Option<String>,
+    mcp_token_update: Option<String>,
+}
+
+/// The usage receiver's settings. No `Debug`: it holds the token's digest.
+#[derive(Clone)]
+pub struct UsageConfig {
+    pub listen: SocketAddr,
+    /// SHA-256 of the bearer token pushers must present (`token_env`);
+    /// `None`: no auth
+    pub token_digest: Option<[u8; 32]>,
+    /// the UPDATE per api key (`$1` id, `$2` forwarded, `$3` denied, `$4`
+    /// last used); `None`: api keys are ignored
+    pub api_key_update: Option<String>,
+    pub mcp_token_update: Option<String>,
+}
+
+/// `[usage]` checked; `betterauth_schema` when the BetterAuth preset is on
+/// (its `apikey` table is the default api-key write-back).
+fn usage_config(
+    raw: RawUsage,
+    betterauth_schema: Option<&str>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<UsageConfig, SyncConfigError> {
+    use sha2::Digest;
+    let listen = raw
+        .listen
+        .parse()
+        .map_err(|e| invalid("usage.listen", format!("{e}")))?;
+    let token_digest = match raw.token_env.as_str() {
+        "" => None,
+        var => {
+            let token = env(var).filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+                invalid(
+                    "usage.token_env",
+                    format!("the environment has no {var} (or it is empty): set it, or token_env = \"\" for no auth (bind loopback then)"),
+                )
+            })?;
+            Some(sha2::Sha256::digest(token.trim().as_bytes()).into())
+        }
+    };
+    // "" turns a write-back off (the preset's too)
+    let sql = |s: Option<String>| s.map(|s| s.trim().to_string());
+    let api_key_update = match sql(raw.api_key_update) {
+        Some(s) => (!s.is_empty()).then_some(s),
+        None => betterauth_schema.map(super::usage::betterauth_api_key_update),
+    };
+    let mcp_token_update = sql(raw.mcp_token_update).filter(|s| !s.is_empty());
+    Ok(UsageConfig {
+        listen,
+        token_digest,
+        api_key_update,
+        mcp_token_update,
+    })
+}
+
 /// How the source stores a token column (SPEC §9 `hash`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HashEncoding {
@@ -217,6 +281,8 @@ pub struct SyncConfig {
     pub full_rebuild_interval: Duration,
     pub admin_listen: SocketAddr,
     pub max_staleness: Duration,
+    /// `[usage]`: the usage receiver, when set
+    pub usage: Option<UsageConfig>,
 }
 
 /// The token column of each token table.
@@ -264,6 +330,12 @@ impl SyncConfig {
         }
         let ca_file = (!raw.source.ca_file.is_empty()).then(|| base.join(&raw.source.ca_file));
         let mut tables: BTreeMap<String, Table> = BTreeMap::new();
+        let betterauth_schema = (raw.source.preset == "betterauth")
+            .then(|| raw.preset.schema.clone().unwrap_or_else(|| "public".into()));
+        let usage = raw
+            .usage
+            .map(|u| usage_config(u, betterauth_schema.as_deref(), &env))
+            .transpose()?;
         match raw.source.preset.as_str() {
             "" => {}
             "betterauth" => {
@@ -397,6 +469,7 @@ impl SyncConfig {
             full_rebuild_interval: Duration::from_secs(raw.follow.full_rebuild_interval_s.max(1)),
             admin_listen,
             max_staleness: Duration::from_secs(raw.sync.max_staleness_s),
+            usage,
         })
     }
 

@@ -7,6 +7,7 @@
 //! - `build`: full builds (beside, checked, renamed in) and differences
 //!   written in place with `changes` rows
 //! - `outbox`: the outbox table and triggers, and one follow round
+//! - `usage`: the usage receiver (SPEC §8.4), `[usage] listen`
 //!
 //! A layer-4 program beside `ops`: it writes the file keyward reads, and
 //! shares keyward's schema, hashing and clock, nothing of the proxy.
@@ -17,6 +18,7 @@ pub mod outbox;
 pub mod pg;
 pub mod preset;
 pub mod upload;
+pub mod usage;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -40,6 +42,7 @@ pub struct SyncMetrics {
     pub source_up: IntGauge,
     pub rows_skipped: IntCounterVec,
     pub uploads: IntCounterVec,
+    pub usage: usage::UsageMetrics,
     /// unix seconds of the last round that reached the source
     pub last_contact: AtomicI64,
     max_staleness: Duration,
@@ -96,6 +99,7 @@ impl SyncMetrics {
             builds.with_label_values(&[r]);
             uploads.with_label_values(&[r]);
         }
+        let usage = usage::UsageMetrics::new(&registry);
         Arc::new(SyncMetrics {
             registry,
             builds,
@@ -104,6 +108,7 @@ impl SyncMetrics {
             source_up,
             rows_skipped,
             uploads,
+            usage,
             last_contact: AtomicI64::new(0),
             max_staleness,
         })
@@ -283,6 +288,7 @@ pub async fn run(cfg: SyncConfig, once: bool) -> Result<(), String> {
             .await
             .map_err(|e| format!("sync.admin_listen {}: {e}", cfg.admin_listen))?;
         tokio::spawn(serve_admin(listener, metrics.clone()));
+        usage::start(&cfg, &metrics).await?;
     }
     if once {
         let mut client = pg::connect(&cfg.url, cfg.ca_file.as_deref())

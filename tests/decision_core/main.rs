@@ -44,6 +44,8 @@ fn key(id: &str, org: &str, permissions: Option<&str>) -> ApiKeyRecord {
         permissions: permissions.map(Into::into),
         expires_at: None,
         revoked_at: None,
+        rate_limit: None,
+        allowed_ips: None,
     }
 }
 
@@ -64,6 +66,7 @@ fn mcp(id: &str, kind: &str, server: &str, end_user: Option<&str>) -> McpTokenRe
         end_user_id: end_user.map(Into::into),
         expires_at: None,
         revoked_at: None,
+        rate_limit: None,
     }
 }
 

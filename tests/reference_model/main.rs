@@ -356,6 +356,8 @@ fn directory(w: &World) -> MemoryDirectory {
                 permissions: k.permissions.clone(),
                 expires_at: k.expires_at,
                 revoked_at: k.revoked.then_some(NOW - 100),
+                rate_limit: None,
+                allowed_ips: None,
             },
         );
     }
@@ -389,6 +391,7 @@ fn directory(w: &World) -> MemoryDirectory {
                 end_user_id: t.end_user.map(String::from),
                 expires_at: t.expires_at,
                 revoked_at: t.revoked.then_some(NOW - 100),
+                rate_limit: None,
             },
         );
     }

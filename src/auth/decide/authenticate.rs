@@ -50,7 +50,7 @@ pub(super) fn authenticate(
             token.as_bytes(),
             env,
         )
-        .and_then(|(k, v)| check_api_key(k, v, env.now)),
+        .and_then(|(k, v)| check_api_key(k, v, facts.client.ip, env)),
         Credential::Bearer { .. } if !mcp_route => {
             Err(Denial::unauthenticated("mcp_token_outside_mcp_route"))
         }
@@ -105,6 +105,7 @@ pub(super) fn authenticate(
                 return Err(refuse(Denial::RateLimited {
                     retry_after,
                     per_ip: true,
+                    limit: None,
                 }));
             }
             env.throttle.record_failure(facts.client.ip, env.now);
@@ -131,6 +132,7 @@ pub(super) fn principal(
             .map(|retry_after| Denial::RateLimited {
                 retry_after,
                 per_ip: true,
+                limit: None,
             })
     };
     if let Some(entry) = env.directory.cached_token(&key) {
@@ -175,15 +177,39 @@ pub(super) fn usable_org(org: Option<&Org>) -> Result<Org, Denial> {
     }
 }
 
-/// SPEC §3.1 `wvz_…`.
+/// SPEC §3.1 `wvz_…`, and the key's `allowed_ips` (SPEC §6.1) for the
+/// client IP as §4.1 resolves it.
 pub(super) fn check_api_key(
     key: TokenKey,
     entry: Arc<Entry<Verdict>>,
-    now: i64,
+    ip: std::net::IpAddr,
+    env: &Env<'_>,
 ) -> Result<Caller, Denial> {
     let org = match &entry.value {
         Verdict::Rejected(reason) => return Err(Denial::unauthenticated(reason)),
-        Verdict::ApiKey(k) => api_key_org(k, now)?,
+        Verdict::ApiKey(k) => {
+            let org = api_key_org(k, env.now)?;
+            match &k.allowed_ips {
+                AllowedIps::Any => {}
+                AllowedIps::Malformed => {
+                    env.note("allowed_ips", || {
+                        "the key's allowed_ips is not a JSON array of CIDRs: refuse".to_string()
+                    });
+                    return Err(Denial::Forbidden("malformed_allowed_ips"));
+                }
+                list => {
+                    let allowed = list.allows(ip);
+                    env.note("allowed_ips", || {
+                        let verdict = if allowed { "is in" } else { "is outside" };
+                        format!("client {ip} {verdict} the key's allowed_ips")
+                    });
+                    if !allowed {
+                        return Err(Denial::Forbidden("ip_not_allowed"));
+                    }
+                }
+            }
+            org
+        }
         _ => return Err(Denial::unauthenticated("unknown")),
     };
     Ok(Caller {

@@ -17,51 +17,194 @@ pub(super) fn authorize<'p>(
     let cfg = &env.policy.config;
     let identity = match check_route(facts, route, captures, &caller, body, env) {
         Ok(id) => id,
-        Err(d) => return refusal(env, caller, d),
+        Err(d) => return refusal(env, route, caller, d),
     };
-    let limit = limit_for(&caller, cfg);
-    env.note("rate limit", || match (&caller.org, limit) {
-        (Some(org), Some((n, plan))) => {
-            let s = env.limiter.peek(&org.id, n, env.now);
-            let plan = match plan {
-                PlanUse::Plan(p) => p,
-                PlanUse::Unconfigured => "unconfigured",
-            };
-            format!(
-                "plan `{plan}`: {} of {} left in this window (resets at {})",
-                s.remaining, s.limit, s.reset
-            )
-        }
-        _ => "not limited".to_string(),
+    let (windows, plan) = windows_of(&caller, Some(route), cfg);
+    env.note("rate limit", || {
+        describe_windows(&windows, plan, route, env)
     });
-    let (rate, plan) = match (&caller.org, limit) {
-        (Some(org), Some((n, plan))) => match env.limiter.admit(&org.id, n, env.now) {
-            RateOutcome::Admitted(s) => (Some(s), Some(plan)),
-            RateOutcome::Limited(s) => {
-                return Decision::Refuse(Refusal {
-                    denial: Denial::RateLimited {
-                        retry_after: s.retry_after(env.now),
-                        per_ip: false,
-                    },
-                    rate: Some(s),
-                    caller: Some(caller),
-                    plan: Some(plan),
-                    route: None,
-                })
-            }
-        },
-        (Some(_), None) if caller.method != AuthMethod::ServiceKey => {
-            (None, Some(PlanUse::Unconfigured))
-        }
-        _ => (None, None),
+    let mut states = [RateState::default(); MAX_WINDOWS];
+    let n = windows.len();
+    let refused = match n {
+        0 => None,
+        _ => env
+            .limiter
+            .charge(&windows.list()[..n], route.cost, env.now, &mut states),
     };
+    let which = refused.map(|i| windows.which(i));
+    drop(windows);
+    let rate = match refused {
+        Some(i) => Some(states[i]),
+        None => tighter(&states[..n]),
+    };
+    let mode = route.limit_mode.unwrap_or(cfg.rate_limit.mode);
+    if let (Some(limit), Some(s)) = (which, rate) {
+        if mode == LimitMode::Enforce {
+            return Decision::Refuse(Refusal {
+                denial: Denial::RateLimited {
+                    retry_after: s.retry_after(env.now),
+                    per_ip: false,
+                    limit: Some(limit),
+                },
+                rate,
+                caller: Some(caller),
+                plan,
+                route: None,
+            });
+        }
+        env.note("rate limit", || {
+            format!("shadow mode: over the {limit} limit, forwarded (would_deny = \"rate_limit\")")
+        });
+    }
     Decision::Forward(Grant {
         identity,
         rate,
+        would_deny: which.map(|_| "rate_limit"),
         caller: Some(caller),
         plan,
         route: None,
     })
+}
+
+/// The windows one request counts in (SPEC §6, §6.1): its credential's own
+/// (`rate_limit` column) first, then its organization's main window or the
+/// route's limit group — the order every limiter admits exactly in.
+pub(super) struct Windows<'c> {
+    own: Option<&'c OwnLimit>,
+    /// (limiter key, limit, group name)
+    org: Option<(Cow<'c, str>, u64, Option<&'c str>)>,
+}
+
+impl Windows<'_> {
+    pub(super) fn len(&self) -> usize {
+        usize::from(self.own.is_some()) + usize::from(self.org.is_some())
+    }
+
+    pub(super) fn list(&self) -> [Window<'_>; MAX_WINDOWS] {
+        let mut out = [Window { key: "", limit: 0 }; MAX_WINDOWS];
+        let mut i = 0;
+        if let Some(own) = self.own {
+            out[i] = Window {
+                key: &own.key,
+                limit: own.limit,
+            };
+            i += 1;
+        }
+        if let Some((key, limit, _)) = &self.org {
+            out[i] = Window { key, limit: *limit };
+        }
+        out
+    }
+
+    /// `details.limit` of window `i`.
+    pub(super) fn which(&self, i: usize) -> &'static str {
+        if i == 0 && self.own.is_some() {
+            "key"
+        } else {
+            "organization"
+        }
+    }
+}
+
+/// The window with the fewer remaining requests (the organization's on a
+/// tie): what `X-RateLimit-*` describe (SPEC §6.1).
+pub(super) fn tighter(states: &[RateState]) -> Option<RateState> {
+    states.iter().rev().min_by_key(|s| s.remaining).copied()
+}
+
+/// The windows, and the plan counted (for `rate_limit_decisions_total{plan}`).
+pub(super) fn windows_of<'c, 'p: 'c>(
+    caller: &'c Caller,
+    route: Option<&'c Route>,
+    cfg: &'p Config,
+) -> (Windows<'c>, Option<PlanUse<'p>>) {
+    let own = match &caller.verdict.value {
+        Verdict::ApiKey(k) => k.own_limit.as_ref(),
+        Verdict::Mcp(t) => t.own_limit.as_ref(),
+        _ => None,
+    };
+    let mut plan = None;
+    let org = match (limited_org(caller, cfg), limit_for(caller, cfg)) {
+        (Some(org), Some((n, p))) => {
+            plan = Some(p);
+            let group = route.and_then(|r| r.limit_group.as_deref()).and_then(|g| {
+                plan_of(org, cfg)
+                    .and_then(|(_, p)| p.limits.get_key_value(g))
+                    .map(|(name, m)| (name.as_str(), *m))
+            });
+            Some(match group {
+                Some((g, m)) => (Cow::Owned(group_key(&org.id, g)), m, Some(g)),
+                None => (Cow::Borrowed(&*org.id), n, None),
+            })
+        }
+        (Some(_), None) if caller.method != AuthMethod::ServiceKey => {
+            plan = Some(PlanUse::Unconfigured);
+            None
+        }
+        _ => None,
+    };
+    (Windows { own, org }, plan)
+}
+
+/// The state of the windows a caller's request would count in, without
+/// counting (for a refused request's headers).
+pub(super) fn peek_windows(
+    caller: &Caller,
+    route: Option<&Route>,
+    env: &Env<'_>,
+) -> Option<RateState> {
+    let (windows, _) = windows_of(caller, route, &env.policy.config);
+    let n = windows.len();
+    let list = windows.list();
+    let mut states = [RateState::default(); MAX_WINDOWS];
+    for (i, w) in list[..n].iter().enumerate() {
+        states[i] = env.limiter.peek(w.key, w.limit, env.now);
+    }
+    tighter(&states[..n])
+}
+
+fn describe_windows(
+    windows: &Windows<'_>,
+    plan: Option<PlanUse<'_>>,
+    route: &Route,
+    env: &Env<'_>,
+) -> String {
+    let mut parts = Vec::new();
+    if let Some(own) = windows.own {
+        let s = env.limiter.peek(&own.key, own.limit, env.now);
+        parts.push(format!(
+            "key window: {} of {} left (resets at {})",
+            s.remaining, s.limit, s.reset
+        ));
+    }
+    if let Some((key, limit, group)) = &windows.org {
+        let s = env.limiter.peek(key, *limit, env.now);
+        let plan = match plan {
+            Some(PlanUse::Plan(p)) => p,
+            _ => "unconfigured",
+        };
+        let which = match group {
+            Some(g) => format!("plan `{plan}` group `{g}`"),
+            None => format!("plan `{plan}`"),
+        };
+        parts.push(format!(
+            "{which}: {} of {} left in this window (resets at {})",
+            s.remaining, s.limit, s.reset
+        ));
+    }
+    if parts.is_empty() {
+        return "not limited".to_string();
+    }
+    if route.cost > 1 {
+        parts.push(format!("this route costs {}", route.cost));
+    }
+    let mode = route
+        .limit_mode
+        .unwrap_or(env.policy.config.rate_limit.mode);
+    if mode == LimitMode::Shadow {
+        parts.push("shadow mode: a request over a limit is forwarded".to_string());
+    }
+    parts.join("; ")
 }
 
 /// The `[plans.NAME]` table of an organization's plan, else
@@ -97,9 +240,27 @@ pub(super) fn limit_for<'c>(caller: &Caller, cfg: &'c Config) -> Option<(u64, Pl
     }
 }
 
-/// `org_wide_only` and `quota` (SPEC §5): rules of the route and the
-/// caller alone, checked before the body is read.
-pub(super) fn check_flags(route: &Route, caller: &Caller, env: &Env<'_>) -> Result<(), Denial> {
+/// `permissions.readOnly` (SPEC §6.1), `org_wide_only` and `quota` (SPEC
+/// §5): rules of the route and the caller alone, checked before the body is
+/// read.
+pub(super) fn check_flags(
+    method: &Method,
+    route: &Route,
+    caller: &Caller,
+    env: &Env<'_>,
+) -> Result<(), Denial> {
+    if let Verdict::ApiKey(k) = &caller.verdict.value {
+        if k.read_only {
+            let reads = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+            env.note("rule", || {
+                let verdict = if reads { "pass" } else { "refuse" };
+                format!("readOnly key, {method}: {verdict}")
+            });
+            if !reads {
+                return Err(Denial::ScopeDenied("read_only"));
+            }
+        }
+    }
     let scoped = caller.is_scoped();
     if route.org_wide_only {
         env.note("rule", || {

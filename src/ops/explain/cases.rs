@@ -75,6 +75,12 @@ pub struct FixtureKey {
     pub expired: bool,
     #[serde(default)]
     pub revoked: bool,
+    /// SPEC §6.1 `api_keys.rate_limit`
+    #[serde(default)]
+    pub rate_limit: Option<i64>,
+    /// SPEC §6.1 `api_keys.allowed_ips`, as the JSON text the column holds
+    #[serde(default)]
+    pub allowed_ips: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +122,9 @@ pub struct FixtureToken {
     pub end_user: Option<String>,
     #[serde(default)]
     pub revoked: bool,
+    /// SPEC §6.1 `mcp_tokens.rate_limit`
+    #[serde(default)]
+    pub rate_limit: Option<i64>,
 }
 
 /// One `[[case]]`: a request and what must happen.
@@ -139,6 +148,9 @@ pub struct Case {
     pub service_key: Option<String>,
     #[serde(default)]
     pub mcp_token: Option<String>,
+    /// the socket peer the request comes from (default 127.0.0.1)
+    #[serde(default)]
+    pub peer: Option<IpAddr>,
     pub expect: Expect,
 }
 
@@ -206,6 +218,8 @@ impl Fixtures {
                     permissions,
                     expires_at: k.expired.then_some(now - 1),
                     revoked_at: k.revoked.then_some(now - 1),
+                    rate_limit: k.rate_limit,
+                    allowed_ips: k.allowed_ips.clone(),
                 },
             );
         }
@@ -243,6 +257,7 @@ impl Fixtures {
                     end_user_id: t.end_user.clone(),
                     expires_at: None,
                     revoked_at: t.revoked.then_some(now - 1),
+                    rate_limit: t.rate_limit,
                 },
             );
         }
@@ -312,7 +327,7 @@ impl Fixtures {
             target: case.path.clone(),
             headers,
             body: case.body.clone().map(String::into_bytes),
-            peer: IpAddr::from([127, 0, 0, 1]),
+            peer: case.peer.unwrap_or(IpAddr::from([127, 0, 0, 1])),
         })
     }
 }

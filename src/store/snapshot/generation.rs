@@ -40,6 +40,8 @@ pub struct Generation {
     /// is dropped, which the reload thread does (see `SnapshotStore::retired`).
     pub(super) idle: Mutex<Vec<Connection>>,
     pub(super) returned: Condvar,
+    /// the optional SPEC §6.1 columns this version has
+    pub(super) policy: PolicyColumns,
 }
 
 impl Generation {
@@ -162,6 +164,7 @@ impl Generation {
         let reader = Reader {
             conn: &conn,
             lookups: &self.lookups,
+            policy: self.policy,
         };
         if !transaction {
             return f(&reader);
@@ -245,6 +248,7 @@ pub(super) fn query_error(e: rusqlite::Error) -> StoreError {
 pub struct Reader<'a> {
     pub(super) conn: &'a Connection,
     pub(super) lookups: &'a Lookups,
+    pub(super) policy: PolicyColumns,
 }
 
 impl Reader<'_> {
@@ -289,21 +293,28 @@ impl Reader<'_> {
     }
 
     pub fn api_key(&self, hash_hex: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        self.query(
-            2,
-            "SELECT id, organization_id, key_prefix, permissions, expires_at, revoked_at FROM api_keys WHERE key_hash = ?1",
-            hash_hex,
-            |r| {
-                Ok(ApiKeyRecord {
-                    id: r.get(0)?,
-                    organization_id: r.get(1)?,
-                    key_prefix: r.get(2)?,
-                    permissions: r.get(3)?,
-                    expires_at: r.get(4)?,
-                    revoked_at: r.get(5)?,
-                })
-            },
-        )
+        // the optional columns read as NULL when the file lacks them
+        let sql = match (
+            self.policy.api_key_rate_limit,
+            self.policy.api_key_allowed_ips,
+        ) {
+            (false, false) => "SELECT id, organization_id, key_prefix, permissions, expires_at, revoked_at, NULL, NULL FROM api_keys WHERE key_hash = ?1",
+            (true, false) => "SELECT id, organization_id, key_prefix, permissions, expires_at, revoked_at, rate_limit, NULL FROM api_keys WHERE key_hash = ?1",
+            (false, true) => "SELECT id, organization_id, key_prefix, permissions, expires_at, revoked_at, NULL, allowed_ips FROM api_keys WHERE key_hash = ?1",
+            (true, true) => "SELECT id, organization_id, key_prefix, permissions, expires_at, revoked_at, rate_limit, allowed_ips FROM api_keys WHERE key_hash = ?1",
+        };
+        self.query(2, sql, hash_hex, |r| {
+            Ok(ApiKeyRecord {
+                id: r.get(0)?,
+                organization_id: r.get(1)?,
+                key_prefix: r.get(2)?,
+                permissions: r.get(3)?,
+                expires_at: r.get(4)?,
+                revoked_at: r.get(5)?,
+                rate_limit: r.get(6)?,
+                allowed_ips: r.get(7)?,
+            })
+        })
     }
 
     pub fn session(&self, hash_hex: &str) -> Result<Option<SessionRecord>, StoreError> {
@@ -353,21 +364,22 @@ impl Reader<'_> {
     }
 
     pub fn mcp_token(&self, hash_hex: &str) -> Result<Option<McpTokenRecord>, StoreError> {
-        self.query(
-            6,
-            "SELECT id, kind, mcp_server_id, end_user_id, expires_at, revoked_at FROM mcp_tokens WHERE token_hash = ?1",
-            hash_hex,
-            |r| {
-                Ok(McpTokenRecord {
-                    id: r.get(0)?,
-                    kind: r.get(1)?,
-                    mcp_server_id: r.get(2)?,
-                    end_user_id: r.get(3)?,
-                    expires_at: r.get(4)?,
-                    revoked_at: r.get(5)?,
-                })
-            },
-        )
+        let sql = if self.policy.mcp_token_rate_limit {
+            "SELECT id, kind, mcp_server_id, end_user_id, expires_at, revoked_at, rate_limit FROM mcp_tokens WHERE token_hash = ?1"
+        } else {
+            "SELECT id, kind, mcp_server_id, end_user_id, expires_at, revoked_at, NULL FROM mcp_tokens WHERE token_hash = ?1"
+        };
+        self.query(6, sql, hash_hex, |r| {
+            Ok(McpTokenRecord {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                mcp_server_id: r.get(2)?,
+                end_user_id: r.get(3)?,
+                expires_at: r.get(4)?,
+                revoked_at: r.get(5)?,
+                rate_limit: r.get(6)?,
+            })
+        })
     }
 
     pub fn resource_workspace(&self, id: &str) -> Result<Option<String>, StoreError> {

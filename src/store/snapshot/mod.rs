@@ -25,6 +25,7 @@ pub use crate::auth::principal::{McpAuthMode, McpServerRecord, Org, OrgRecord};
 pub use changes::{Change, Fallback};
 pub use generation::*;
 pub use records::*;
+use schema::PolicyColumns;
 pub use token_filter::*;
 use watch::*;
 

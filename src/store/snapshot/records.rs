@@ -64,6 +64,9 @@ pub struct ApiKeyRecord {
     pub permissions: Option<String>,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// SPEC §6.1 optional columns (None when the snapshot lacks them)
+    pub rate_limit: Option<i64>,
+    pub allowed_ips: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +91,8 @@ pub struct McpTokenRecord {
     pub end_user_id: Option<String>,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// SPEC §6.1 optional column
+    pub rate_limit: Option<i64>,
 }
 
 /// Tables counted in `keyward_snapshot_lookups_total{table}`.

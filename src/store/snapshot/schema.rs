@@ -152,6 +152,34 @@ pub fn validate(conn: &Connection) -> Result<(), SchemaError> {
     Ok(())
 }
 
+/// The optional per-key policy columns (SPEC §6.1) a snapshot has: each
+/// is off when its column is absent, so an older snapshot keeps working.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyColumns {
+    pub api_key_rate_limit: bool,
+    pub api_key_allowed_ips: bool,
+    pub mcp_token_rate_limit: bool,
+}
+
+impl PolicyColumns {
+    /// Which of the optional columns `conn`'s file has.
+    pub fn read(conn: &Connection) -> rusqlite::Result<PolicyColumns> {
+        let columns = |table: &str| -> rusqlite::Result<Vec<String>> {
+            let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+            let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+            names.collect()
+        };
+        let has = |cols: &[String], c: &str| cols.iter().any(|h| h.eq_ignore_ascii_case(c));
+        let keys = columns("api_keys")?;
+        let mcp = columns("mcp_tokens")?;
+        Ok(PolicyColumns {
+            api_key_rate_limit: has(&keys, "rate_limit"),
+            api_key_allowed_ips: has(&keys, "allowed_ips"),
+            mcp_token_rate_limit: has(&mcp, "rate_limit"),
+        })
+    }
+}
+
 pub use crate::auth::credentials::{token_hash, token_hash_hex};
 
 /// Create (or complete) a snapshot file with the contract's schema.

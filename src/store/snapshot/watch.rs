@@ -334,6 +334,10 @@ impl SnapshotStore {
             }
         };
         let produced_at = produced_at(&conn, &meta);
+        let policy = PolicyColumns::read(&conn).map_err(|source| ReloadError::Table {
+            table: "api_keys",
+            source,
+        })?;
         let id = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let mut idle = vec![conn];
         let (counts, cache_base, changes_seq, changes, fallback, token_filter) = match how {
@@ -397,6 +401,7 @@ impl SnapshotStore {
             stats: self.filter_stats.clone(),
             idle: Mutex::new(idle),
             returned: Condvar::new(),
+            policy,
         })
     }
 

@@ -101,6 +101,8 @@ fn key_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyInfo> {
         permissions: r.get(3)?,
         expires_at: r.get(4)?,
         revoked_at: r.get(5)?,
+        rate_limit: None,
+        allowed_ips: None,
     })
 }
 
@@ -204,12 +206,27 @@ pub fn rotate(conn: &mut Connection, id: &str, grace: u64, now: i64) -> Result<R
         permissions: old.permissions.clone(),
         expires_at: None,
         revoked_at: None,
+        rate_limit: None,
+        allowed_ips: None,
     };
     let new_hash = token_hash_hex(key.as_bytes());
     tx.execute(
         "INSERT INTO api_keys (id, organization_id, key_hash, key_prefix, permissions) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![new.id, new.organization_id, new_hash, new.key_prefix, new.permissions],
     )?;
+    // the new key keeps the old one's per-key policy (SPEC §6.1)
+    let policy = super::PolicyColumns::read(&tx)?;
+    for (has, column) in [
+        (policy.api_key_rate_limit, "rate_limit"),
+        (policy.api_key_allowed_ips, "allowed_ips"),
+    ] {
+        if has {
+            tx.execute(
+                &format!("UPDATE api_keys SET {column} = (SELECT {column} FROM api_keys WHERE id = ?1) WHERE id = ?2"),
+                params![id, new.id],
+            )?;
+        }
+    }
     tx.execute(
         "UPDATE api_keys SET expires_at = ?2 WHERE id = ?1",
         params![id, expires_at],
