@@ -399,6 +399,20 @@ fn malformed_pushes_get_keywards_error_contract() {
         sync.metric("keyward_sync_usage_pushes_total{result=\"bad_request\"}"),
         14.0
     );
+    // a request head not complete within 10 s is dropped
+    let mut slow = TcpStream::connect(sync.usage).unwrap();
+    slow.write_all(b"POST /v1/usage HTTP/1.1\r\nHost: kw.test\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(8) && waited < Duration::from_secs(15),
+        "{waited:?}"
+    );
 }
 
 #[test]
@@ -601,4 +615,50 @@ fn the_usage_table_is_checked_at_start() {
                 [output]\npath = \"s.db\"\n";
     let cfg = keyward::sync::SyncConfig::from_toml_str(text, Path::new("/"), |_| None).unwrap();
     assert!(cfg.usage.is_none());
+}
+
+/// keyward → `keyward sync` → PostgreSQL: the requests a key made reach
+/// BetterAuth's `apikey` row through the real pusher and receiver.
+#[test]
+fn keywards_pushes_reach_the_apikey_row_through_sync() {
+    let pg = Postgres::start();
+    pg.sql(BETTERAUTH);
+    let sync = Sync::betterauth(&pg);
+    let snap = Snap::new();
+    snap.org("org_1", "free");
+    let token = "wvz_usage_end_to_end_0123456789abcdef";
+    snap.sql(&format!(
+        "INSERT INTO api_keys (id, organization_id, key_hash, key_prefix, permissions) \
+         VALUES ('key_1', 'org_1', '{}', 'wvz_usag', '{{\"scope\":\"org\",\"readOnly\":true}}')",
+        hash(token)
+    ));
+    let mut opts = Opts::new(echo())
+        .generous_plan()
+        .set("usage.push_url", format!("http://{}/v1/usage", sync.usage))
+        .set("usage.push_interval_ms", 200)
+        .set("usage.push_token_env", TOKEN_ENV);
+    opts.env.push((TOKEN_ENV.into(), TOKEN.into()));
+    let kw = Keyward::start(&snap, opts);
+    let start = now();
+    for _ in 0..3 {
+        assert_eq!(kw.get("/api/v1/x", Some(token)).status, 200);
+    }
+    // refused (read-only): counted as denied, not added to requestCount
+    kw.send("POST", "/api/v1/x", bearer(token), "{}")
+        .assert_error(403, "SCOPE_DENIED");
+    let written = wait_until(PATIENCE, || apikey(&pg, "key_1").starts_with("3|"));
+    assert!(
+        written,
+        "{}\n{}\n{}",
+        apikey(&pg, "key_1"),
+        sync.log(),
+        kw.log()
+    );
+    let last: i64 = apikey(&pg, "key_1")[2..].parse().unwrap();
+    assert!(last >= start && last <= now(), "{last}");
+    assert!(kw.metric("keyward_usage_pushes_total{result=\"ok\"}") >= 1.0);
+    assert_eq!(
+        kw.metric("keyward_usage_pushes_total{result=\"failed\"}"),
+        0.0
+    );
 }

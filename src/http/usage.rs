@@ -19,7 +19,7 @@
 //!   with the next one's counts.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,6 +31,10 @@ use crate::config::UsageConfig;
 
 /// Independent maps the counts are spread over by key id.
 pub const SHARDS: usize = 16;
+
+/// Most keys in one POST (about 150 bytes each: ~3 MB, under the 8 MiB a
+/// `keyward sync` receiver takes); more pending keys go in several POSTs.
+pub const MAX_PUSH_KEYS: usize = 20_000;
 
 /// Longest one push may take before it counts as failed.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,12 +80,20 @@ pub struct PushedKey {
     pub last_used: i64,
 }
 
-/// The body of one push (SPEC §8.4).
-#[derive(Debug, Serialize)]
+/// Everything pending, to be sent in one or more POSTs.
+#[derive(Debug)]
 pub struct Push {
     pub replica: String,
     pub interval: [i64; 2],
     pub keys: Vec<PushedKey>,
+}
+
+/// The body of one POST (SPEC §8.4).
+#[derive(Debug, Serialize)]
+struct Body<'a> {
+    replica: &'a str,
+    interval: [i64; 2],
+    keys: &'a [PushedKey],
 }
 
 /// `usage_pushes_total{result}`, `usage_dropped_total`, `usage_keys_pending`.
@@ -139,9 +151,7 @@ impl Usage {
         if !self.enabled {
             return;
         }
-        let mut h = self.hasher.build_hasher();
-        id.hash(&mut h);
-        let shard = &self.shards[(h.finish() as usize) % SHARDS];
+        let shard = &self.shards[(self.hasher.hash_one(id) as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
         let key = (kind, id.clone());
         let counts = match map.get_mut(&key) {
@@ -228,8 +238,14 @@ impl Usage {
     /// The push built by [`prepare`](Self::prepare) was accepted: what it
     /// carried is no longer pending (counts recorded since stay).
     pub fn delivered(&self, push: &Push) {
+        self.delivered_keys(&push.keys);
+        *self.since.lock().unwrap_or_else(|p| p.into_inner()) = push.interval[1];
+    }
+
+    /// Some keys of a push were accepted (one POST of several).
+    fn delivered_keys(&self, keys: &[PushedKey]) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        for k in &push.keys {
+        for k in keys {
             let key = (k.kind, Arc::<str>::from(k.id.as_str()));
             if let Some(c) = pending.get_mut(&key) {
                 c.forwarded -= k.forwarded.min(c.forwarded);
@@ -240,7 +256,6 @@ impl Usage {
             }
         }
         self.metrics.pending.set(pending.len() as i64);
-        *self.since.lock().unwrap_or_else(|p| p.into_inner()) = push.interval[1];
     }
 
     /// Push every interval until [`stop`](Self::stop); retry failures with
@@ -273,6 +288,9 @@ impl Usage {
 
     fn client(&self) -> Option<reqwest::Client> {
         self.cfg.push_url.as_ref()?;
+        // reqwest is built without a rustls provider: ring, as everywhere
+        // else in keyward (a no-op when one is installed already)
+        let _ = rustls::crypto::ring::default_provider().install_default();
         match reqwest::Client::builder().timeout(PUSH_TIMEOUT).build() {
             Ok(c) => Some(c),
             Err(e) => {
@@ -301,30 +319,46 @@ impl Usage {
         let Some(push) = self.prepare(&self.replica, now) else {
             return Ok(());
         };
-        let body = serde_json::to_vec(&push).map_err(|e| e.to_string())?;
+        for chunk in push.keys.chunks(MAX_PUSH_KEYS) {
+            let body = Body {
+                replica: &push.replica,
+                interval: push.interval,
+                keys: chunk,
+            };
+            let result = self.post(client, url, &body).await;
+            let label = if result.is_ok() { "ok" } else { "failed" };
+            self.metrics.pushes.with_label_values(&[label]).inc();
+            result?;
+            self.delivered_keys(chunk);
+        }
+        *self.since.lock().unwrap_or_else(|p| p.into_inner()) = push.interval[1];
+        Ok(())
+    }
+
+    async fn post(
+        &self,
+        client: &reqwest::Client,
+        url: &url::Url,
+        body: &Body<'_>,
+    ) -> Result<(), String> {
+        let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
         let mut req = client
             .post(url.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body);
-        if let Some(token) = &cfg.push_token {
+        if let Some(token) = &self.cfg.push_token {
             let mut value =
                 http::HeaderValue::from_bytes(&[b"Bearer ".as_slice(), token.expose()].concat())
                     .map_err(|_| "usage.push_token_env: not a header value".to_string())?;
             value.set_sensitive(true);
             req = req.header(http::header::AUTHORIZATION, value);
         }
-        let result = match req.send().await {
+        match req.send().await {
             Ok(resp) if resp.status().is_success() => Ok(()),
             // the URL may carry credentials: never printed
             Ok(resp) => Err(format!("receiver answered {}", resp.status().as_u16())),
             Err(e) => Err(describe(&e)),
-        };
-        let label = if result.is_ok() { "ok" } else { "failed" };
-        self.metrics.pushes.with_label_values(&[label]).inc();
-        if result.is_ok() {
-            self.delivered(&push);
         }
-        result
     }
 
     /// Stop the loop after its current wait.

@@ -69,9 +69,8 @@ impl Limiter for LocalLimiter {
         states: &mut [RateState],
     ) -> Option<usize> {
         let index = self.window.index(now);
-        let Some((last, gated)) = windows.split_last() else {
-            return None;
-        };
+        // no window: nothing refuses
+        let (last, gated) = windows.split_last()?;
         debug_assert!(windows.len() <= MAX_WINDOWS && states.len() >= windows.len());
         let slots: [Option<Arc<Slot>>; MAX_WINDOWS] =
             std::array::from_fn(|i| gated.get(i).map(|w| self.slot(w.key)));

@@ -131,6 +131,9 @@ enum Kind {
     McpToken,
 }
 
+/// A push's keys by (kind, id), merged and in lock order.
+type Keys<'a> = BTreeMap<(Kind, &'a str), Totals>;
+
 /// One key's usage, merged over the push's entries for it.
 struct Totals {
     forwarded: i64,
@@ -364,8 +367,8 @@ async fn read_body(mut body: Incoming) -> Result<Vec<u8>, Refusal> {
 
 /// The push's keys merged by (kind, id), sorted (a stable lock order);
 /// the second count is the entries of kinds this receiver does not know.
-fn merge(push: &Push) -> Result<(BTreeMap<(Kind, &str), Totals>, u64), Refusal> {
-    let mut keys: BTreeMap<(Kind, &str), Totals> = BTreeMap::new();
+fn merge(push: &Push) -> Result<(Keys<'_>, u64), Refusal> {
+    let mut keys = Keys::new();
     let mut unknown = 0;
     for (i, k) in push.keys.iter().enumerate() {
         let kind = match k.kind.as_str() {
@@ -449,7 +452,7 @@ impl Receiver {
     /// The keys in one transaction on the receiver's connection (made
     /// anew when there is none or it broke): (rows' keys written, keys
     /// without a row).
-    async fn write(&self, keys: &BTreeMap<(Kind, &str), Totals>) -> Result<(u64, u64), String> {
+    async fn write(&self, keys: &Keys<'_>) -> Result<(u64, u64), String> {
         let mut slot = self.conn.lock().await;
         // taken out: dropped (and closed) if this future is, mid-transaction
         let mut conn = match slot.take() {
@@ -498,10 +501,7 @@ impl Receiver {
 
 /// Every key with a statement, pipelined, in one transaction; rolled back
 /// on any error.
-async fn transact(
-    conn: &mut Conn,
-    keys: &BTreeMap<(Kind, &str), Totals>,
-) -> Result<(u64, u64), pg::PgError> {
+async fn transact(conn: &mut Conn, keys: &Keys<'_>) -> Result<(u64, u64), pg::PgError> {
     let Conn {
         client,
         api_key,
