@@ -155,6 +155,12 @@ fn a_full_build_maps_betterauth_keys_sessions_and_organizations() {
     let broken = add_key(&pg, "a4", "u_1", "{not json");
     let nested = add_key(&pg, "a5", "u_2", r#"{"x":{"organizationId":"org_2"}}"#);
     let session = add_session(&pg, "s1", "u_1", Some("org_1"));
+    // a BetterAuth rate limit over keyward's window (60 s): the key's own
+    // §6.1 limit; add_key's (a day) does not match and is left out
+    let limited = add_key(&pg, "a6", "u_1", r#"{"organizationId":"org_1"}"#);
+    pg.sql(
+        "UPDATE apikey SET \"rateLimitTimeWindow\" = 60000, \"rateLimitMax\" = 2 WHERE id = 'a6'",
+    );
     let snap = Snap::new();
     let config = sync_config(&pg, &snap, "off", "");
     let out = sync_once(&pg, &config);
@@ -201,6 +207,20 @@ fn a_full_build_maps_betterauth_keys_sessions_and_organizations() {
     }
     let r = kw.request("GET", "/api/v1/x", &[("Cookie", &cookie(&session))], "");
     assert_eq!(r.status, 200, "{}", r.body_str());
+    let rate_limits: Vec<Option<i64>> = conn
+        .prepare("SELECT rate_limit FROM api_keys WHERE id IN ('a1', 'a6') ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rate_limits, [None, Some(2)]);
+    for _ in 0..2 {
+        assert_eq!(kw.get("/api/v1/x", Some(&limited)).status, 200);
+    }
+    let r = kw.get("/api/v1/x", Some(&limited));
+    r.assert_error(429, "RATE_LIMIT_EXCEEDED");
+    assert_eq!(r.json()["details"]["limit"], "key");
     // no snapshot ever holds a usable token
     let bytes = std::fs::read(&snap.path).unwrap();
     let text = String::from_utf8_lossy(&bytes);

@@ -422,4 +422,106 @@ expect = { status = 403, absent = ["X-Org-ID"] }
             assert!(!out.contains("wvz_fixture_k1"), "{out}");
         }
     }
+
+    const POLICY_CONFIG: &str = r#"
+[plans.free]
+requests_per_window = 10
+[plans.free.limits.uploads]
+requests_per_window = 3
+[[route]]
+path = "/uploads/**"
+limit = "uploads"
+cost = 2
+"#;
+
+    const POLICY_CASES: &str = r#"
+[fixtures]
+orgs = [{ id = "org_1" }]
+api_keys = [
+  { id = "ro", org = "org_1", permissions = '{"scope":"org","readOnly":true}' },
+  { id = "ip", org = "org_1", allowed_ips = '["203.0.113.0/24"]' },
+  { id = "zero", org = "org_1", rate_limit = 0 },
+]
+
+[[case]]
+name = "read-only key reads"
+path = "/x"
+api_key = "ro"
+expect = { status = 200 }
+
+[[case]]
+name = "read-only key writes"
+method = "POST"
+path = "/x"
+api_key = "ro"
+expect = { status = 403, code = "SCOPE_DENIED", reason = "read_only" }
+
+[[case]]
+name = "listed client"
+path = "/x"
+api_key = "ip"
+peer = "203.0.113.5"
+expect = { status = 200 }
+
+[[case]]
+name = "unlisted client"
+path = "/x"
+api_key = "ip"
+expect = { status = 403, code = "FORBIDDEN", reason = "ip_not_allowed" }
+
+[[case]]
+name = "a key that admits nothing"
+path = "/x"
+api_key = "zero"
+expect = { status = 429, code = "RATE_LIMIT_EXCEEDED" }
+"#;
+
+    #[test]
+    fn cases_and_explain_show_the_per_key_rules() {
+        let cfg = Config::from_toml_str(POLICY_CONFIG, Path::new("/")).unwrap();
+        let file: CaseFile = toml::from_str(POLICY_CASES).unwrap();
+        let (report, failures) = run_cases(cfg.clone(), &file, 1_900_000_000);
+        assert_eq!(failures, 0, "{report}");
+        let dir = file.fixtures.directory(1_900_000_000);
+        let policy = Policy { config: cfg };
+        let req = |target: &str, key: &str| Request {
+            method: "GET".into(),
+            target: target.into(),
+            headers: vec![("authorization".into(), format!("Bearer wvz_fixture_{key}"))],
+            body: None,
+            peer: IpAddr::from([127, 0, 0, 1]),
+        };
+        let e = explain(&policy, &dir, &req("/x", "ip"), 1_900_000_000);
+        let step = |e: &Explained, name: &str| {
+            e.steps
+                .iter()
+                .filter(|s| s.step == name)
+                .map(|s| s.detail.clone())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        assert!(
+            step(&e, "allowed_ips").contains("127.0.0.1 is outside the key's allowed_ips"),
+            "{e:?}"
+        );
+        let e = explain(&policy, &dir, &req("/uploads/a", "zero"), 1_900_000_000);
+        let limits = step(&e, "rate limit");
+        assert!(limits.contains("key window: 0 of 0 left"), "{limits}");
+        assert!(
+            limits.contains("plan `free` group `uploads`: 3 of 3 left"),
+            "{limits}"
+        );
+        assert!(limits.contains("this route costs 2"), "{limits}");
+        assert_eq!(e.answer, refuse_429());
+        let e = explain(&policy, &dir, &req("/uploads/a", "ro"), 1_900_000_000);
+        assert_eq!(e.rate.map(|r| r.remaining), Some(1), "3 - cost 2: {e:?}");
+    }
+
+    fn refuse_429() -> Answer {
+        Answer::Refuse {
+            status: 429,
+            code: "RATE_LIMIT_EXCEEDED",
+            reason: None,
+        }
+    }
 }
