@@ -35,6 +35,14 @@ fn build_snapshot(dir: &Path) -> (std::path::PathBuf, Vec<String>) {
         }
     }
     conn.execute_batch("COMMIT").unwrap();
+    // SPEC §6.1 columns (an older keyward reads the file as before): key 7
+    // has its own window and an IP allow-list, the others none
+    conn.execute_batch(
+        "ALTER TABLE api_keys ADD COLUMN rate_limit INTEGER;
+         ALTER TABLE api_keys ADD COLUMN allowed_ips TEXT;
+         UPDATE api_keys SET rate_limit = 1000000000, allowed_ips = '[\"10.0.0.0/8\",\"127.0.0.0/8\"]' WHERE id = 'key_7';",
+    )
+    .unwrap();
     (path, keys)
 }
 
@@ -98,6 +106,19 @@ fn benches(c: &mut Criterion) {
             black_box(decide(
                 &cached,
                 &hv,
+                black_box("/api/v1/workspaces/ws_1/connections"),
+            ))
+        })
+    });
+
+    // the same with the key's own window and allowed_ips (SPEC §6.1)
+    let hv_policy = bearer(&keys[7]);
+    assert!(decide(&cached, &hv_policy, "/api/v1/workspaces/ws_1/connections"));
+    c.bench_function("decision/cached_api_key_own_window_allowed_ips", |b| {
+        b.iter(|| {
+            black_box(decide(
+                &cached,
+                &hv_policy,
                 black_box("/api/v1/workspaces/ws_1/connections"),
             ))
         })
