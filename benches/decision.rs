@@ -113,7 +113,11 @@ fn benches(c: &mut Criterion) {
 
     // the same with the key's own window and allowed_ips (SPEC §6.1)
     let hv_policy = bearer(&keys[7]);
-    assert!(decide(&cached, &hv_policy, "/api/v1/workspaces/ws_1/connections"));
+    assert!(decide(
+        &cached,
+        &hv_policy,
+        "/api/v1/workspaces/ws_1/connections"
+    ));
     c.bench_function("decision/cached_api_key_own_window_allowed_ips", |b| {
         b.iter(|| {
             black_box(decide(

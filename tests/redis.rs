@@ -530,3 +530,43 @@ fn sentinel_failover_reaches_the_new_master_without_5xx() {
     kw.get("/api/v1/workspaces/ws_org_a/flows", Some(&key_a))
         .assert_error(429, "RATE_LIMIT_EXCEEDED");
 }
+
+/// SPEC §6.1: a key's own window is shared through Redis like its
+/// organization's, and counts there beside it.
+#[test]
+fn a_key_window_is_shared_by_replicas_within_the_same_bound() {
+    let redis = RedisServer::start();
+    let snap = Snap::new();
+    snap.org("org_k", "pro").workspace("ws_a", "org_k");
+    snap.sql("ALTER TABLE api_keys ADD COLUMN rate_limit INTEGER");
+    let (key, id) = snap.api_key_full("org_k", None, None, None);
+    snap.sql(&format!(
+        "UPDATE api_keys SET rate_limit = 30 WHERE id = '{id}'"
+    ));
+    let up = echo();
+    let (limit, batch) = (1000u64, 5u64);
+    let a = replica(&snap, up, &redis, limit, batch, 2);
+    let b = replica(&snap, up, &redis, limit, batch, 2);
+    let (ok, limited) = hammer(&[&a, &b], &key, 4, 20);
+    assert_eq!(ok + limited, 160);
+    let bound = 30 + 2 * batch - 1;
+    assert!(
+        (30..=bound).contains(&ok),
+        "admitted {ok}, expected 30..={bound}"
+    );
+    let key_window = format!("\u{1f}k\u{1f}api_key\u{1f}{id}");
+    assert!(
+        wait_until(Duration::from_secs(5), || redis.count(&key_window, WINDOW)
+            == ok
+            && redis.count("org_k", WINDOW) == ok),
+        "redis counted key {} org {}, admitted {ok}",
+        redis.count(&key_window, WINDOW),
+        redis.count("org_k", WINDOW)
+    );
+    for kw in [&a, &b] {
+        let r = kw.get("/api/v1/workspaces/ws_a/flows", Some(&key));
+        r.assert_error(429, "RATE_LIMIT_EXCEEDED");
+        assert_eq!(r.json()["details"]["limit"], "key");
+        assert_eq!(r.header("x-ratelimit-limit"), Some("30"));
+    }
+}

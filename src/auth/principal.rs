@@ -134,8 +134,10 @@ impl AllowedIps {
                 .parse::<ipnet::IpNet>()
                 .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
             match net {
-                Ok(n) => nets.push(n.trunc()),
-                Err(_) => return AllowedIps::Malformed,
+                // host bits set (`10.0.0.5/8`): a network or a host was
+                // meant; refused rather than guessed
+                Ok(n) if n == n.trunc() => nets.push(n),
+                _ => return AllowedIps::Malformed,
             }
         }
         AllowedIps::Only(nets.into())
@@ -316,5 +318,58 @@ mod tests {
             Scope::Malformed
         ));
         assert!(!Scope::Malformed.allows("ws_1"));
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    #[test]
+    fn allowed_ips_read_one_way() {
+        let only = AllowedIps::parse(Some(r#"["10.0.0.0/8","2001:db8::/32","203.0.113.7"]"#));
+        for ip in ["10.1.2.3", "2001:db8::1", "203.0.113.7", "::ffff:10.9.9.9"] {
+            assert!(only.allows(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["11.0.0.1", "203.0.113.8", "2001:db9::1", "::ffff:11.0.0.1"] {
+            assert!(!only.allows(ip.parse().unwrap()), "{ip}");
+        }
+        assert_eq!(AllowedIps::parse(None), AllowedIps::Any);
+        assert_eq!(AllowedIps::parse(Some("null")), AllowedIps::Any);
+        assert!(!AllowedIps::parse(Some("[]")).allows("10.0.0.1".parse().unwrap()));
+        for bad in [
+            "not json",
+            "{}",
+            r#""10.0.0.0/8""#,
+            "[1]",
+            r#"["10.0.0.0/33"]"#,
+            r#"["10.0.0.5/8"]"#,
+            r#"[" 10.0.0.1"]"#,
+            r#"["10.0.0.1:80"]"#,
+            r#"["fe80::1%eth0"]"#,
+            r#"["010.0.0.1"]"#,
+            r#"[null]"#,
+        ] {
+            assert_eq!(AllowedIps::parse(Some(bad)), AllowedIps::Malformed, "{bad}");
+            assert!(!AllowedIps::parse(Some(bad)).allows("10.0.0.1".parse().unwrap()));
+        }
+    }
+
+    #[test]
+    fn read_only_is_a_boolean_or_the_permissions_are_malformed() {
+        let p = Permissions::parse(Some(r#"{"scope":"org","readOnly":true}"#));
+        assert!(p.read_only && matches!(p.scope, Scope::OrgWide));
+        assert!(!Permissions::parse(Some(r#"{"scope":"org","readOnly":false}"#)).read_only);
+        assert!(!Permissions::parse(Some(r#"{"scope":"org"}"#)).read_only);
+        for bad in [
+            r#"{"scope":"org","readOnly":"yes"}"#,
+            r#"{"scope":"org","readOnly":1}"#,
+            r#"{"scope":"org","readOnly":true,"readOnly":false}"#,
+        ] {
+            assert!(
+                matches!(Permissions::parse(Some(bad)).scope, Scope::Malformed),
+                "{bad}"
+            );
+        }
     }
 }
