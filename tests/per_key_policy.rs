@@ -433,3 +433,103 @@ fn an_mcp_token_has_its_own_window_too() {
     r.assert_error(429, "RATE_LIMIT_EXCEEDED");
     assert_eq!(r.json()["details"]["limit"], "key");
 }
+
+#[test]
+fn a_client_a_trusted_proxy_does_not_name_is_unknown_to_an_allow_list() {
+    let snap = policy_snap();
+    snap.org("org_p", "free");
+    // a key meant for the proxies' own range: the proxy's address must
+    // never stand in for a client it failed to name
+    let (key, id) = snap.api_key_full("org_p", None, None, None);
+    set_key(
+        &snap,
+        &id,
+        "allowed_ips",
+        r#"'["127.0.0.0/8","203.0.113.7"]'"#,
+    );
+    let kw = start(
+        &snap,
+        Opts::new(echo())
+            .generous_plan()
+            .set("server.trusted_proxies", vec!["127.0.0.1/32"]),
+    );
+    assert_eq!(via_proxy(&kw, &key, "203.0.113.7").status, 200);
+    for hop in [
+        "10.0.0.1:1234",
+        "203.0.113.7,",
+        "[2001:db8::1]:443",
+        "unknown",
+        "10.0.0.1, unknown",
+        "127.0.0.1",
+    ] {
+        let r = via_proxy(&kw, &key, hop);
+        r.assert_error(403, "FORBIDDEN");
+        assert_eq!(reason(&r), "ip_not_allowed", "{hop}");
+    }
+    let r = kw.get("/api/v1/x", Some(&key));
+    assert_eq!(reason(&r), "ip_not_allowed", "no hop at all");
+    // the refusal is the key's: its prefix is on the access line
+    assert!(
+        wait_until(LOG_TIMEOUT, || kw
+            .log()
+            .lines()
+            .any(|l| l.contains("reason=ip_not_allowed")
+                && l.contains("auth_method=api_key")
+                && l.contains(&format!("key_prefix={}", &key[..8])))),
+        "{}",
+        kw.log()
+    );
+}
+
+#[test]
+fn a_read_only_key_cannot_open_a_websocket() {
+    let snap = policy_snap();
+    snap.org("org_w", "free");
+    let (key, _) = snap.api_key_full(
+        "org_w",
+        Some(r#"{"scope":"org","readOnly":true}"#),
+        None,
+        None,
+    );
+    let kw = start(&snap, Opts::new(echo()).generous_plan());
+    let r = kw.send_head(
+        "/api/v1/ws",
+        format!(
+            "{}Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+            bearer(&key)
+        ),
+    );
+    r.assert_error(403, "SCOPE_DENIED");
+    assert_eq!(reason(&r), "read_only");
+}
+
+#[test]
+fn a_policy_column_of_the_wrong_type_fails_closed_without_a_store_error() {
+    let snap = policy_snap();
+    snap.org("org_y", "free");
+    let (text_limit, a) = snap.api_key_full("org_y", None, None, None);
+    set_key(&snap, &a, "rate_limit", "'abc'");
+    let (real_limit, b) = snap.api_key_full("org_y", None, None, None);
+    set_key(&snap, &b, "rate_limit", "2.5");
+    let (blob_ips, c) = snap.api_key_full("org_y", None, None, None);
+    set_key(&snap, &c, "allowed_ips", "X'5b2231302e302e302e302f38225d'");
+    let kw = start(&snap, Opts::new(echo()).generous_plan());
+    for k in [&text_limit, &real_limit] {
+        let r = kw.get("/api/v1/x", Some(k));
+        r.assert_error(429, "RATE_LIMIT_EXCEEDED");
+        assert_eq!(r.json()["details"]["limit"], "key");
+    }
+    let r = kw.get("/api/v1/x", Some(&blob_ips));
+    r.assert_error(403, "FORBIDDEN");
+    assert_eq!(reason(&r), "malformed_allowed_ips");
+    // cached like any verdict: the store is not asked again
+    let lookups = kw.metric("keyward_snapshot_lookups_total{table=\"api_keys\"}");
+    for _ in 0..5 {
+        assert_eq!(kw.get("/api/v1/x", Some(&blob_ips)).status, 403);
+    }
+    assert_eq!(
+        kw.metric("keyward_snapshot_lookups_total{table=\"api_keys\"}"),
+        lookups
+    );
+    assert!(!kw.log().contains("snapshot lookup failed"), "{}", kw.log());
+}

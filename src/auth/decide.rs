@@ -261,7 +261,7 @@ fn on_route<'p>(
     };
     // The route's own rules come before any body is read (a request they
     // refuse is never buffered).
-    if let Err(d) = check_flags(facts.method, route, &caller, env) {
+    if let Err(d) = check_flags(facts, route, &caller, env) {
         return refusal(env, route, caller, d);
     }
     let inspects_body = route

@@ -136,7 +136,7 @@ impl AllowedIps {
             match net {
                 // host bits set (`10.0.0.5/8`): a network or a host was
                 // meant; refused rather than guessed
-                Ok(n) if n == n.trunc() => nets.push(n),
+                Ok(n) if n == n.trunc() => nets.push(ipv4_mapped(n)),
                 _ => return AllowedIps::Malformed,
             }
         }
@@ -155,6 +155,20 @@ impl AllowedIps {
             AllowedIps::Only(nets) => nets.iter().any(|n| n.contains(&ip)),
             AllowedIps::Malformed => false,
         }
+    }
+}
+
+/// `::ffff:a.b.c.d/n` (n ≥ 96) as the IPv4 network it names: clients are
+/// matched as IPv4 when they come mapped (see [`AllowedIps::allows`]).
+fn ipv4_mapped(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(ipnet::IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
     }
 }
 
@@ -334,6 +348,12 @@ mod policy_tests {
         for ip in ["11.0.0.1", "203.0.113.8", "2001:db9::1", "::ffff:11.0.0.1"] {
             assert!(!only.allows(ip.parse().unwrap()), "{ip}");
         }
+        // entries written IPv4-mapped match IPv4 clients
+        let mapped = AllowedIps::parse(Some(r#"["::ffff:127.0.0.1","::ffff:10.0.0.0/104"]"#));
+        for ip in ["127.0.0.1", "10.2.3.4", "::ffff:10.2.3.4"] {
+            assert!(mapped.allows(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!mapped.allows("11.0.0.1".parse().unwrap()));
         assert_eq!(AllowedIps::parse(None), AllowedIps::Any);
         assert_eq!(AllowedIps::parse(Some("null")), AllowedIps::Any);
         assert!(!AllowedIps::parse(Some("[]")).allows("10.0.0.1".parse().unwrap()));

@@ -28,6 +28,11 @@ pub struct Client {
     pub ip: IpAddr,
     /// `https` when keyward terminated TLS or a trusted peer said so, else `http`
     pub scheme: &'static str,
+    /// `ip` is an address outside `server.trusted_proxies`: the client's
+    /// own. False when a trusted proxy named no client, or the walk ended
+    /// at a hop that does not parse (`ip:port`, `unknown`, brackets): then
+    /// `ip` is a proxy's, and a key's `allowed_ips` cannot judge it.
+    pub ip_known: bool,
 }
 
 impl Client {
@@ -40,6 +45,7 @@ impl Client {
                 peer_trusted,
                 ip: peer,
                 scheme: if tls { "https" } else { "http" },
+                ip_known: true,
             };
         }
         // Lossy, not `to_str().ok()`: a line with one obs-text byte must not
@@ -60,11 +66,13 @@ impl Client {
                 _ => "http",
             }
         };
+        let ip = client_ip(peer, &xff, trusted);
         Client {
             peer,
             peer_trusted,
-            ip: client_ip(peer, &xff, trusted),
+            ip,
             scheme,
+            ip_known: !trusted.iter().any(|n| n.contains(&ip)),
         }
     }
 

@@ -50,7 +50,7 @@ pub(super) fn authenticate(
             token.as_bytes(),
             env,
         )
-        .and_then(|(k, v)| check_api_key(k, v, facts.client.ip, env)),
+        .and_then(|(k, v)| check_api_key(k, v, env)),
         Credential::Bearer { .. } if !mcp_route => {
             Err(Denial::unauthenticated("mcp_token_outside_mcp_route"))
         }
@@ -177,39 +177,15 @@ pub(super) fn usable_org(org: Option<&Org>) -> Result<Org, Denial> {
     }
 }
 
-/// SPEC §3.1 `wvz_…`, and the key's `allowed_ips` (SPEC §6.1) for the
-/// client IP as §4.1 resolves it.
+/// SPEC §3.1 `wvz_…`.
 pub(super) fn check_api_key(
     key: TokenKey,
     entry: Arc<Entry<Verdict>>,
-    ip: std::net::IpAddr,
     env: &Env<'_>,
 ) -> Result<Caller, Denial> {
     let org = match &entry.value {
         Verdict::Rejected(reason) => return Err(Denial::unauthenticated(reason)),
-        Verdict::ApiKey(k) => {
-            let org = api_key_org(k, env.now)?;
-            match &k.allowed_ips {
-                AllowedIps::Any => {}
-                AllowedIps::Malformed => {
-                    env.note("allowed_ips", || {
-                        "the key's allowed_ips is not a JSON array of CIDRs: refuse".to_string()
-                    });
-                    return Err(Denial::Forbidden("malformed_allowed_ips"));
-                }
-                list => {
-                    let allowed = list.allows(ip);
-                    env.note("allowed_ips", || {
-                        let verdict = if allowed { "is in" } else { "is outside" };
-                        format!("client {ip} {verdict} the key's allowed_ips")
-                    });
-                    if !allowed {
-                        return Err(Denial::Forbidden("ip_not_allowed"));
-                    }
-                }
-            }
-            org
-        }
+        Verdict::ApiKey(k) => api_key_org(k, env.now)?,
         _ => return Err(Denial::unauthenticated("unknown")),
     };
     Ok(Caller {

@@ -240,21 +240,59 @@ pub(super) fn limit_for<'c>(caller: &Caller, cfg: &'c Config) -> Option<(u64, Pl
     }
 }
 
-/// `permissions.readOnly` (SPEC §6.1), `org_wide_only` and `quota` (SPEC
+/// A key's `allowed_ips` (SPEC §6.1) for the client IP as §4.1 resolves
+/// it. A client a trusted proxy did not name (no hop, or one that does not
+/// parse) is unknown: refused by any list rather than judged by the proxy's
+/// address.
+fn allowed_ip(list: &AllowedIps, client: &Client, env: &Env<'_>) -> Result<(), Denial> {
+    let ip = client.ip;
+    match list {
+        AllowedIps::Any => Ok(()),
+        AllowedIps::Malformed => {
+            env.note("allowed_ips", || {
+                "the key's allowed_ips is not a JSON array of CIDRs: refuse".to_string()
+            });
+            Err(Denial::Forbidden("malformed_allowed_ips"))
+        }
+        list => {
+            let allowed = client.ip_known && list.allows(ip);
+            env.note("allowed_ips", || match (client.ip_known, allowed) {
+                (false, _) => format!(
+                    "the client is unknown (the trusted proxy {ip} named no parsable client address): refuse"
+                ),
+                (true, true) => format!("client {ip} is in the key's allowed_ips"),
+                (true, false) => format!("client {ip} is outside the key's allowed_ips"),
+            });
+            if allowed {
+                Ok(())
+            } else {
+                Err(Denial::Forbidden("ip_not_allowed"))
+            }
+        }
+    }
+}
+
+/// `allowed_ips`, `permissions.readOnly` (SPEC §6.1), `org_wide_only` and `quota` (SPEC
 /// §5): rules of the route and the caller alone, checked before the body is
 /// read.
 pub(super) fn check_flags(
-    method: &Method,
+    facts: &RequestFacts<'_>,
     route: &Route,
     caller: &Caller,
     env: &Env<'_>,
 ) -> Result<(), Denial> {
+    let (method, headers, client) = (facts.method, facts.headers, &facts.client);
     if let Verdict::ApiKey(k) = &caller.verdict.value {
+        allowed_ip(&k.allowed_ips, client, env)?;
         if k.read_only {
-            let reads = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+            // a WebSocket (or any protocol upgrade) is a GET that carries
+            // writes: refused too
+            let upgrade = headers.contains_key(http::header::UPGRADE);
+            let reads = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) && !upgrade;
             env.note("rule", || {
                 let verdict = if reads { "pass" } else { "refuse" };
-                format!("readOnly key, {method}: {verdict}")
+                let what = if upgrade { " with Upgrade" } else { "" };
+                format!("readOnly key, {method}{what}: {verdict}")
             });
             if !reads {
                 return Err(Denial::ScopeDenied("read_only"));

@@ -243,6 +243,31 @@ pub(super) fn query_error(e: rusqlite::Error) -> StoreError {
     StoreError::Query(e.to_string())
 }
 
+/// An optional SPEC §6.1 INTEGER column: a value of another type (TEXT,
+/// REAL, BLOB) fails closed as a limit of nothing, never as no limit, and
+/// never as a lookup error (which would be retried on every request).
+fn policy_integer(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<i64>> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(i)? {
+        ValueRef::Null => None,
+        ValueRef::Integer(n) => Some(n),
+        _ => Some(i64::MIN),
+    })
+}
+
+/// An optional SPEC §6.1 TEXT column: a value of another type (or not
+/// UTF-8) reads as text no parser accepts, so the key is unusable (403).
+fn policy_text(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<String>> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(i)? {
+        ValueRef::Null => None,
+        ValueRef::Text(t) => {
+            Some(std::str::from_utf8(t).map_or_else(|_| "\u{0}".to_string(), String::from))
+        }
+        _ => Some("\u{0}".to_string()),
+    })
+}
+
 /// Lookups on one connection of one generation, inside [`Generation::read`]
 /// or alone. Each query is counted in `keyward_snapshot_lookups_total`.
 pub struct Reader<'a> {
@@ -311,8 +336,8 @@ impl Reader<'_> {
                 permissions: r.get(3)?,
                 expires_at: r.get(4)?,
                 revoked_at: r.get(5)?,
-                rate_limit: r.get(6)?,
-                allowed_ips: r.get(7)?,
+                rate_limit: policy_integer(r, 6)?,
+                allowed_ips: policy_text(r, 7)?,
             })
         })
     }
@@ -377,7 +402,7 @@ impl Reader<'_> {
                 end_user_id: r.get(3)?,
                 expires_at: r.get(4)?,
                 revoked_at: r.get(5)?,
-                rate_limit: r.get(6)?,
+                rate_limit: policy_integer(r, 6)?,
             })
         })
     }
