@@ -225,4 +225,40 @@ mod tests {
         let docker = parse(include_str!("../../config/docker.toml")).unwrap();
         assert_eq!(docker.server.admin_listen.to_string(), "0.0.0.0:9090");
     }
+
+    /// SPEC §6.1 and §8.4 keys: each bad value is an error naming its key.
+    #[test]
+    fn per_key_policy_and_usage_keys_are_checked() {
+        let ok = parse(
+            "[rate_limit]\nmode = \"shadow\"\n[plans.pro]\nrequests_per_window = 10\n\
+             [plans.pro.limits.uploads]\nrequests_per_window = 2\n\
+             [[route]]\npath = \"/u/**\"\nlimit = \"uploads\"\ncost = 3\nlimit_mode = \"enforce\"\n\
+             [usage]\npush_url = \"https://cp.example/v1/usage\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.rate_limit.mode, routes::LimitMode::Shadow);
+        assert_eq!(ok.plans["pro"].limits["uploads"], 2);
+        let r = &ok.routes.routes()[0];
+        assert_eq!(
+            (r.cost, r.limit_group.as_deref(), r.limit_mode),
+            (3, Some("uploads"), Some(routes::LimitMode::Enforce))
+        );
+        assert!(ok.usage.push_url.is_some());
+        assert_eq!(ok.usage.max_keys, 100_000);
+        for (text, names) in [
+            ("[rate_limit]\nmode = \"dry\"", "rate_limit.mode"),
+            ("[[route]]\npath = \"/x\"\ncost = 0", "cost"),
+            ("[[route]]\npath = \"/x\"\nlimit = \"a b\"", "limit"),
+            ("[[route]]\npath = \"/x\"\nlimit_mode = \"off\"", "limit_mode"),
+            ("[[route]]\npath = \"/x\"\nauth = \"none\"\ncost = 2", "need authentication"),
+            ("[plans.p]\nrequests_per_window = 1\n[plans.p.limits.\"a/b\"]\nrequests_per_window = 1", "plans.p.limits"),
+            ("[usage]\npush_url = \"ftp://x/\"", "usage.push_url"),
+            ("[usage]\npush_interval_ms = 0", "usage.push_interval_ms"),
+            ("[usage]\nmax_keys = 0", "usage.max_keys"),
+            ("[usage]\npush_tokn_env = \"X\"", "push_tokn_env"),
+        ] {
+            let e = parse(text).err().unwrap_or_else(|| panic!("accepted: {text}")).to_string();
+            assert!(e.contains(names), "{text}: {e}");
+        }
+    }
 }
