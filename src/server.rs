@@ -366,6 +366,17 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
         }
         server.add_service(service);
     }
+    // forward-auth (SPEC §8.3): the same engine, one plain listener
+    let auth_listen = running.engine.policy.load().config.server.auth_listen;
+    if let Some(addr) = auth_listen {
+        let mut service = pingora::services::listening::Service::new(
+            "keyward-auth".into(),
+            app().for_forward_auth(),
+        );
+        service.add_tcp(&addr.to_string());
+        server.add_service(service);
+        tracing::info!(auth_listen = %addr, "forward-auth listener");
+    }
     // SIGQUIT hands the listeners over and drains at once (not pingora's
     // 5 s of accepting first); every graceful exit is bounded (ops/shutdown.rs)
     let signals = crate::ops::shutdown::Signals {

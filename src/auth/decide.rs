@@ -291,6 +291,14 @@ fn on_route<'p>(
     authorize(facts, route, &captures, caller, None, env)
 }
 
+impl Pending<'_> {
+    /// Give up on the body (forward-auth without one): the caller, for the
+    /// access line.
+    pub fn into_caller(self) -> Caller {
+        self.caller
+    }
+}
+
 /// What the shell read of a body the core asked for.
 pub enum Body<'b> {
     /// the whole body, at most the pending `cap` bytes

@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// `server.replica_id`, else the hostname (usage pushes, SPEC §8.4)
     pub replica_id: String,
+    /// `server.auth_listen`: the forward-auth listener (SPEC §8.3)
+    pub auth_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]

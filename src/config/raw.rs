@@ -54,6 +54,8 @@ pub struct RawServer {
     pub tls: Option<RawTls>,
     /// this replica's name in usage pushes (SPEC §8.4); "" = the hostname
     pub replica_id: String,
+    /// forward-auth listener (SPEC §8.3); "" = off
+    pub auth_listen: String,
 }
 
 impl Default for RawServer {
@@ -69,6 +71,7 @@ impl Default for RawServer {
             upgrade_sock: "/tmp/keyward-upgrade.sock".into(),
             tls: None,
             replica_id: String::new(),
+            auth_listen: String::new(),
         }
     }
 }

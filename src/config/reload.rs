@@ -109,6 +109,8 @@ fn server_change(old: &ServerConfig, new: &ServerConfig) -> Option<&'static str>
         tls,
         // frozen: the usage pusher names itself once
         replica_id,
+        // frozen: bound once by `server::run`
+        auth_listen,
     } = old;
     first([
         ("server.listen", *listen != new.listen),
@@ -120,6 +122,7 @@ fn server_change(old: &ServerConfig, new: &ServerConfig) -> Option<&'static str>
         ),
         ("server.upgrade_sock", *upgrade_sock != new.upgrade_sock),
         ("server.replica_id", *replica_id != new.replica_id),
+        ("server.auth_listen", *auth_listen != new.auth_listen),
     ])
     .or_else(|| tls_change(tls.as_ref(), new.tls.as_ref()))
 }

@@ -59,7 +59,13 @@ pub(super) fn server(raw: RawServer, base: &Path) -> Result<ServerConfig, Config
         upgrade_sock,
         tls,
         replica_id,
+        auth_listen,
     } = raw;
+    let auth_listen = if auth_listen.is_empty() {
+        None
+    } else {
+        Some(socket_addr("server.auth_listen", &auth_listen)?)
+    };
     let replica_id = if replica_id.is_empty() {
         hostname()
     } else {
@@ -105,6 +111,7 @@ pub(super) fn server(raw: RawServer, base: &Path) -> Result<ServerConfig, Config
             key: resolve(base, &key),
         }),
         replica_id,
+        auth_listen,
     })
 }
 

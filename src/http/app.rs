@@ -103,6 +103,9 @@ pub struct KeywardApp {
     pub engine: Arc<Engine>,
     upstream: Upstream,
     https: bool,
+    /// `server.auth_listen` (SPEC §8.3): answer with the decision instead
+    /// of forwarding
+    forward_auth: bool,
     /// `[tracing]`: None when off (one check per request)
     #[cfg(feature = "otel")]
     tracing: Option<Arc<crate::http::otel::Tracing>>,
@@ -117,9 +120,19 @@ impl KeywardApp {
             engine,
             upstream,
             https,
+            forward_auth: false,
             #[cfg(feature = "otel")]
             tracing: None,
         }
+    }
+
+    /// The forward-auth listener's app (`server.auth_listen`, SPEC §8.3):
+    /// the original request is read from the asking proxy's headers and the
+    /// decision is the answer; nothing is forwarded.
+    pub fn for_forward_auth(mut self) -> KeywardApp {
+        self.forward_auth = true;
+        self.https = false;
+        self
     }
 
     /// Trace requests (`[tracing]`, SPEC §8.2).
@@ -135,6 +148,11 @@ impl KeywardApp {
         // phase 1: hygiene — refuse what cannot be read one way
         cap_keepalive(session);
         ctx.request_id = hygiene::request_id(session.req_header());
+        if self.forward_auth {
+            if let Err(d) = crate::http::forward_auth::to_original(session.req_header_mut()) {
+                return self.refuse(session, ctx, d, None).await;
+            }
+        }
         match hygiene::check(session) {
             Ok(None) => {}
             Ok(Some(path_and_query)) => {
@@ -182,6 +200,16 @@ impl KeywardApp {
 
         // phase 4: the body, when the route inspects it
         let mut inspected = None;
+        if self.forward_auth && !has_body && matches!(decision, Decision::NeedBody(_)) {
+            // forward-auth without the body the route reads (Envoy's
+            // `with_request_body` sends it; nginx, Traefik and Caddy do not)
+            if let Decision::NeedBody(pending) = decision {
+                ctx.caller = Some(pending.into_caller());
+            }
+            return self
+                .refuse(session, ctx, Denial::Forbidden("body_required"), None)
+                .await;
+        }
         if let Decision::NeedBody(pending) = decision {
             let Ok(body) = self.read_body(session, pending.cap).await else {
                 return false;
@@ -234,6 +262,13 @@ impl KeywardApp {
                 }
                 ctx.caller = grant.caller;
                 ctx.route = grant.route;
+                if self.forward_auth {
+                    ctx.granted = true;
+                    ctx.would_deny = grant.would_deny.unwrap_or("");
+                    return self
+                        .allow(session, ctx, client, &grant.identity, grant.rate)
+                        .await;
+                }
                 ctx.outcome = Outcome::Forwarded;
                 ctx.granted = true;
                 ctx.would_deny = grant.would_deny.unwrap_or("");
@@ -341,6 +376,48 @@ impl KeywardApp {
             buf.extend_from_slice(&chunk);
         }
         Ok(Some(buf.freeze()))
+    }
+
+    /// Forward-auth's yes (SPEC §8.3): 200, no body, the identity headers the
+    /// upstream would receive (with the request id and forwarding headers)
+    /// and `X-RateLimit-*`.
+    async fn allow(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut Ctx,
+        client: Client,
+        identity: &Identity,
+        rate: Option<RateState>,
+    ) -> bool {
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        let down = &session.req_header().headers;
+        if upstream_headers(
+            &mut parts.headers,
+            down,
+            &ctx.request_id,
+            client,
+            identity,
+            false,
+        )
+        .is_err()
+        {
+            return self
+                .refuse(session, ctx, Denial::AuthUnavailable, None)
+                .await;
+        }
+        parts.headers.insert(http::header::CONTENT_LENGTH, 0.into());
+        if let Some(r) = &rate {
+            headers::insert_rate(&mut parts.headers, r);
+        }
+        ctx.outcome = Outcome::Forwarded;
+        ctx.status = 200;
+        if !session.is_body_done() {
+            session.set_keepalive(None);
+        }
+        let head = Box::new(ResponseHeader::from(parts));
+        let ok = session.write_response_header(head).await.is_ok()
+            && session.finish_body().await.is_ok();
+        ok && session.is_body_done()
     }
 
     /// keyward answers the request itself. Returns whether the connection

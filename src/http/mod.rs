@@ -12,6 +12,8 @@ pub mod app;
 #[cfg(feature = "server")]
 pub mod forward;
 #[cfg(feature = "server")]
+pub mod forward_auth;
+#[cfg(feature = "server")]
 pub mod hygiene;
 pub mod metrics;
 #[cfg(feature = "otel")]
