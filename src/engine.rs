@@ -31,6 +31,8 @@ pub struct Engine {
     pub streams: Arc<Streams>,
     /// per-key usage for `usage.push_url` (SPEC §8.4)
     pub usage: Arc<Usage>,
+    /// the downstream certificate, with `[server.tls]` (SPEC §8.3)
+    pub tls: std::sync::OnceLock<Arc<crate::http::tls::CertStore>>,
     warned_unconfigured: AtomicBool,
     /// set from SIGTERM/SIGQUIT on: `/readyz` answers 503 while in-flight
     /// requests drain, so a load balancer stops sending
@@ -87,6 +89,7 @@ impl Engine {
             warned_unconfigured: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             source_unreachable: std::sync::OnceLock::new(),
+            tls: std::sync::OnceLock::new(),
         })
     }
 

@@ -198,6 +198,9 @@ pub fn start_support(config: Config, upgrade: bool) -> anyhow::Result<Running> {
         rt.spawn(async move {
             let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
             while hup.recv().await.is_some() {
+                if let Some(tls) = engine.tls.get() {
+                    let _ = tls.reload();
+                }
                 match reload_config(&engine, &path) {
                     Ok(()) => tracing::info!(path = %path.display(), "config reloaded"),
                     Err(e) => tracing::error!(path = %path.display(), error = %e, "config reload rejected; keeping the old config"),
@@ -319,6 +322,21 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
     let mut conf = server_conf(threads, grace, ca_file);
     conf.upgrade_sock = config.server.upgrade_sock.to_string_lossy().into_owned();
     let running = start_support(config, upgrade)?;
+    // the served pair, re-read on SIGHUP and when the files change (SPEC §8.3)
+    let certs = match &tls {
+        Some(t) => {
+            let store = crate::http::tls::CertStore::open(
+                &t.cert,
+                &t.key,
+                running.engine.metrics.tls_reloads.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
+            store.watch();
+            let _ = running.engine.tls.set(store.clone());
+            Some(store)
+        }
+        None => None,
+    };
     tracing::info!(%listen, admin = %running.admin_addr, upgrade, "keyward starting");
 
     let opt = pingora::server::configuration::Opt {
@@ -360,6 +378,9 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
                     &t.key.to_string_lossy(),
                 )
                 .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?;
+                if let Some(store) = &certs {
+                    settings.set_cert_resolver(store.clone());
+                }
                 settings.enable_h2();
                 service.add_tls_with_settings(addr, options, settings);
             }

@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -235,4 +236,91 @@ fn upstream_tls_fails_closed_on_an_sni_the_certificate_does_not_cover() {
     let kw = upstream_tls_keyward(&snap, upstream, &server_pki.ca, "wrong.example");
     kw.get("/api/v1/workspaces/ws_a/flows", Some(&key))
         .assert_error(502, "UPSTREAM_UNAVAILABLE");
+}
+
+/// curl once to `https://localhost:PORT/healthz-ish`: did the handshake
+/// (verified against `ca`) succeed?
+fn handshake_ok(kw: &Keyward, ca: &Path) -> bool {
+    let port = kw.addr.port();
+    Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--max-time", "5", "--cacert"])
+        .arg(ca)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}/api/auth/ok"))
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// SPEC §8.3: a new pair renamed over the files is served to new
+/// connections without a restart and without a failed handshake; a pair
+/// whose key does not match is refused and the served one kept.
+#[test]
+fn a_certificate_renamed_in_is_served_without_a_failed_handshake() {
+    let snap = Snap::new();
+    let dir = snap.dir.path();
+    let old = make_pki(dir, "old");
+    let new = make_pki(dir, "new");
+    let (cert, key) = (dir.join("served-cert.pem"), dir.join("served-key.pem"));
+    std::fs::copy(&old.cert, &cert).unwrap();
+    std::fs::copy(&old.key, &key).unwrap();
+    let both = dir.join("both-ca.pem");
+    let bundle = [
+        std::fs::read(&old.ca).unwrap(),
+        std::fs::read(&new.ca).unwrap(),
+    ]
+    .concat();
+    std::fs::write(&both, bundle).unwrap();
+    let kw = Keyward::start(
+        &snap,
+        Opts::new(echo())
+            .set("server.tls.cert", cert.to_string_lossy().into_owned())
+            .set("server.tls.key", key.to_string_lossy().into_owned()),
+    );
+    assert!(handshake_ok(&kw, &old.ca) && !handshake_ok(&kw, &new.ca));
+    assert!(kw.metric("keyward_tls_cert_expiry_seconds") > 86_400.0);
+    // clients trusting both CAs hammer the listener across the rotation
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    if handshake_ok(&kw, &both) {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        // key first, then the certificate: each renamed over its file
+        for (from, to) in [(&new.key, &key), (&new.cert, &cert)] {
+            let tmp = to.with_extension("tmp");
+            std::fs::copy(from, &tmp).unwrap();
+            std::fs::rename(&tmp, to).unwrap();
+        }
+        let served = wait_until(Duration::from_secs(10), || handshake_ok(&kw, &new.ca));
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        assert!(served, "{}", kw.log());
+    });
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed handshakes");
+    assert!(ok.load(Ordering::Relaxed) > 10);
+    assert!(
+        !handshake_ok(&kw, &old.ca),
+        "new connections get the new pair"
+    );
+    assert!(kw.metric("keyward_tls_reloads_total{result=\"ok\"}") >= 1.0);
+    // a certificate whose key is not the served key: refused, pair kept
+    let failed_before = kw.metric("keyward_tls_reloads_total{result=\"failed\"}");
+    let tmp = cert.with_extension("tmp");
+    std::fs::copy(&old.cert, &tmp).unwrap();
+    std::fs::rename(&tmp, &cert).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || kw
+        .metric("keyward_tls_reloads_total{result=\"failed\"}")
+        > failed_before));
+    assert!(handshake_ok(&kw, &new.ca), "the served pair is kept");
+    assert!(kw.log().contains("do not match"), "{}", kw.log());
 }

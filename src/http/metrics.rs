@@ -123,6 +123,8 @@ pub struct Metrics {
     /// `usage_pushes_total{result}`, `usage_dropped_total`,
     /// `usage_keys_pending` (SPEC §8.4)
     pub usage: crate::http::usage::UsageMetrics,
+    /// `tls_reloads_total{result}` (SPEC §8.3)
+    pub tls_reloads: IntCounterVec,
     /// streams closed because their credential no longer stands, by reason
     pub streams_closed: IntCounterVec,
     /// `snapshot_fetches_total{result}` and `snapshot_fetch_bytes_total`
@@ -265,6 +267,14 @@ impl Metrics {
         for r in crate::auth::decide::LAPSE_REASONS {
             streams_closed.with_label_values(&[r]);
         }
+        let tls_reloads = counter_vec(
+            "tls_reloads_total",
+            "Re-reads of the downstream certificate and key by result (SPEC §8.3)",
+            &["result"],
+        );
+        for r in ["ok", "failed"] {
+            tls_reloads.with_label_values(&[r]);
+        }
         let usage_pushes = counter_vec(
             "usage_pushes_total",
             "Usage pushes to usage.push_url by result (SPEC §8.4)",
@@ -324,6 +334,7 @@ impl Metrics {
             upstream_errors,
             snapshot_lookups,
             streams_open,
+            tls_reloads,
             usage: crate::http::usage::UsageMetrics {
                 pushes: usage_pushes,
                 dropped: usage_dropped,

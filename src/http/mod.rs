@@ -19,4 +19,5 @@ pub mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod streams;
+pub mod tls;
 pub mod usage;

@@ -106,6 +106,14 @@ async fn handle(
         "/metrics" => {
             let mut text = engine.metrics.render(&engine.store);
             text.push_str(&lifecycle_metrics(&engine));
+            if let Some(tls) = engine.tls.get() {
+                text.push_str(&format!(
+                    "# HELP keyward_tls_cert_expiry_seconds Seconds until the served certificate's notAfter\n\
+                     # TYPE keyward_tls_cert_expiry_seconds gauge\n\
+                     keyward_tls_cert_expiry_seconds {}\n",
+                    tls.expires_in(crate::clock::now_unix())
+                ));
+            }
             response(200, "text/plain; version=0.0.4", text)
         }
         "/healthz" => response(200, "application/json", r#"{"status":"ok"}"#),
