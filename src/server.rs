@@ -361,8 +361,25 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
     } else {
         vec![listen.to_string()]
     };
+    let proxy_protocol = running.engine.policy.load().config.server.proxy_protocol;
     for addr in &keys {
-        let mut service = pingora::services::listening::Service::new("keyward".into(), app());
+        let mut service = pingora::services::listening::Service::new(
+            "keyward".into(),
+            crate::http::proxy_protocol::ProxyProtocolApp::new(
+                app(),
+                running.engine.clone(),
+                proxy_protocol,
+            ),
+        );
+        if let (Some(version), Some(_)) = (proxy_protocol, &tls) {
+            // the header comes before the TLS handshake
+            service.endpoints().set_pre_tls_callback(Arc::new(
+                crate::http::proxy_protocol::PreTls {
+                    engine: running.engine.clone(),
+                    version,
+                },
+            ));
+        }
         let options = per_worker.then(|| {
             service.threads = Some(1);
             let mut options = pingora::listeners::TcpSocketOptions::default();

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub replica_id: String,
     /// `server.auth_listen`: the forward-auth listener (SPEC §8.3)
     pub auth_listen: Option<SocketAddr>,
+    /// `server.proxy_protocol`: None off (SPEC §8.3)
+    pub proxy_protocol: Option<crate::request::proxy_protocol::Version>,
 }
 
 #[derive(Debug, Clone)]

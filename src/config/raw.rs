@@ -56,6 +56,8 @@ pub struct RawServer {
     pub replica_id: String,
     /// forward-auth listener (SPEC §8.3); "" = off
     pub auth_listen: String,
+    /// SPEC §8.3: "off" | "v1" | "v2" | "any"
+    pub proxy_protocol: String,
 }
 
 impl Default for RawServer {
@@ -72,6 +74,7 @@ impl Default for RawServer {
             tls: None,
             replica_id: String::new(),
             auth_listen: String::new(),
+            proxy_protocol: "off".into(),
         }
     }
 }

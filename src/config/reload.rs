@@ -111,6 +111,8 @@ fn server_change(old: &ServerConfig, new: &ServerConfig) -> Option<&'static str>
         replica_id,
         // frozen: bound once by `server::run`
         auth_listen,
+        // frozen: the listeners are built with it
+        proxy_protocol,
     } = old;
     first([
         ("server.listen", *listen != new.listen),
@@ -123,6 +125,10 @@ fn server_change(old: &ServerConfig, new: &ServerConfig) -> Option<&'static str>
         ("server.upgrade_sock", *upgrade_sock != new.upgrade_sock),
         ("server.replica_id", *replica_id != new.replica_id),
         ("server.auth_listen", *auth_listen != new.auth_listen),
+        (
+            "server.proxy_protocol",
+            *proxy_protocol != new.proxy_protocol,
+        ),
     ])
     .or_else(|| tls_change(tls.as_ref(), new.tls.as_ref()))
 }

@@ -60,7 +60,23 @@ pub(super) fn server(raw: RawServer, base: &Path) -> Result<ServerConfig, Config
         tls,
         replica_id,
         auth_listen,
+        proxy_protocol,
     } = raw;
+    let proxy_protocol = {
+        use crate::request::proxy_protocol::Version;
+        match proxy_protocol.as_str() {
+            "off" => None,
+            "v1" => Some(Version::V1),
+            "v2" => Some(Version::V2),
+            "any" => Some(Version::Any),
+            other => {
+                return Err(invalid(
+                    "server.proxy_protocol",
+                    format!("`{other}`: expected \"off\", \"v1\", \"v2\" or \"any\""),
+                ))
+            }
+        }
+    };
     let auth_listen = if auth_listen.is_empty() {
         None
     } else {
@@ -112,6 +128,7 @@ pub(super) fn server(raw: RawServer, base: &Path) -> Result<ServerConfig, Config
         }),
         replica_id,
         auth_listen,
+        proxy_protocol,
     })
 }
 

@@ -18,6 +18,8 @@ pub mod hygiene;
 pub mod metrics;
 #[cfg(feature = "otel")]
 pub mod otel;
+#[cfg(feature = "server")]
+pub mod proxy_protocol;
 pub mod streams;
 pub mod tls;
 pub mod usage;

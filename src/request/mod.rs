@@ -7,3 +7,4 @@
 pub mod forwarding;
 pub mod headers;
 pub mod method;
+pub mod proxy_protocol;
