@@ -15,6 +15,8 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 # nginx (tests/forward_auth.rs: `auth_request` in front of keyward's forward-auth listener)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+# chromium (tests/status_page.rs: the admin status page in a real headless browser)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq

@@ -114,6 +114,12 @@ impl Engine {
 }
 
 impl<'e> Pinned<'e> {
+    /// The directory this request is judged by (`keyward explain` on the
+    /// status page runs against the live snapshot and cache).
+    pub fn directory(&self) -> &dyn crate::auth::directory::Directory {
+        &self.directory
+    }
+
     fn env(&self, now: i64) -> Env<'_> {
         Env {
             policy: &self.policy,

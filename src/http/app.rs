@@ -529,6 +529,7 @@ impl KeywardApp {
         let method = ctx.auth_method().map(AuthMethod::as_str).unwrap_or("none");
         let m = &self.engine.metrics;
         m.request(method, ctx.outcome);
+        m.recent.record(ctx.outcome, ctx.reason);
         m.request_duration.observe(total.as_secs_f64());
         if ctx.caller.is_some() || ctx.auth_time > Duration::ZERO {
             m.auth_duration.observe(ctx.auth_time.as_secs_f64());

@@ -125,6 +125,8 @@ pub struct Metrics {
     pub usage: crate::http::usage::UsageMetrics,
     /// `tls_reloads_total{result}` (SPEC §8.3)
     pub tls_reloads: IntCounterVec,
+    /// the status page's recent requests and refusals (SPEC §8.5)
+    pub recent: crate::http::recent::Recent,
     /// streams closed because their credential no longer stands, by reason
     pub streams_closed: IntCounterVec,
     /// `snapshot_fetches_total{result}` and `snapshot_fetch_bytes_total`
@@ -335,6 +337,7 @@ impl Metrics {
             snapshot_lookups,
             streams_open,
             tls_reloads,
+            recent: Default::default(),
             usage: crate::http::usage::UsageMetrics {
                 pushes: usage_pushes,
                 dropped: usage_dropped,

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod otel;
 #[cfg(feature = "server")]
 pub mod proxy_protocol;
+pub mod recent;
 pub mod streams;
 pub mod tls;
 pub mod usage;

@@ -98,38 +98,98 @@ fn lifecycle_metrics(engine: &Engine) -> String {
     )
 }
 
+/// The explain form's answer (a page), or an error page.
+async fn explain_form(
+    engine: &Engine,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    use crate::ops::status::{explain_live, form_request, page, status, FORM_MAX, SAMPLES};
+    use http_body_util::BodyExt;
+    let form = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !form {
+        return response(
+            415,
+            "application/json",
+            r#"{"error":"Send the form as application/x-www-form-urlencoded","code":"UNSUPPORTED_MEDIA_TYPE","details":{}}"#,
+        );
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), FORM_MAX)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return response(
+                413,
+                "application/json",
+                r#"{"error":"Form too large","code":"PAYLOAD_TOO_LARGE","details":{}}"#,
+            )
+        }
+    };
+    let s = status(engine, &SAMPLES);
+    match form_request(&body) {
+        Ok(r) => {
+            let e = explain_live(engine, &r);
+            response(200, "text/html; charset=utf-8", page(&s, Some((&r, &e))))
+        }
+        Err(msg) => response(
+            400,
+            "application/json",
+            serde_json::to_vec(&serde_json::json!({"error": msg, "code": "BAD_REQUEST", "details": {"reason": "malformed_form"}})).unwrap(),
+        ),
+    }
+}
+
 async fn handle(
     engine: Arc<Engine>,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(match req.uri().path() {
-        "/metrics" => {
-            let mut text = engine.metrics.render(&engine.store);
-            text.push_str(&lifecycle_metrics(&engine));
-            if let Some(tls) = engine.tls.get() {
-                text.push_str(&format!(
+    use crate::ops::status::{page, status, SAMPLES};
+    Ok(match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/") => response(
+            200,
+            "text/html; charset=utf-8",
+            page(&status(&engine, &SAMPLES), None),
+        ),
+        ("GET", "/status.json") => response(
+            200,
+            "application/json",
+            serde_json::to_vec(&status(&engine, &SAMPLES)).unwrap(),
+        ),
+        ("POST", "/explain") => explain_form(&engine, req).await,
+        (_, path) => match path {
+            "/metrics" => {
+                let mut text = engine.metrics.render(&engine.store);
+                text.push_str(&lifecycle_metrics(&engine));
+                if let Some(tls) = engine.tls.get() {
+                    text.push_str(&format!(
                     "# HELP keyward_tls_cert_expiry_seconds Seconds until the served certificate's notAfter\n\
                      # TYPE keyward_tls_cert_expiry_seconds gauge\n\
                      keyward_tls_cert_expiry_seconds {}\n",
                     tls.expires_in(crate::clock::now_unix())
                 ));
+                }
+                response(200, "text/plain; version=0.0.4", text)
             }
-            response(200, "text/plain; version=0.0.4", text)
-        }
-        "/healthz" => response(200, "application/json", r#"{"status":"ok"}"#),
-        "/readyz" => {
-            let (status, body) = readiness(&engine);
-            response(
-                status,
+            "/healthz" => response(200, "application/json", r#"{"status":"ok"}"#),
+            "/readyz" => {
+                let (status, body) = readiness(&engine);
+                response(
+                    status,
+                    "application/json",
+                    serde_json::to_vec(&body).unwrap(),
+                )
+            }
+            _ => response(
+                404,
                 "application/json",
-                serde_json::to_vec(&body).unwrap(),
-            )
-        }
-        _ => response(
-            404,
-            "application/json",
-            r#"{"error":"Not found","code":"NOT_FOUND","details":{}}"#,
-        ),
+                r#"{"error":"Not found","code":"NOT_FOUND","details":{}}"#,
+            ),
+        },
     })
 }
 
@@ -182,6 +242,15 @@ pub fn start(
         stop: tokio::sync::watch::channel(false).0,
     };
     let stop = handle.stop.subscribe();
+    // the status page's "last 5 minutes" keeps a sample every 10 s
+    let sampled = engine.clone();
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            let _ = crate::ops::status::SAMPLES.recent(&sampled, crate::clock::now_unix());
+        }
+    });
     rt.spawn(async move {
         let listener = TcpListener::from_std(listener).expect("admin listener");
         serve(listener, engine, stop).await

@@ -11,4 +11,5 @@ pub mod echo;
 pub mod explain;
 #[cfg(feature = "server")]
 pub mod shutdown;
+pub mod status;
 pub mod upgrade;
