@@ -22,9 +22,9 @@ pub mod source;
 mod validate;
 
 pub use model::{
-    CacheConfig, Config, McpConfig, Plan, RateLimitBackend, RateLimitConfig, RedisConfig,
-    RedisTopology, Secret, ServerConfig, SessionConfig, SnapshotConfig, TlsConfig, TracingConfig,
-    UnknownWorkspaces, UpstreamConfig, UsageConfig,
+    CacheConfig, Config, McpConfig, Plan, ProxyVersion, RateLimitBackend, RateLimitConfig,
+    RedisConfig, RedisTopology, Secret, ServerConfig, SessionConfig, SnapshotConfig, TlsConfig,
+    TracingConfig, UnknownWorkspaces, UpstreamConfig, UsageConfig,
 };
 pub use raw::{
     RawCache, RawConfig, RawMcp, RawPlan, RawRateLimit, RawScopes, RawServer, RawSession,

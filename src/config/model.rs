@@ -49,7 +49,15 @@ pub struct ServerConfig {
     /// `server.auth_listen`: the forward-auth listener (SPEC §8.3)
     pub auth_listen: Option<SocketAddr>,
     /// `server.proxy_protocol`: None off (SPEC §8.3)
-    pub proxy_protocol: Option<crate::request::proxy_protocol::Version>,
+    pub proxy_protocol: Option<ProxyVersion>,
+}
+
+/// The PROXY protocol version a listener takes (`server.proxy_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
+    Any,
 }
 
 #[derive(Debug, Clone)]

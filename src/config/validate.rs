@@ -63,7 +63,7 @@ pub(super) fn server(raw: RawServer, base: &Path) -> Result<ServerConfig, Config
         proxy_protocol,
     } = raw;
     let proxy_protocol = {
-        use crate::request::proxy_protocol::Version;
+        use super::model::ProxyVersion as Version;
         match proxy_protocol.as_str() {
             "off" => None,
             "v1" => Some(Version::V1),

@@ -12,13 +12,8 @@ pub const V1_MAX: usize = 107;
 /// bound on what an unread header can make it buffer.
 pub const V2_MAX: usize = 16 + 1024;
 
-/// `server.proxy_protocol`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Version {
-    V1,
-    V2,
-    Any,
-}
+/// `server.proxy_protocol` (the config's type: config is the lowest layer).
+pub use crate::config::ProxyVersion as Version;
 
 /// What the first bytes say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
