@@ -78,7 +78,7 @@ fn each_proxy_family_gets_the_proxys_decision_with_identity_and_limit_headers() 
         auth,
         "GET",
         "/_auth",
-        "X-Original-URI: /api/v1/workspaces/ws_a/x\r\n",
+        "X-Original-Method: GET\r\nX-Original-URI: /api/v1/workspaces/ws_a/x\r\n",
     );
     r.assert_error(401, "UNAUTHENTICATED");
     assert!(r.header("www-authenticate").is_some());
@@ -87,7 +87,7 @@ fn each_proxy_family_gets_the_proxys_decision_with_identity_and_limit_headers() 
         "GET",
         "/_auth",
         &format!(
-            "{}X-Original-URI: /api/v1/workspaces/ws_b/x\r\n",
+            "{}X-Original-Method: GET\r\nX-Original-URI: /api/v1/workspaces/ws_b/x\r\n",
             bearer(&scoped)
         ),
     );
@@ -123,11 +123,15 @@ fn conflicting_or_malformed_originals_are_refused() {
         ),
         ("X-Original-Method: GET\r\n", "malformed_original"),
         (
+            "X-Original-URI: /api/v1/connections\r\n",
+            "malformed_original",
+        ),
+        (
             "X-Original-URI: http://other.test/api\r\n",
             "malformed_original",
         ),
         (
-            "X-Original-URI: /api/v1/workspaces/ws_a%2F..%2Fws_b/x\r\n",
+            "X-Original-Method: GET\r\nX-Original-URI: /api/v1/workspaces/ws_a%2F..%2Fws_b/x\r\n",
             "encoded_separator",
         ),
         (

@@ -42,8 +42,7 @@ fn family<'h>(
 
 /// Rewrite `head` to the original request it asks about (see the module
 /// doc); the family headers are removed so nothing downstream reads them
-/// again. A family with only a URI keeps the request's own method (nginx
-/// subrequests carry the client's method unless told otherwise).
+/// again. The method and the URI come as a pair (from either family).
 pub fn to_original(head: &mut RequestHeader) -> Result<(), Denial> {
     let nginx = family(&head.headers, &X_ORIGINAL_METHOD, &X_ORIGINAL_URI)?;
     let traefik = family(&head.headers, &X_FORWARDED_METHOD, &X_FORWARDED_URI)?;
@@ -53,8 +52,10 @@ pub fn to_original(head: &mut RequestHeader) -> Result<(), Denial> {
     };
     let method = pick(nginx.0, traefik.0)?;
     let uri = pick(nginx.1, traefik.1)?;
-    if method.is_some() && uri.is_none() {
-        // a method without the path it applies to
+    if method.is_some() != uri.is_some() {
+        // a method without its path, or a path without its method: the
+        // carrier's own method (nginx subrequests are always GET) would
+        // stand in for the client's
         return Err(Denial::BadRequest("malformed_original"));
     }
     for name in [
@@ -110,10 +111,6 @@ mod tests {
         let mut h = head(&[]);
         to_original(&mut h).unwrap();
         assert_eq!(h.uri.path(), "/_auth");
-        // URI alone: the request's own method
-        let mut h = head(&[("x-original-uri", "/a")]);
-        to_original(&mut h).unwrap();
-        assert_eq!((h.method.as_str(), h.uri.path()), ("GET", "/a"));
         // both families agreeing
         let mut h = head(&[
             ("x-original-uri", "/a"),
@@ -148,6 +145,9 @@ mod tests {
             reason(&[("x-original-method", "GET")]),
             "malformed_original"
         );
+        for uri_only in ["x-original-uri", "x-forwarded-uri"] {
+            assert_eq!(reason(&[(uri_only, "/a")]), "malformed_original");
+        }
         assert_eq!(
             reason(&[("x-original-uri", "http://evil.test/a")]),
             "malformed_original"

@@ -129,7 +129,7 @@ fn parse_v2(buf: &[u8]) -> Parsed {
             // UNSPEC: no address information, the peer stays the client
             0x00 => Parsed::Header { len, source: None },
             // TCP over IPv4: src(4) dst(4) sport(2) dport(2)
-            0x11 if addr.len() >= 12 => {
+            0x11 if addr.len() >= 12 && tlvs_fit(&addr[12..]) => {
                 let ip = Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]);
                 let port = u16::from_be_bytes([addr[8], addr[9]]);
                 Parsed::Header {
@@ -138,7 +138,7 @@ fn parse_v2(buf: &[u8]) -> Parsed {
                 }
             }
             // TCP over IPv6: src(16) dst(16) sport(2) dport(2)
-            0x21 if addr.len() >= 36 => {
+            0x21 if addr.len() >= 36 && tlvs_fit(&addr[36..]) => {
                 let mut octets = [0u8; 16];
                 octets.copy_from_slice(&addr[..16]);
                 let port = u16::from_be_bytes([addr[32], addr[33]]);
@@ -152,6 +152,22 @@ fn parse_v2(buf: &[u8]) -> Parsed {
         },
         _ => Parsed::Invalid,
     }
+}
+
+/// The TLVs after the addresses fill the header exactly (each type, a
+/// 2-byte length, that many bytes): one that claims more is malformed.
+fn tlvs_fit(mut rest: &[u8]) -> bool {
+    while !rest.is_empty() {
+        if rest.len() < 3 {
+            return false;
+        }
+        let n = u16::from_be_bytes([rest[1], rest[2]]) as usize;
+        if rest.len() < 3 + n {
+            return false;
+        }
+        rest = &rest[3 + n..];
+    }
+    true
 }
 
 #[cfg(test)]
@@ -236,6 +252,10 @@ mod tests {
             parse(&v2(1, 0x11, &with_tlv), Version::V2),
             Parsed::Header { len: 32, .. }
         ));
+        // a TLV claiming more than the header holds
+        let mut overrun = addr.clone();
+        overrun.extend_from_slice(&[0x01, 0x00, 0x09, b'h', b'2']);
+        assert_eq!(parse(&v2(1, 0x11, &overrun), Version::V2), Parsed::Invalid);
         assert_eq!(
             parse(&v2(0, 0x00, &[]), Version::V2),
             Parsed::Header {

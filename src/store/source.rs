@@ -107,6 +107,8 @@ struct RefusedVersion {
 
 /// One configured source and what it last fetched.
 pub struct Source {
+    /// parts of the URL that may be secret, scrubbed from error texts
+    secrets: Vec<String>,
     url: String,
     store: Box<dyn ObjectStore>,
     object: object_store::path::Path,
@@ -171,12 +173,15 @@ impl Source {
     /// A source for `url` writing to `dest`; checks the URL and key now.
     pub fn new(url: &str, dest: &Path, verify: Option<VerifyKey>) -> Result<Source, SourceError> {
         install_crypto_provider();
-        let bad = |e: String| SourceError::Config(url.to_string(), e);
-        let parsed = parse_url(url).map_err(bad)?;
+        // the URL may carry credentials: an error names it redacted
+        let parsed = parse_url(url)
+            .map_err(|e| SourceError::Config("(the snapshot.source URL)".to_string(), e))?;
+        let bad = |e: String| SourceError::Config(redact(&parsed), scrub(&parsed, &e));
         let (store, object) = object_store_for(&parsed).map_err(bad)?;
         let signature = object_store::path::Path::from(format!("{object}.sig"));
         Ok(Source {
             url: redact(&parsed),
+            secrets: secrets(&parsed),
             store,
             object,
             signature,
@@ -202,6 +207,11 @@ impl Source {
         self
     }
 
+    /// An error's text without any secret part of the URL in it.
+    fn scrubbed(&self, e: &SourceError) -> String {
+        scrub_with(&self.secrets, &e.to_string())
+    }
+
     /// One poll: ask for a newer version, and rename it in if it passes.
     pub async fn poll(&mut self) -> Fetch {
         let result = self.fetch().await;
@@ -215,12 +225,16 @@ impl Source {
             }
             Ok(_) => {}
             Err(e @ (SourceError::Refused(_) | SourceError::Truncated(_))) => {
+                let e = self.scrubbed(e);
                 tracing::error!(source = %self.url, error = %e, "keeping the last good snapshot");
                 if let Some(snapshots) = &self.snapshots {
                     snapshots.report_error(format!("{e} (source {})", self.url));
                 }
             }
-            Err(e) => tracing::warn!(source = %self.url, error = %e, "snapshot source"),
+            Err(e) => {
+                let e = self.scrubbed(e);
+                tracing::warn!(source = %self.url, error = %e, "snapshot source")
+            }
         }
         let truncated = matches!(result, Err(SourceError::Truncated(_)));
         self.unreachable
@@ -479,12 +493,69 @@ fn redact(url: &url::Url) -> String {
     let _ = u.set_password(None);
     let _ = u.set_username("");
     u.set_query(None);
+    u.set_fragment(None);
     u.to_string()
+}
+
+/// The parts of a source URL that may be secret (user, password — as
+/// written and percent-decoded —, query, fragment): never in a log line or
+/// `/readyz`, even inside a library's error text that quotes the URL.
+fn secrets(url: &url::Url) -> Vec<String> {
+    let decoded = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut out = Vec::new();
+    for part in [
+        Some(url.username()),
+        url.password(),
+        url.query(),
+        url.fragment(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|p| !p.is_empty())
+    {
+        out.push(part.to_string());
+        out.push(decoded(part));
+    }
+    // longest first, so a part inside another is not left half-replaced
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
+    out
+}
+
+fn scrub(url: &url::Url, text: &str) -> String {
+    scrub_with(&secrets(url), text)
+}
+
+fn scrub_with(secrets: &[String], text: &str) -> String {
+    let mut out = text.to_string();
+    for s in secrets {
+        out = out.replace(s.as_str(), "[redacted]");
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_parts_of_the_url_never_reach_an_error_text() {
+        let url = url::Url::parse(
+            "http://alice:hunter%32pw@127.0.0.1:1/snap.db?X-Amz-Signature=SECRETQ#frag-SECRETF",
+        )
+        .unwrap();
+        assert_eq!(redact(&url), "http://127.0.0.1:1/snap.db");
+        let text = "Error performing GET http://alice:hunter%32pw@127.0.0.1:1/snap.db?X-Amz-Signature=SECRETQ#frag-SECRETF (hunter2pw)";
+        let out = scrub(&url, text);
+        for s in ["alice", "hunter", "SECRETQ", "SECRETF"] {
+            assert!(!out.contains(s), "{out}");
+        }
+        assert!(out.contains("127.0.0.1:1/snap.db"));
+    }
 
     #[test]
     fn backoff_grows_to_the_cap_with_jitter() {
