@@ -153,7 +153,11 @@ fn a_trusted_peer_without_a_valid_header_is_closed_without_a_response() {
     // a header that never completes is dropped, not waited on forever
     let out = exchange(kw.addr, b"\r\n\r\n\0\r\nQUIT\n", Duration::from_secs(8));
     assert!(out.is_empty());
-    assert!(kw.log().contains("PROXY protocol: connection closed"));
+    assert!(kw.metric("keyward_proxy_protocol_refused_total{reason=\"invalid\"}") >= 4.0);
+    assert_eq!(
+        kw.metric("keyward_proxy_protocol_refused_total{reason=\"timeout\"}"),
+        1.0
+    );
 }
 
 #[test]
@@ -166,6 +170,10 @@ fn an_untrusted_peer_that_sends_a_header_is_closed_and_others_are_served() {
     assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
     let out = with_header(&kw, &v2(1, [203, 0, 113, 7], 1), &key);
     assert!(out.is_empty());
+    assert_eq!(
+        kw.metric("keyward_proxy_protocol_refused_total{reason=\"untrusted\"}"),
+        2.0
+    );
     let r = kw.get("/api/v1/x", Some(&key));
     assert_eq!(r.status, 200);
     assert_eq!(r.upstream_header("x-real-ip"), ["127.0.0.1"]);

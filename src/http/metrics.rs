@@ -125,6 +125,8 @@ pub struct Metrics {
     pub usage: crate::http::usage::UsageMetrics,
     /// `tls_reloads_total{result}` (SPEC §8.3)
     pub tls_reloads: IntCounterVec,
+    /// `proxy_protocol_refused_total{reason}`: connections closed unanswered
+    pub proxy_refused: IntCounterVec,
     /// the status page's recent requests and refusals (SPEC §8.5)
     pub recent: crate::http::recent::Recent,
     /// streams closed because their credential no longer stands, by reason
@@ -277,6 +279,14 @@ impl Metrics {
         for r in ["ok", "failed"] {
             tls_reloads.with_label_values(&[r]);
         }
+        let proxy_refused = counter_vec(
+            "proxy_protocol_refused_total",
+            "Connections closed without a response by the PROXY protocol rule (SPEC §8.3)",
+            &["reason"],
+        );
+        for r in ["invalid", "untrusted", "timeout", "io"] {
+            proxy_refused.with_label_values(&[r]);
+        }
         let usage_pushes = counter_vec(
             "usage_pushes_total",
             "Usage pushes to usage.push_url by result (SPEC §8.4)",
@@ -337,6 +347,7 @@ impl Metrics {
             snapshot_lookups,
             streams_open,
             tls_reloads,
+            proxy_refused,
             recent: Default::default(),
             usage: crate::http::usage::UsageMetrics {
                 pushes: usage_pushes,

@@ -74,8 +74,21 @@ fn inet(d: Option<std::sync::Arc<SocketDigest>>) -> Option<SocketAddr> {
     d.and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
 }
 
-fn refused(peer: Option<SocketAddr>, why: &Refused) {
-    tracing::info!(peer = ?peer, reason = ?why, "PROXY protocol: connection closed");
+/// Counted (`proxy_protocol_refused_total{reason}`) and logged at debug:
+/// one line per refused connection would let anyone flood the log.
+fn refused(engine: &Engine, peer: Option<SocketAddr>, why: &Refused) {
+    let reason = match why {
+        Refused::Io => "io",
+        Refused::Timeout => "timeout",
+        Refused::Invalid => "invalid",
+        Refused::Untrusted => "untrusted",
+    };
+    engine
+        .metrics
+        .proxy_refused
+        .with_label_values(&[reason])
+        .inc();
+    tracing::debug!(peer = ?peer, reason, "PROXY protocol: connection closed");
 }
 
 /// The pre-TLS step of the TLS listener.
@@ -113,7 +126,7 @@ impl pingora::listeners::PreTlsProcess for PreTls {
             }
             Ok(None) => Ok(()),
             Err(why) => {
-                refused(peer, &why);
+                refused(&self.engine, peer, &why);
                 pingora::Error::e_explain(pingora::ErrorType::AcceptError, "PROXY protocol")
             }
         }
@@ -208,7 +221,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ProxyProtocolApp<A> {
                 Ok(Some(client)) => stream.set_socket_digest(digest_with_peer(stream.id(), client)),
                 Ok(None) => {}
                 Err(why) => {
-                    refused(peer, &why);
+                    refused(&self.engine, peer, &why);
                     return None;
                 }
             }
