@@ -209,23 +209,10 @@ fn a_limit_group_counts_apart_from_the_main_window_and_a_plan_without_it_uses_th
 
 #[test]
 fn a_limit_group_no_plan_defines_is_a_config_error() {
-    let snap = Snap::new();
-    let cfg = snap.dir.path().join("k.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[snapshot]\npath = \"{}\"\n[[route]]\npath = \"/x\"\nlimit = \"uplods\"\n",
-            snap.path.display()
-        ),
-    )
-    .unwrap();
-    let out = keyward_cmd()
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = check_refuses(
+        &Snap::new(),
+        "[[route]]\npath = \"/x\"\nlimit = \"uplods\"\n",
+    );
     assert!(err.contains("uplods") && err.contains("limits"), "{err}");
 }
 

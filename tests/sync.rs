@@ -12,27 +12,11 @@ use common::postgres::Postgres;
 use common::*;
 use sha2::Digest;
 
-/// BetterAuth's core, organization-plugin and api-key-plugin tables.
-const BETTERAUTH: &str = r#"
-CREATE TABLE "user" ("id" text NOT NULL PRIMARY KEY, "name" text NOT NULL, "email" text NOT NULL UNIQUE,
-  "emailVerified" boolean NOT NULL, "image" text, "createdAt" timestamptz DEFAULT CURRENT_TIMESTAMP NOT NULL,
-  "updatedAt" timestamptz DEFAULT CURRENT_TIMESTAMP NOT NULL);
-CREATE TABLE "session" ("id" text NOT NULL PRIMARY KEY, "expiresAt" timestamptz NOT NULL,
-  "token" text NOT NULL UNIQUE, "createdAt" timestamptz DEFAULT CURRENT_TIMESTAMP NOT NULL,
-  "updatedAt" timestamptz NOT NULL, "ipAddress" text, "userAgent" text,
-  "userId" text NOT NULL REFERENCES "user"("id") ON DELETE CASCADE, "activeOrganizationId" text);
-CREATE TABLE "organization" ("id" text NOT NULL PRIMARY KEY, "name" text NOT NULL, "slug" text NOT NULL UNIQUE,
-  "logo" text, "createdAt" timestamptz NOT NULL, "metadata" text);
-CREATE TABLE "member" ("id" text NOT NULL PRIMARY KEY,
-  "organizationId" text NOT NULL REFERENCES "organization"("id") ON DELETE CASCADE,
-  "userId" text NOT NULL REFERENCES "user"("id") ON DELETE CASCADE,
-  "role" text NOT NULL, "createdAt" timestamptz NOT NULL);
-CREATE TABLE "apikey" ("id" text NOT NULL PRIMARY KEY, "name" text, "start" text, "prefix" text,
-  "key" text NOT NULL, "userId" text NOT NULL REFERENCES "user"("id") ON DELETE CASCADE,
-  "refillInterval" integer, "refillAmount" integer, "lastRefillAt" timestamptz,
-  "enabled" boolean, "rateLimitEnabled" boolean, "rateLimitTimeWindow" integer, "rateLimitMax" integer,
-  "requestCount" integer, "remaining" integer, "lastRequest" timestamptz, "expiresAt" timestamptz,
-  "createdAt" timestamptz NOT NULL, "updatedAt" timestamptz NOT NULL, "permissions" text, "metadata" text);
+/// BetterAuth's tables (tests/common/postgres.rs) with two users, each the
+/// owner of an organization.
+static BETTERAUTH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| [common::postgres::BETTERAUTH_TABLES, BETTERAUTH_ROWS].concat());
+const BETTERAUTH_ROWS: &str = r#"
 INSERT INTO "user" VALUES ('u_1', 'Ada', 'ada@example.test', true, NULL, now(), now());
 INSERT INTO "user" VALUES ('u_2', 'Bob', 'bob@example.test', true, NULL, now(), now());
 INSERT INTO "organization" VALUES ('org_1', 'Acme', 'acme', NULL, now(), NULL);
@@ -146,7 +130,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 #[test]
 fn a_full_build_maps_betterauth_keys_sessions_and_organizations() {
     let pg = Postgres::start();
-    pg.sql(BETTERAUTH);
+    pg.sql(&BETTERAUTH);
     let key = add_key(&pg, "a1", "u_1", r#"{"organizationId":"org_1"}"#);
     // names an organization its user is not a member of: left out
     let foreign = add_key(&pg, "a2", "u_1", r#"{"organizationId":"org_2"}"#);
@@ -234,7 +218,7 @@ fn hash_hex(token: &str) -> String {
 #[test]
 fn a_failed_query_keeps_the_last_good_snapshot_and_says_why() {
     let pg = Postgres::start();
-    pg.sql(BETTERAUTH);
+    pg.sql(&BETTERAUTH);
     let key = add_key(&pg, "b1", "u_1", r#"{"organizationId":"org_1"}"#);
     let snap = Snap::new();
     let config = sync_config(&pg, &snap, "off", "");
@@ -265,7 +249,7 @@ fn a_failed_query_keeps_the_last_good_snapshot_and_says_why() {
 #[test]
 fn a_column_the_snapshot_lacks_is_a_clear_error() {
     let pg = Postgres::start();
-    pg.sql(BETTERAUTH);
+    pg.sql(&BETTERAUTH);
     let snap = Snap::new();
     let bad = sync_config(
         &pg,
@@ -292,7 +276,7 @@ fn changes(snap: &Snap) -> i64 {
 #[test]
 fn outbox_follows_revocations_in_place_and_survives_restarts() {
     let mut pg = Postgres::start();
-    pg.sql(BETTERAUTH);
+    pg.sql(&BETTERAUTH);
     let k1 = add_key(&pg, "c1", "u_1", r#"{"organizationId":"org_1"}"#);
     let k2 = add_key(&pg, "c2", "u_1", r#"{"organizationId":"org_1"}"#);
     let snap = Snap::new();
@@ -389,7 +373,7 @@ fn api_key_rows(snap: &Snap) -> i64 {
 #[test]
 fn poll_mode_writes_the_difference() {
     let pg = Postgres::start();
-    pg.sql(BETTERAUTH);
+    pg.sql(&BETTERAUTH);
     let key = add_key(&pg, "d1", "u_1", r#"{"organizationId":"org_1"}"#);
     let snap = Snap::new();
     let config = sync_config(&pg, &snap, "poll", "");
@@ -411,7 +395,7 @@ fn poll_mode_writes_the_difference() {
 #[test]
 fn readyz_turns_503_while_the_source_is_unreachable_and_custom_tables_follow() {
     let mut pg = Postgres::start();
-    pg.sql(BETTERAUTH);
+    pg.sql(&BETTERAUTH);
     pg.sql(
         "CREATE TABLE app_workspaces (id text PRIMARY KEY, org text NOT NULL);
          INSERT INTO app_workspaces VALUES ('ws_1', 'org_1');
@@ -502,7 +486,7 @@ fn uploads_signed_versions_a_fleet_keyward_fetches_and_verifies() {
     let moto = start_moto();
     // the bucket must exist: put a placeholder with boto3
     let pg = Postgres::start();
-    pg.sql(BETTERAUTH);
+    pg.sql(&BETTERAUTH);
     let key = add_key(&pg, "e1", "u_1", r#"{"organizationId":"org_1"}"#);
     let work = tempfile::tempdir().unwrap();
     s3_put(&moto, "snapshots", "placeholder", b"x", work.path());

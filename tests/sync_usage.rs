@@ -13,28 +13,11 @@ use std::time::Duration;
 use common::postgres::Postgres;
 use common::*;
 
-/// BetterAuth's core, organization-plugin and api-key-plugin tables (as
-/// tests/sync.rs creates them: better-auth 1.4, timestamptz), with one key.
-const BETTERAUTH: &str = r#"
-CREATE TABLE "user" ("id" text NOT NULL PRIMARY KEY, "name" text NOT NULL, "email" text NOT NULL UNIQUE,
-  "emailVerified" boolean NOT NULL, "image" text, "createdAt" timestamptz DEFAULT CURRENT_TIMESTAMP NOT NULL,
-  "updatedAt" timestamptz DEFAULT CURRENT_TIMESTAMP NOT NULL);
-CREATE TABLE "session" ("id" text NOT NULL PRIMARY KEY, "expiresAt" timestamptz NOT NULL,
-  "token" text NOT NULL UNIQUE, "createdAt" timestamptz DEFAULT CURRENT_TIMESTAMP NOT NULL,
-  "updatedAt" timestamptz NOT NULL, "ipAddress" text, "userAgent" text,
-  "userId" text NOT NULL REFERENCES "user"("id") ON DELETE CASCADE, "activeOrganizationId" text);
-CREATE TABLE "organization" ("id" text NOT NULL PRIMARY KEY, "name" text NOT NULL, "slug" text NOT NULL UNIQUE,
-  "logo" text, "createdAt" timestamptz NOT NULL, "metadata" text);
-CREATE TABLE "member" ("id" text NOT NULL PRIMARY KEY,
-  "organizationId" text NOT NULL REFERENCES "organization"("id") ON DELETE CASCADE,
-  "userId" text NOT NULL REFERENCES "user"("id") ON DELETE CASCADE,
-  "role" text NOT NULL, "createdAt" timestamptz NOT NULL);
-CREATE TABLE "apikey" ("id" text NOT NULL PRIMARY KEY, "name" text, "start" text, "prefix" text,
-  "key" text NOT NULL, "userId" text NOT NULL REFERENCES "user"("id") ON DELETE CASCADE,
-  "refillInterval" integer, "refillAmount" integer, "lastRefillAt" timestamptz,
-  "enabled" boolean, "rateLimitEnabled" boolean, "rateLimitTimeWindow" integer, "rateLimitMax" integer,
-  "requestCount" integer, "remaining" integer, "lastRequest" timestamptz, "expiresAt" timestamptz,
-  "createdAt" timestamptz NOT NULL, "updatedAt" timestamptz NOT NULL, "permissions" text, "metadata" text);
+/// BetterAuth's tables (tests/common/postgres.rs: better-auth 1.4,
+/// timestamptz) with one user, organization and key.
+static BETTERAUTH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| [common::postgres::BETTERAUTH_TABLES, BETTERAUTH_ROWS].concat());
+const BETTERAUTH_ROWS: &str = r#"
 INSERT INTO "user" VALUES ('u_1', 'Ada', 'ada@example.test', true, NULL, now(), now());
 INSERT INTO "organization" VALUES ('org_1', 'Acme', 'acme', NULL, now(), NULL);
 INSERT INTO "member" VALUES ('m_1', 'org_1', 'u_1', 'owner', now());
@@ -182,7 +165,7 @@ fn apikey(pg: &Postgres, id: &str) -> String {
 #[test]
 fn pushes_are_written_back_to_betterauths_apikey_and_add_up() {
     let pg = Postgres::start();
-    pg.sql(BETTERAUTH);
+    pg.sql(&BETTERAUTH);
     let sync = Sync::betterauth(&pg);
     assert_eq!(apikey(&pg, "key_1"), "|", "never used yet");
     // two entries for one key are merged; an unknown key and an MCP token
@@ -226,7 +209,7 @@ fn pushes_are_written_back_to_betterauths_apikey_and_add_up() {
 #[test]
 fn a_wrong_or_missing_token_is_401_and_nothing_is_written() {
     let pg = Postgres::start();
-    pg.sql(BETTERAUTH);
+    pg.sql(&BETTERAUTH);
     let sync = Sync::betterauth(&pg);
     let push = body(&[("key_1", "api_key", 5, 0, 1700000009)]);
     for (what, token) in [
@@ -300,7 +283,7 @@ fn post_chunked(addr: SocketAddr, total: usize) -> Resp {
 #[test]
 fn malformed_pushes_get_keywards_error_contract() {
     let pg = Postgres::start();
-    pg.sql(BETTERAUTH);
+    pg.sql(&BETTERAUTH);
     let sync = Sync::betterauth(&pg);
     let good = body(&[("key_1", "api_key", 5, 0, 1700000009)]);
     let variant = |f: &dyn Fn(&mut serde_json::Value)| {
@@ -418,7 +401,7 @@ fn malformed_pushes_get_keywards_error_contract() {
 #[test]
 fn a_push_while_postgres_is_down_is_503_and_the_retry_is_written() {
     let mut pg = Postgres::start();
-    pg.sql(BETTERAUTH);
+    pg.sql(&BETTERAUTH);
     let sync = Sync::betterauth(&pg);
     // a first push: the receiver holds a connection, which then breaks
     let r = sync.push(&body(&[("key_1", "api_key", 1, 0, 1700000001)]));
@@ -530,7 +513,7 @@ fn the_preset_follows_its_schema_and_a_timestamp_without_time_zone() {
         "CREATE SCHEMA auth; SET search_path TO auth; {}
          ALTER TABLE auth.apikey ALTER COLUMN \"lastRequest\" TYPE timestamp;
          ALTER DATABASE postgres SET timezone TO 'America/New_York';",
-        BETTERAUTH
+        BETTERAUTH.as_str()
     ));
     let sync = Sync::start(
         &pg,
@@ -622,7 +605,7 @@ fn the_usage_table_is_checked_at_start() {
 #[test]
 fn keywards_pushes_reach_the_apikey_row_through_sync() {
     let pg = Postgres::start();
-    pg.sql(BETTERAUTH);
+    pg.sql(&BETTERAUTH);
     let sync = Sync::betterauth(&pg);
     let snap = Snap::new();
     snap.org("org_1", "free");

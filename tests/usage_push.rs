@@ -163,22 +163,9 @@ fn counts_wait_while_the_receiver_is_down_and_arrive_whole_when_it_returns() {
 
 #[test]
 fn a_push_token_env_that_is_not_set_is_a_config_error() {
-    let snap = Snap::new();
-    let cfg = snap.dir.path().join("k.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[snapshot]\npath = \"{}\"\n[usage]\npush_url = \"http://127.0.0.1:9/v1/usage\"\npush_token_env = \"KW_NOT_SET_ANYWHERE\"\n",
-            snap.path.display()
-        ),
-    )
-    .unwrap();
-    let out = keyward_cmd()
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = check_refuses(
+        &Snap::new(),
+        "[usage]\npush_url = \"http://127.0.0.1:9/v1/usage\"\npush_token_env = \"KW_NOT_SET_ANYWHERE\"\n",
+    );
     assert!(err.contains("usage.push_token_env"), "{err}");
 }

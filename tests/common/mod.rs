@@ -225,6 +225,23 @@ where
     out
 }
 
+/// `keyward check` on a config of `snap`'s snapshot and `rest` (TOML after
+/// the `[snapshot]` table); it must fail. Its stderr and stdout.
+pub fn check_refuses(snap: &Snap, rest: &str) -> String {
+    let path = snap.dir.path().join("check.toml");
+    let text = format!("[snapshot]\npath = {:?}\n{rest}", snap.path);
+    std::fs::write(&path, text).unwrap();
+    let out = keyward_cmd()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    text
+}
+
 pub fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -170,3 +170,28 @@ impl Drop for Postgres {
         self.stop();
     }
 }
+
+/// BetterAuth's core, organization-plugin and api-key-plugin tables as its
+/// migrations create them (better-auth 1.4, timestamptz), for the tests of
+/// `keyward sync` (each adds its own rows).
+pub const BETTERAUTH_TABLES: &str = r#"
+CREATE TABLE "user" ("id" text NOT NULL PRIMARY KEY, "name" text NOT NULL, "email" text NOT NULL UNIQUE,
+  "emailVerified" boolean NOT NULL, "image" text, "createdAt" timestamptz DEFAULT CURRENT_TIMESTAMP NOT NULL,
+  "updatedAt" timestamptz DEFAULT CURRENT_TIMESTAMP NOT NULL);
+CREATE TABLE "session" ("id" text NOT NULL PRIMARY KEY, "expiresAt" timestamptz NOT NULL,
+  "token" text NOT NULL UNIQUE, "createdAt" timestamptz DEFAULT CURRENT_TIMESTAMP NOT NULL,
+  "updatedAt" timestamptz NOT NULL, "ipAddress" text, "userAgent" text,
+  "userId" text NOT NULL REFERENCES "user"("id") ON DELETE CASCADE, "activeOrganizationId" text);
+CREATE TABLE "organization" ("id" text NOT NULL PRIMARY KEY, "name" text NOT NULL, "slug" text NOT NULL UNIQUE,
+  "logo" text, "createdAt" timestamptz NOT NULL, "metadata" text);
+CREATE TABLE "member" ("id" text NOT NULL PRIMARY KEY,
+  "organizationId" text NOT NULL REFERENCES "organization"("id") ON DELETE CASCADE,
+  "userId" text NOT NULL REFERENCES "user"("id") ON DELETE CASCADE,
+  "role" text NOT NULL, "createdAt" timestamptz NOT NULL);
+CREATE TABLE "apikey" ("id" text NOT NULL PRIMARY KEY, "name" text, "start" text, "prefix" text,
+  "key" text NOT NULL, "userId" text NOT NULL REFERENCES "user"("id") ON DELETE CASCADE,
+  "refillInterval" integer, "refillAmount" integer, "lastRefillAt" timestamptz,
+  "enabled" boolean, "rateLimitEnabled" boolean, "rateLimitTimeWindow" integer, "rateLimitMax" integer,
+  "requestCount" integer, "remaining" integer, "lastRequest" timestamptz, "expiresAt" timestamptz,
+  "createdAt" timestamptz NOT NULL, "updatedAt" timestamptz NOT NULL, "permissions" text, "metadata" text);
+"#;
