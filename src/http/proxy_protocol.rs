@@ -144,15 +144,8 @@ async fn bounded(
 
 fn is_trusted(engine: &Engine, peer: Option<SocketAddr>) -> bool {
     peer.is_some_and(|p| {
-        let ip = p.ip().to_canonical();
-        engine
-            .policy
-            .load()
-            .config
-            .server
-            .trusted_proxies
-            .iter()
-            .any(|n| n.contains(&ip))
+        let trusted = &engine.policy.load().config.server.trusted_proxies;
+        crate::request::forwarding::is_trusted(p.ip().to_canonical(), trusted)
     })
 }
 

@@ -76,10 +76,13 @@ impl Limiter for LocalLimiter {
             std::array::from_fn(|i| gated.get(i).map(|w| self.slot(w.key)));
         let mut guards: [Option<MutexGuard<'_, ()>>; MAX_WINDOWS] = Default::default();
         let mut taken: [Option<u64>; MAX_WINDOWS] = [None; MAX_WINDOWS];
-        let give_back = |taken: &[Option<u64>; MAX_WINDOWS]| {
-            for (slot, w) in slots.iter().zip(taken) {
+        // undo what the gated windows took (their gates still held), and
+        // their states with it
+        let give_back = |taken: &[Option<u64>; MAX_WINDOWS], states: &mut [RateState]| {
+            for (i, (slot, w)) in slots.iter().zip(taken).enumerate() {
                 if let (Some(slot), Some(w)) = (slot, w) {
                     slot.count.give_back(*w, cost);
+                    states[i].remaining = (states[i].remaining + cost).min(gated[i].limit);
                 }
             }
         };
@@ -89,10 +92,7 @@ impl Limiter for LocalLimiter {
             let take = slot.count.try_take_n(index, w.limit, cost);
             states[i] = RateState::counted(w.limit, take.used, self.window.reset(take.window));
             if !take.admitted {
-                give_back(&taken);
-                for (j, w) in gated.iter().enumerate().take(i) {
-                    states[j].remaining = (states[j].remaining + cost).min(w.limit);
-                }
+                give_back(&taken, states);
                 return Some(i);
             }
             taken[i] = Some(take.window);
@@ -104,10 +104,7 @@ impl Limiter for LocalLimiter {
             .try_take_n(index, last.limit, cost);
         states[n] = RateState::counted(last.limit, take.used, self.window.reset(take.window));
         if !take.admitted {
-            give_back(&taken);
-            for (j, w) in gated.iter().enumerate() {
-                states[j].remaining = (states[j].remaining + cost).min(w.limit);
-            }
+            give_back(&taken, states);
             return Some(n);
         }
         drop(guards);

@@ -38,7 +38,7 @@ pub struct Client {
 impl Client {
     pub fn resolve(peer: IpAddr, tls: bool, headers: &HeaderMap, trusted: &[IpNet]) -> Client {
         let peer = peer.to_canonical();
-        let peer_trusted = trusted.iter().any(|n| n.contains(&peer));
+        let peer_trusted = is_trusted(peer, trusted);
         if !peer_trusted {
             return Client {
                 peer,
@@ -72,7 +72,7 @@ impl Client {
             peer_trusted,
             ip,
             scheme,
-            ip_known: !trusted.iter().any(|n| n.contains(&ip)),
+            ip_known: !is_trusted(ip, trusted),
         }
     }
 
@@ -135,11 +135,16 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).expect("an IP address is a header value")
 }
 
+/// Whether `ip` is in `server.trusted_proxies`.
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
 /// The client IP (SPEC §4.1, §6): the socket peer, or — when the peer is a
 /// trusted proxy — the last hop of `X-Forwarded-For` that is not itself
 /// trusted.
 pub fn client_ip(peer: IpAddr, xff: &[&str], trusted: &[IpNet]) -> IpAddr {
-    if !trusted.iter().any(|n| n.contains(&peer)) {
+    if !is_trusted(peer, trusted) {
         return peer;
     }
     let mut ip = peer;
@@ -148,7 +153,7 @@ pub fn client_ip(peer: IpAddr, xff: &[&str], trusted: &[IpNet]) -> IpAddr {
             Ok(h) => {
                 let h = h.to_canonical();
                 ip = h;
-                if !trusted.iter().any(|n| n.contains(&h)) {
+                if !is_trusted(h, trusted) {
                     return h;
                 }
             }
