@@ -43,24 +43,10 @@ fn without_tracing_a_client_traceparent_passes_unchanged() {
 #[cfg(not(feature = "otel"))]
 #[test]
 fn a_build_without_otel_refuses_a_tracing_table() {
-    let snap = Snap::new();
-    let path = snap.dir.path().join("keyward.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[snapshot]\npath = {:?}\n[tracing]\nendpoint = \"http://127.0.0.1:4318/v1/traces\"\n",
-            snap.path
-        ),
-    )
-    .unwrap();
-    let out = keyward_cmd()
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{text}");
+    let text = check_refuses(
+        &Snap::new(),
+        "[tracing]\nendpoint = \"http://127.0.0.1:4318/v1/traces\"\n",
+    );
     assert!(
         text.contains("tracing") && text.contains("built without the otel feature"),
         "{text}"
