@@ -366,7 +366,7 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
         let mut service = pingora::services::listening::Service::new(
             "keyward".into(),
             crate::http::proxy_protocol::ProxyProtocolApp::new(
-                app(),
+                crate::http::connection::Connections::new(app()),
                 running.engine.clone(),
                 proxy_protocol,
             ),
@@ -409,7 +409,7 @@ pub fn run(config: Config, upgrade: bool) -> anyhow::Result<()> {
     if let Some(addr) = auth_listen {
         let mut service = pingora::services::listening::Service::new(
             "keyward-auth".into(),
-            app().for_forward_auth(),
+            crate::http::connection::Connections::new(app().for_forward_auth()),
         );
         service.add_tcp(&addr.to_string());
         server.add_service(service);

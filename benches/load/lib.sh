@@ -55,3 +55,44 @@ EOF
     "$NGINX" -p "$TMP/upstream" -e "$TMP/upstream/error.log" -c "$TMP/upstream/nginx.conf" >"$TMP/upstream/stdout.log" 2>&1 9>&- &
     PIDS+=($!)
 }
+
+# The benchmark snapshot in DIR/snapshot.db: 999 filler keys (every second
+# one scoped) plus the benchmark key, scoped to BENCH_WS; sets BENCH_KEY.
+# Needs KEYWARD, ROOT, BENCH_ORG, BENCH_WS from the caller.
+make_bench_snapshot() {
+    local db=$1/snapshot.db
+    mkdir -p "$1"
+    "$KEYWARD" snapshot init "$db" >/dev/null
+    BENCH_KEY=$("$KEYWARD" keys create --snapshot "$db" --org "$BENCH_ORG" --workspace "$BENCH_WS")
+    # the filler keys nginx's Lua table holds too (run.sh's init_by_lua_block)
+    python3 "$ROOT/benches/lib/snapshot.py" "$db" --keys 999 --first 1 \
+        --token "wvz_filler{i}$(printf 'x%.0s' {1..30})" --scoped-every 2 --scoped-rem 0
+}
+
+# write_bench_conf DST PORT ADMIN_PORT THREADS UPSTREAM_PORT: the shipped
+# config/keyward.toml with its route table, on these ports and threads,
+# snapshot.db beside DST, every plan at 1e9 requests per window; checked
+# with `keyward check`. Needs KEYWARD, ROOT, die().
+write_bench_conf() {
+    local dst=$1
+    python3 - "$ROOT/config/keyward.toml" "$dst" "$2" "$3" "$4" "$5" <<'PY'
+import re, sys, tomllib
+src, dst, port, admin, threads, up = sys.argv[1:]
+text = open(src).read()
+subs = [
+    (r'(?m)^listen = .*$', f'listen = "127.0.0.1:{port}"'),
+    (r'(?m)^admin_listen = .*$', f'admin_listen = "127.0.0.1:{admin}"'),
+    (r'(?m)^threads = .*$', f'threads = {threads}'),
+    (r'(?m)^address = .*$', f'address = "127.0.0.1:{up}"'),
+    (r'(?m)^path = "snapshot.db".*$', 'path = "snapshot.db"'),
+    (r'(?m)^requests_per_window = .*$', 'requests_per_window = 1000000000'),
+]
+for pat, rep in subs:
+    text, n = re.subn(pat, rep, text)
+    assert n >= 1, f"pattern {pat!r} not found in {src}"
+cfg = tomllib.loads(text)
+assert cfg["server"]["threads"] == int(threads)
+open(dst, "w").write(text)
+PY
+    "$KEYWARD" check --config "$dst" >"$dst.check.txt" || die "keyward check failed for $dst"
+}

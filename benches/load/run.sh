@@ -422,49 +422,21 @@ EOF
 }
 
 # ------------------------------------------------------------------ keyward
-# Snapshot: 999 filler keys plus the benchmark key, scoped to BENCH_WS.
-make_snapshot() {
-    local db=$TMP/keyward/snapshot.db
-    mkdir -p "$TMP/keyward"
-    "$KEYWARD" snapshot init "$db" >/dev/null
-    BENCH_KEY=$("$KEYWARD" keys create --snapshot "$db" --org "$BENCH_ORG" --workspace "$BENCH_WS")
-    # the filler keys nginx's Lua table holds too (init_by_lua_block below)
-    python3 "$ROOT/benches/lib/snapshot.py" "$db" --keys 999 --first 1 \
-        --token "wvz_filler{i}$(printf 'x%.0s' {1..30})" --scoped-every 2 --scoped-rem 0
-}
+# Snapshot (lib.sh): 999 filler keys plus the benchmark key, scoped to BENCH_WS.
+make_snapshot() { make_bench_snapshot "$TMP/keyward"; }
 
-# config/keyward.toml with its route table, on our ports, N threads, every
-# plan at 1e9 requests per window.
 # write_keyward_conf THREADS PORT ADMIN_PORT [NAME]: config for target NAME
-# (keyward or keyward_before), beside the shared snapshot in $TMP/keyward.
+# (keyward or keyward_before), beside the shared snapshot in $TMP/keyward
+# (lib.sh's write_bench_conf), traced when TRACING_SAMPLE is set.
 write_keyward_conf() {
     local threads=$1 port=$2 admin=$3 name=${4:-keyward}
-    python3 - "$ROOT/config/keyward.toml" "$TMP/keyward/$name-$threads.toml" \
-        "$port" "$admin" "$threads" "$UPSTREAM_PORT" <<'EOF'
-import re, sys, tomllib
-src, dst, port, admin, threads, up = sys.argv[1:]
-text = open(src).read()
-subs = [
-    (r'(?m)^listen = .*$', f'listen = "127.0.0.1:{port}"'),
-    (r'(?m)^admin_listen = .*$', f'admin_listen = "127.0.0.1:{admin}"'),
-    (r'(?m)^threads = .*$', f'threads = {threads}'),
-    (r'(?m)^address = .*$', f'address = "127.0.0.1:{up}"'),
-    (r'(?m)^path = "snapshot.db".*$', 'path = "snapshot.db"'),
-    (r'(?m)^requests_per_window = .*$', 'requests_per_window = 1000000000'),
-]
-for pat, rep in subs:
-    text, n = re.subn(pat, rep, text)
-    assert n >= 1, f"pattern {pat!r} not found in {src}"
-cfg = tomllib.loads(text)
-assert cfg["server"]["threads"] == int(threads)
-open(dst, "w").write(text)
-EOF
+    local dst=$TMP/keyward/$name-$threads.toml
+    write_bench_conf "$dst" "$port" "$admin" "$threads" "$UPSTREAM_PORT"
     if [ -n "$TRACING_SAMPLE" ] && [ "$name" = keyward ]; then
         printf '\n[tracing]\nendpoint = "http://127.0.0.1:%s/v1/traces"\nsample_ratio = %s\n' \
-            "$OTLP_PORT" "$TRACING_SAMPLE" >>"$TMP/keyward/$name-$threads.toml"
+            "$OTLP_PORT" "$TRACING_SAMPLE" >>"$dst"
+        "$KEYWARD" check --config "$dst" >"$dst.check.txt" || die "keyward check failed for $dst"
     fi
-    "$KEYWARD" check --config "$TMP/keyward/$name-$threads.toml" >"$TMP/keyward/check-$name-$threads.txt" \
-        || die "keyward check failed for $TMP/keyward/$name-$threads.toml"
 }
 
 # ------------------------------------------------------------------ wrk

@@ -192,19 +192,18 @@ fn text(b: &mut Vec<u8>, l: &Line<'_>) {
     b.extend_from_slice(b"  INFO keyward::access: method=");
     b.extend_from_slice(l.method.as_bytes());
     field(b, " path=", l.path);
-    let _ = write!(b, " status={}", l.status);
+    int(b, " status=", l.status.into());
     field(b, " auth_method=", l.auth_method);
     field(b, " outcome=", l.outcome);
     field(b, " org_id=", l.org_id);
     field(b, " key_prefix=", l.key_prefix);
     field(b, " request_id=", l.request_id);
     if let Some(ip) = l.client_ip {
-        let _ = write!(b, " client_ip={ip}");
+        b.extend_from_slice(b" client_ip=");
+        b.extend_from_slice(crate::request::forwarding::IpText::of(ip).as_bytes());
     }
     match l.route {
-        Some(r) => {
-            let _ = write!(b, " route={r}");
-        }
+        Some(r) => int(b, " route=", r as u64),
         None => b.extend_from_slice(b" route=-"),
     }
     if !l.reason.is_empty() {
@@ -213,7 +212,8 @@ fn text(b: &mut Vec<u8>, l: &Line<'_>) {
     if !l.would_deny.is_empty() {
         field(b, " would_deny=", l.would_deny);
     }
-    let _ = write!(b, " auth_us={} total_us={}", l.auth_us, l.total_us);
+    int(b, " auth_us=", l.auth_us);
+    int(b, " total_us=", l.total_us);
     // last, quoted: a user agent has spaces
     b.extend_from_slice(b" user_agent=\"");
     b.extend(l.user_agent.bytes().map(|c| {
@@ -224,6 +224,12 @@ fn text(b: &mut Vec<u8>, l: &Line<'_>) {
         }
     }));
     b.extend_from_slice(b"\"\n");
+}
+
+/// A number, formatted without `fmt`.
+fn int(b: &mut Vec<u8>, name: &str, n: u64) {
+    b.extend_from_slice(name.as_bytes());
+    b.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Text values are written raw like tracing's formatter, except that control
@@ -256,7 +262,9 @@ fn json(b: &mut Vec<u8>, l: &Line<'_>) {
         b.push(b'"');
     }
     if let Some(ip) = l.client_ip {
-        let _ = write!(b, ",\"client_ip\":\"{ip}\"");
+        b.extend_from_slice(b",\"client_ip\":\"");
+        b.extend_from_slice(crate::request::forwarding::IpText::of(ip).as_bytes());
+        b.push(b'"');
     }
     if !l.would_deny.is_empty() {
         b.extend_from_slice(b",\"would_deny\":\"");

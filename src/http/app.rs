@@ -456,9 +456,9 @@ impl KeywardApp {
         rebuild: impl Fn(&ServerSession) -> Option<Box<RequestHeader>>,
         stream: Option<&mut Stream>,
     ) -> Sent {
-        let on_response = |resp: &mut ResponseHeader| {
+        let on_response = |resp: &mut HeaderMap| {
             if let Some(r) = &rate {
-                add_rate_headers(resp, r);
+                headers::insert_rate(resp, r);
             }
         };
         let req = Box::new(RequestHeader::from(up));
@@ -727,22 +727,23 @@ async fn write_denial(
     session.write_response_body(body, true).await
 }
 
-/// `X-RateLimit-*` on the upstream's response, through its plain `http`
-/// parts: pingora's case-preserving `insert_header` parses each name and
-/// keeps a second map; this inserts static names (the response then goes
-/// down in canonical header case).
-fn add_rate_headers(resp: &mut ResponseHeader, r: &RateState) {
-    let mut parts = http::response::Parts::from(std::mem::replace(
-        resp,
-        ResponseHeader::build_no_case(200, Some(0)).expect("200 is a status"),
-    ));
-    headers::insert_rate(&mut parts.headers, r);
-    *resp = ResponseHeader::from(parts);
-}
-
+/// HTTP/2 streams come through pingora's accept loop, one boxed call per
+/// stream; HTTP/1 connections are served by [`crate::http::connection`].
 #[async_trait]
 impl HttpServerApp for KeywardApp {
     async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        self.serve(session, shutdown).await
+    }
+}
+
+impl KeywardApp {
+    /// One request on a session: read, handle, log; the connection back
+    /// when it may carry another.
+    pub(crate) async fn serve(
         self: &Arc<Self>,
         mut session: ServerSession,
         shutdown: &ShutdownWatch,

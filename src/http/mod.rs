@@ -10,6 +10,8 @@ pub mod access_log;
 #[cfg(feature = "server")]
 pub mod app;
 #[cfg(feature = "server")]
+pub mod connection;
+#[cfg(feature = "server")]
 pub mod forward;
 #[cfg(feature = "server")]
 pub mod forward_auth;

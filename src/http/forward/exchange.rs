@@ -12,6 +12,9 @@ use pingora::{Error, ErrorType, RetryType};
 use super::{Failure, Forwarded, Upstream};
 use crate::http::streams::{Closing, Stream};
 
+/// Headers keyward may add to a response (`X-RateLimit-*`).
+const ROOM_FOR_KEYWARD: usize = 3;
+
 /// Longest keyward waits to hand a closing SSE stream its final event.
 const FINAL_EVENT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -22,7 +25,7 @@ impl Upstream {
         mut up: UpstreamSession,
         req: Box<RequestHeader>,
         inspected: Option<Bytes>,
-        on_response: impl Fn(&mut ResponseHeader),
+        on_response: impl Fn(&mut http::HeaderMap),
         mut stream: Option<&mut Stream>,
     ) -> Result<Forwarded, Exchange> {
         up.read_timeout = self.peer.options.read_timeout;
@@ -96,7 +99,7 @@ impl Upstream {
                     }
                     Err(_) => return Err(Exchange::Failed(Failure::Downstream)),
                 },
-                task = up.read_response_task(), if !response_done => {
+                task = read_task(&mut up, &on_response), if !response_done => {
                     let task = match task {
                         Ok(t) => t,
                         Err(e) if !answered && status == 0 => return Err(early(e)),
@@ -104,7 +107,7 @@ impl Upstream {
                     };
                     response_done = task.is_end();
                     match task {
-                        HttpTask::Header(mut resp, end) => {
+                        HttpTask::Header(resp, end) => {
                             let code = resp.status.as_u16();
                             if (100..200).contains(&code) && code != 101 {
                                 // informational: relay, the final answer follows
@@ -119,7 +122,6 @@ impl Upstream {
                             }
                             status = code;
                             event_stream = is_event_stream(&resp);
-                            on_response(&mut resp);
                             session.write_response_header(resp).await.map_err(|_| down())?;
                             answered = true;
                             if end {
@@ -165,6 +167,51 @@ impl Upstream {
             self.release(up).await;
         }
         Ok(Forwarded { status })
+    }
+}
+
+/// The next piece of the response, as pingora's `read_response_task`
+/// reads it, except the head: that one clones the parsed head with its
+/// case-preserving name map for every response; here it is rebuilt as
+/// plain `http` parts (no name map, so keyward's response headers —
+/// `on_response`, for the final head — go in with static names, and names
+/// go down in canonical case).
+async fn read_task(
+    up: &mut UpstreamSession,
+    on_response: &impl Fn(&mut http::HeaderMap),
+) -> pingora::Result<HttpTask> {
+    // a head to read: none yet, or only informational ones (101 switches)
+    let head = !matches!(up.get_status().map(|s| s.as_u16()), Some(101 | 200..));
+    if head {
+        up.read_response().await?;
+        let end = up.is_body_done();
+        let resp = up
+            .resp_header()
+            .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response head"))?;
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = resp.status;
+        parts.version = resp.version;
+        // room for keyward's headers: inserting past a full map's
+        // capacity rebuilds it (a third of the cost of a clone)
+        let mut headers = http::HeaderMap::with_capacity(resp.headers.len() + ROOM_FOR_KEYWARD);
+        for (name, value) in &resp.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        parts.headers = headers;
+        if !parts.status.is_informational() || parts.status.as_u16() == 101 {
+            on_response(&mut parts.headers);
+        }
+        Ok(HttpTask::Header(Box::new(ResponseHeader::from(parts)), end))
+    } else if up.is_body_done() {
+        Ok(HttpTask::Done)
+    } else {
+        let body = up.read_body_bytes().await?;
+        let end = up.is_body_done();
+        if up.was_upgraded() {
+            Ok(HttpTask::UpgradedBody(body, end))
+        } else {
+            Ok(HttpTask::Body(body, end))
+        }
     }
 }
 

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::ServerSession;
@@ -101,7 +101,8 @@ impl Upstream {
     /// Send `req` (already carrying keyward's identity headers) and stream
     /// the exchange: the rest of the downstream body up, the response down.
     /// `inspected` is a body keyward already read in full to decide on.
-    /// `on_response` adds keyward's response headers to the final response.
+    /// `on_response` adds keyward's response headers to the final response
+    /// (its head comes as plain `http` parts: static names go straight in).
     /// `rebuild` makes the head again for the one retry (the first copy went
     /// to the failed connection; building it twice on that rare path is
     /// cheaper than copying it for every request). `None` gives up.
@@ -110,7 +111,7 @@ impl Upstream {
         session: &mut ServerSession,
         req: Box<RequestHeader>,
         inspected: Option<Bytes>,
-        on_response: impl Fn(&mut ResponseHeader) + Copy,
+        on_response: impl Fn(&mut http::HeaderMap) + Copy,
         rebuild: impl Fn(&ServerSession) -> Option<Box<RequestHeader>>,
     ) -> Result<Forwarded, Failure> {
         self.forward_followed(session, req, inspected, on_response, rebuild, None)
@@ -125,7 +126,7 @@ impl Upstream {
         session: &mut ServerSession,
         mut req: Box<RequestHeader>,
         inspected: Option<Bytes>,
-        on_response: impl Fn(&mut ResponseHeader) + Copy,
+        on_response: impl Fn(&mut http::HeaderMap) + Copy,
         rebuild: impl Fn(&ServerSession) -> Option<Box<RequestHeader>>,
         mut stream: Option<&mut crate::http::streams::Stream>,
     ) -> Result<Forwarded, Failure> {
