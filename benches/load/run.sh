@@ -22,10 +22,13 @@
 #     machine hits both — then their median and min–max spread over the
 #     rounds, and every round's value; likewise keyward's p99 against
 #     nginx_lua's p99;
-#   - per thread of each single-process target (keyward, bare, bare_core):
-#     CPU in % of one core during the run, median by rank over the rounds
-#     (a pingora worker's threads all carry the service's name). Two
-#     workers at very different CPU show connections spread unevenly.
+#   - per thread of each target: CPU in % of one core during the run,
+#     median by rank over the rounds (a pingora worker's threads all carry
+#     the service's name; two workers at very different CPU show
+#     connections spread unevenly), and the target's CPU per request in µs
+#     (its CPU over the round / the requests wrk saw), with keyward's per
+#     request over nginx_lua's, nginx's and keyward_before's, per round.
+#   - instructions per request: benches/load/profile.sh (callgrind).
 #
 # What it does
 #   1. Builds target/release/keyward and target/release/examples/bare_proxy
@@ -789,6 +792,7 @@ if trows:
     print()
     print("CPU per thread, % of one core (median by rank over the rounds; threads under 1% left out):")
     groups = defaultdict(lambda: defaultdict(list))
+    cpu_us = {}
     for r in trows:
         groups[(r['threads'], r['target'])][r['round']].append((int(r['cpu_pct']), r['thread']))
     for t in targets:
@@ -804,7 +808,21 @@ if trows:
                 pct = st.median(v[i][0] for v in ranked)
                 if pct >= 1:
                     cols.append(f"{ranked[0][i][1]} {pct:.0f}")
-            print(f"  {t:<14} {n}w: total {total:.0f}: " + ", ".join(cols))
+            # CPU per request: the target's CPU over the round / its requests
+            per_req = [sum(p for p, _ in v) / 100 * 1e6 / float(by[(n, r, t)]['req_per_s'])
+                       for r, v in g.items() if (n, r, t) in by]
+            cpu_us[(n, t)] = {r: sum(p for p, _ in v) / 100 * 1e6 / float(by[(n, r, t)]['req_per_s'])
+                              for r, v in g.items() if (n, r, t) in by}
+            us = f" ({st.median(per_req):.1f} µs CPU/request)" if per_req else ""
+            print(f"  {t:<14} {n}w: total {total:.0f}{us}: " + ", ".join(cols))
+    print("CPU per request, per round (keyward's over the other's, same round; < 1: keyward spends less):")
+    for a, b in [('keyward', 'nginx_lua'), ('keyward', 'nginx'), ('keyward', 'keyward_before')]:
+        for n in threads:
+            ka, kb = cpu_us.get((n, a), {}), cpu_us.get((n, b), {})
+            q = [ka[r] / kb[r] for r in ka if r in kb]
+            if q:
+                print(f"  cpu/request {a + '/' + b:<26} {n}w: median {st.median(q):.2f}  "
+                      + " ".join(f"{v:.2f}" for v in q))
 if bad:
     print("ERRORS seen by wrk:")
     print("\n".join(bad))
