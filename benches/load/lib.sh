@@ -69,15 +69,14 @@ make_bench_snapshot() {
         --token "wvz_filler{i}$(printf 'x%.0s' {1..30})" --scoped-every 2 --scoped-rem 0
 }
 
-# write_bench_conf DST PORT ADMIN_PORT THREADS UPSTREAM_PORT: the shipped
-# config/keyward.toml with its route table, on these ports and threads,
-# snapshot.db beside DST, every plan at 1e9 requests per window; checked
-# with `keyward check`. Needs KEYWARD, ROOT, die().
-write_bench_conf() {
-    local dst=$1
-    python3 - "$ROOT/config/keyward.toml" "$dst" "$2" "$3" "$4" "$5" <<'PY'
+# bench_conf DST PORT ADMIN_PORT THREADS UPSTREAM_PORT [POLL_MS]: the
+# shipped config/keyward.toml with its route table, on these ports and
+# threads, snapshot.db beside DST, every plan at 1e9 requests per window
+# (and the snapshot poll interval, when given). Needs ROOT.
+bench_conf() {
+    python3 - "$ROOT/config/keyward.toml" "$@" <<'PY'
 import re, sys, tomllib
-src, dst, port, admin, threads, up = sys.argv[1:]
+src, dst, port, admin, threads, up, *poll = sys.argv[1:]
 text = open(src).read()
 subs = [
     (r'(?m)^listen = .*$', f'listen = "127.0.0.1:{port}"'),
@@ -87,6 +86,8 @@ subs = [
     (r'(?m)^path = "snapshot.db".*$', 'path = "snapshot.db"'),
     (r'(?m)^requests_per_window = .*$', 'requests_per_window = 1000000000'),
 ]
+if poll:
+    subs.append((r'(?m)^poll_interval_ms = .*$', f'poll_interval_ms = {poll[0]}'))
 for pat, rep in subs:
     text, n = re.subn(pat, rep, text)
     assert n >= 1, f"pattern {pat!r} not found in {src}"
@@ -94,5 +95,11 @@ cfg = tomllib.loads(text)
 assert cfg["server"]["threads"] == int(threads)
 open(dst, "w").write(text)
 PY
-    "$KEYWARD" check --config "$dst" >"$dst.check.txt" || die "keyward check failed for $dst"
+}
+
+# write_bench_conf DST PORT ADMIN_PORT THREADS UPSTREAM_PORT: bench_conf,
+# checked with `keyward check`. Needs KEYWARD, ROOT, die().
+write_bench_conf() {
+    bench_conf "$@"
+    "$KEYWARD" check --config "$1" >"$1.check.txt" || die "keyward check failed for $1"
 }

@@ -150,25 +150,7 @@ result "snapshot built" "$KEYS keys, $(du -m "$SNAP" | cut -f1) MiB, in $(elapse
 PORT=$(free_port)
 ADMIN=$(free_port)
 CONF=$TMP/keyward.toml
-python3 - "$ROOT/config/keyward.toml" "$CONF" "$PORT" "$ADMIN" "$THREADS" "$UPSTREAM_PORT" "$POLL_MS" <<'EOF'
-import re, sys, tomllib
-src, dst, port, admin, threads, up, poll = sys.argv[1:]
-text = open(src).read()
-subs = [
-    (r'(?m)^listen = .*$', f'listen = "127.0.0.1:{port}"'),
-    (r'(?m)^admin_listen = .*$', f'admin_listen = "127.0.0.1:{admin}"'),
-    (r'(?m)^threads = .*$', f'threads = {threads}'),
-    (r'(?m)^address = .*$', f'address = "127.0.0.1:{up}"'),
-    (r'(?m)^path = "snapshot.db".*$', 'path = "snapshot.db"'),
-    (r'(?m)^poll_interval_ms = .*$', f'poll_interval_ms = {poll}'),
-    (r'(?m)^requests_per_window = .*$', 'requests_per_window = 1000000000'),
-]
-for pat, rep in subs:
-    text, n = re.subn(pat, rep, text)
-    assert n >= 1, f"pattern {pat!r} not found in {src}"
-tomllib.loads(text)
-open(dst, "w").write(text)
-EOF
+bench_conf "$CONF" "$PORT" "$ADMIN" "$THREADS" "$UPSTREAM_PORT" "$POLL_MS"
 
 t0=$(now)
 "$KEYWARD" check --config "$CONF" >"$TMP/check.txt" || { cat "$TMP/check.txt"; die "keyward check failed"; }
