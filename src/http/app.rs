@@ -37,7 +37,7 @@ use crate::request::headers::{self, IdentityHeader, X_REQUEST_ID};
 /// requests. pingora's default is no limit at all (and a client's
 /// `Keep-Alive: timeout=N` is taken as asked), so an idle connection would be
 /// held forever; 60 s matches pingora's read timeout on a new connection.
-const KEEPALIVE_IDLE_S: u64 = 60;
+pub(crate) const KEEPALIVE_IDLE_S: u64 = 60;
 /// How long an idle keep-alive connection is kept for one more request once
 /// draining starts (bounded by pingora's grace period, which ends it anyway).
 const DRAIN_LINGER: Duration = Duration::from_secs(2);

@@ -18,11 +18,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 
-use crate::http::app::KeywardApp;
-
-/// Idle time allowed before a connection's first request (pingora's
-/// default for a new HTTP/1 session).
-const FIRST_REQUEST_KEEPALIVE_S: u64 = 60;
+use crate::http::app::{KeywardApp, KEEPALIVE_IDLE_S};
 
 /// The listener's app: keyward's HTTP/1 loop around [`KeywardApp`].
 pub struct Connections {
@@ -47,14 +43,15 @@ impl ServerApp for Connections {
             // `HttpServerApp`), one task per stream
             return ServerApp::process_new(&self.app, stream, shutdown).await;
         }
-        // As pingora's HTTP/1 branch does: keep-alive on unless shutting
-        // down; each reused connection gets a fresh session carrying the
+        // As pingora's HTTP/1 branch does: keep-alive on (the same idle
+        // limit before the first request as between requests) unless
+        // shutting down; each reused connection gets a fresh session carrying the
         // previous one's settings (and any bytes read past its request).
         let mut session = ServerSession::new_http1(stream);
         if *shutdown.borrow() {
             session.set_keepalive(None);
         } else {
-            session.set_keepalive(Some(FIRST_REQUEST_KEEPALIVE_S));
+            session.set_keepalive(Some(KEEPALIVE_IDLE_S));
         }
         loop {
             let reused = self.app.serve(session, shutdown).await?;
