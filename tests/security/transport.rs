@@ -509,3 +509,121 @@ fn other_client_address_and_url_override_headers_are_not_forwarded() {
         );
     }
 }
+
+// ------------------------------------- the response head the client reads
+
+/// An upstream that reads one request head and answers `answer`, then closes.
+fn answering_upstream(answer: &'static [u8]) -> SocketAddr {
+    fake_upstream(move |mut s| {
+        let mut head = Vec::new();
+        let mut b = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&b[..n]),
+            }
+        }
+        let _ = s.write_all(answer);
+    })
+}
+
+fn lower(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_ascii_lowercase()
+}
+
+/// Found by an outside attack: the upstream's hop-by-hop fields (and the
+/// ones its `Connection` nominates) went down to the client, and its
+/// HTTP/1.0 status line reached HTTP/1.1 clients.
+#[test]
+fn upstream_hop_by_hop_response_fields_stay_with_the_upstream() {
+    let w = World::new();
+    let kw = w.start(answering_upstream(
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\n\
+          Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-Hop: secret\r\nX-Kept: 1\r\n\
+          Content-Length: 2\r\n\r\nok",
+    ));
+    let req = request_bytes("GET", "/api/v1/things", bearer(&w.org_key).as_bytes(), None);
+    let got = exchange(kw.addr, &req, Duration::from_millis(500));
+    let text = lower(&got);
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    for gone in ["keep-alive:", "proxy-connection:", "upgrade:", "x-hop:"] {
+        assert!(!text.contains(gone), "{gone} went down: {text}");
+    }
+    assert!(
+        text.contains("x-kept: 1") && text.ends_with("\r\n\r\nok"),
+        "{text}"
+    );
+    // the Connection the client reads is keyward's own
+    assert_eq!(text.matches("connection:").count(), 1, "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+}
+
+/// Found by an outside attack: a 204 carrying `Content-Length` and
+/// `Transfer-Encoding` went down as sent (HTTP/2 clients failed the stream,
+/// HTTP/1.1 clients may wait for a body that never comes).
+#[test]
+fn a_bodyless_status_goes_down_without_framing_fields() {
+    let w = World::new();
+    let kw = w.start(answering_upstream(
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nX-Kept: 1\r\n\r\n",
+    ));
+    let req = request_bytes("GET", "/api/v1/things", bearer(&w.org_key).as_bytes(), None);
+    let got = exchange(kw.addr, &req, Duration::from_millis(500));
+    let text = lower(&got);
+    assert!(text.starts_with("http/1.1 204"), "{text}");
+    assert!(
+        !text.contains("content-length") && !text.contains("transfer-encoding"),
+        "{text}"
+    );
+    assert!(
+        text.contains("x-kept: 1") && text.ends_with("\r\n\r\n"),
+        "{text}"
+    );
+}
+
+/// Found by an outside attack: an HTTP/1.0 client got the upstream's 103
+/// and a chunked body, neither of which HTTP/1.0 can read (RFC 9110
+/// §15.2, RFC 9112 §7.1): it now gets the final answer, its body
+/// close-delimited.
+#[test]
+fn an_http10_client_gets_no_interim_answer_and_no_chunked_body() {
+    let w = World::new();
+    let kw = w.start(answering_upstream(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+          HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ));
+    let req = format!(
+        "GET /api/v1/things HTTP/1.0\r\nHost: kw.test\r\n{}\r\n",
+        bearer(&w.org_key)
+    );
+    let got = exchange(kw.addr, req.as_bytes(), Duration::from_secs(2));
+    let text = lower(&got);
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(!text.contains("103") && !text.contains("link:"), "{text}");
+    assert!(!text.contains("transfer-encoding"), "{text}");
+    assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+    // the same upstream to an HTTP/1.1 client: the 103 is relayed, chunked
+    let req = request_bytes("GET", "/api/v1/things", bearer(&w.org_key).as_bytes(), None);
+    let text = lower(&exchange(kw.addr, &req, Duration::from_millis(500)));
+    assert!(text.starts_with("http/1.1 103"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host` is 400, never
+/// forwarded for the upstream to pick a virtual host (HTTP/1.0 may omit it).
+#[test]
+fn an_http11_request_without_host_is_refused() {
+    let w = World::new();
+    let up = RawUpstream::start();
+    let kw = w.start(up.addr);
+    let req = format!(
+        "GET /api/v1/things HTTP/1.1\r\n{}Connection: close\r\n\r\n",
+        bearer(&w.org_key)
+    );
+    let r = raw(kw.addr, &req);
+    r.assert_error(400, "BAD_REQUEST");
+    assert_eq!(reason(&r), "missing_host");
+    assert_not_forwarded("no host", &up);
+    let req = format!("GET /api/v1/things HTTP/1.0\r\n{}\r\n", bearer(&w.org_key));
+    assert_eq!(raw(kw.addr, &req).status, 200);
+}

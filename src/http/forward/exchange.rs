@@ -9,11 +9,9 @@ use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::{HttpTask, ServerSession};
 use pingora::{Error, ErrorType, RetryType};
 
+use super::head::Unforwardable;
 use super::{Failure, Forwarded, Upstream};
 use crate::http::streams::{Closing, Stream};
-
-/// Headers keyward may add to a response (`X-RateLimit-*`).
-const ROOM_FOR_KEYWARD: usize = 3;
 
 /// Longest keyward waits to hand a closing SSE stream its final event.
 const FINAL_EVENT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -44,6 +42,7 @@ impl Upstream {
         // (the only upgrade keyward forwards, and re-states); any other
         // leaves the connection in neither protocol (SPEC §5.1).
         let websocket = req.headers.contains_key(header::UPGRADE);
+        let client = session.req_header().version;
         up.write_request_header(req).await.map_err(early)?;
         let mut request_done = true;
         if let Some(body) = inspected {
@@ -99,7 +98,7 @@ impl Upstream {
                     }
                     Err(_) => return Err(Exchange::Failed(Failure::Downstream)),
                 },
-                task = read_task(&mut up, &on_response), if !response_done => {
+                task = read_task(&mut up, client, &on_response), if !response_done => {
                     let task = match task {
                         Ok(t) => t,
                         Err(e) if !answered && status == 0 => return Err(early(e)),
@@ -110,10 +109,13 @@ impl Upstream {
                         HttpTask::Header(resp, end) => {
                             let code = resp.status.as_u16();
                             if (100..200).contains(&code) && code != 101 {
-                                // informational: relay, the final answer follows
+                                // informational: relay (never to an HTTP/1.0
+                                // client, RFC 9110 §15.2), the final answer follows
                                 status = code;
                                 response_done = false;
-                                session.write_response_header(resp).await.map_err(|_| down())?;
+                                if client != http::Version::HTTP_10 {
+                                    session.write_response_header(resp).await.map_err(|_| down())?;
+                                }
                                 continue;
                             }
                             if code == 101 && !websocket {
@@ -173,11 +175,12 @@ impl Upstream {
 /// The next piece of the response, as pingora's `read_response_task`
 /// reads it, except the head: that one clones the parsed head with its
 /// case-preserving name map for every response; here it is rebuilt as
-/// plain `http` parts (no name map, so keyward's response headers —
-/// `on_response`, for the final head — go in with static names, and names
-/// go down in canonical case).
+/// plain `http` parts, as the client may read it (`head::client_response`;
+/// no name map, so keyward's response headers — `on_response`, for the final
+/// head — go in with static names, and names go down in canonical case).
 async fn read_task(
     up: &mut UpstreamSession,
+    client: http::Version,
     on_response: &impl Fn(&mut http::HeaderMap),
 ) -> pingora::Result<HttpTask> {
     // a head to read: none yet, or only informational ones (101 switches)
@@ -188,16 +191,8 @@ async fn read_task(
         let resp = up
             .resp_header()
             .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response head"))?;
-        let (mut parts, ()) = http::Response::new(()).into_parts();
-        parts.status = resp.status;
-        parts.version = resp.version;
-        // room for keyward's headers: inserting past a full map's
-        // capacity rebuilds it (a third of the cost of a clone)
-        let mut headers = http::HeaderMap::with_capacity(resp.headers.len() + ROOM_FOR_KEYWARD);
-        for (name, value) in &resp.headers {
-            headers.append(name.clone(), value.clone());
-        }
-        parts.headers = headers;
+        let mut parts = super::head::client_response(resp, client)
+            .map_err(|Unforwardable(why)| Error::explain(ErrorType::InvalidHTTPHeader, why))?;
         if !parts.status.is_informational() || parts.status.as_u16() == 101 {
             on_response(&mut parts.headers);
         }

@@ -1,9 +1,10 @@
-//! The upstream's copy of the request head: what of the client's head is
-//! forwarded (SPEC §4, §5.1 framing), before keyward adds its own headers.
+//! The heads as they cross keyward: the upstream's copy of the request head
+//! (what of the client's head is forwarded, SPEC §4, §5.1 framing, before
+//! keyward adds its own headers) and the client's copy of the response head.
 
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Version};
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 
 /// Standard hop-by-hop request fields (RFC 9110 §7.6.1), never forwarded as
 /// the client sent them.
@@ -117,6 +118,97 @@ fn transfer_codings(down: &RequestHeader) -> Result<HeaderValue, Unforwardable> 
 /// framing, upgrade).
 const ROOM_FOR_KEYWARD: usize = 12;
 
+/// Response fields that describe the upstream connection, not the message
+/// (RFC 9110 §7.6.1), and never go down as the upstream sent them. pingora
+/// writes the client's own `Connection` for a final response.
+const RESPONSE_HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Room for keyward's response headers (`X-RateLimit-*`).
+const ROOM_FOR_KEYWARD_RESPONSE: usize = 3;
+
+/// The client's copy of a response head (an informational one too), as plain
+/// `http` parts with room for keyward's headers:
+/// * the status line says HTTP/1.1, whatever version the upstream spoke;
+/// * hop-by-hop fields and the ones the upstream's `Connection` nominates
+///   are dropped (a 101 keeps its `Connection` and `Upgrade`: they are the
+///   switch); a nomination of `Content-Length` or `Transfer-Encoding` is
+///   ignored, since the body is framed by them;
+/// * a status that has no body (1xx, 204) goes without `Content-Length` or
+///   `Transfer-Encoding`, a 304 without `Transfer-Encoding` (RFC 9110
+///   §8.6, RFC 9112 §6.1);
+/// * for an HTTP/1.0 client, which cannot read chunked framing, a chunked
+///   body goes close-delimited (pingora then closes the connection after
+///   it); another transfer coding it could not undo is refused.
+pub fn client_response(
+    up: &ResponseHeader,
+    client: Version,
+) -> Result<http::response::Parts, Unforwardable> {
+    let status = up.status;
+    let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
+    let bodyless =
+        (status.is_informational() && !switching) || status == http::StatusCode::NO_CONTENT;
+    let nominated: Vec<HeaderName> = if switching {
+        Vec::new()
+    } else {
+        up.headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .filter(|n| *n != header::CONTENT_LENGTH && *n != header::TRANSFER_ENCODING)
+            .collect()
+    };
+    let mut h = HeaderMap::with_capacity(up.headers.len() + ROOM_FOR_KEYWARD_RESPONSE);
+    let mut chunked_to_http10 = false;
+    for (name, value) in &up.headers {
+        let hop = if switching {
+            RESPONSE_HOP_BY_HOP[1..5].contains(name)
+        } else {
+            RESPONSE_HOP_BY_HOP.contains(name)
+        };
+        if hop || nominated.contains(name) {
+            continue;
+        }
+        if *name == header::TRANSFER_ENCODING {
+            if bodyless || status == http::StatusCode::NOT_MODIFIED {
+                continue;
+            }
+            if client == Version::HTTP_10 {
+                chunked_to_http10 = true;
+                let only_chunked = value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .all(|c| c.is_empty() || c.eq_ignore_ascii_case(b"chunked"));
+                if !only_chunked {
+                    return Err(Unforwardable("transfer_coding_for_http10"));
+                }
+                continue;
+            }
+        } else if *name == header::CONTENT_LENGTH && bodyless {
+            continue;
+        }
+        h.append(name.clone(), value.clone());
+    }
+    if chunked_to_http10 {
+        // a length the upstream sent beside chunked framing is not the
+        // length of what goes down (RFC 9112 §6.3)
+        h.remove(header::CONTENT_LENGTH);
+    }
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts.version = Version::HTTP_11;
+    parts.headers = h;
+    Ok(parts)
+}
+
 /// An HTTP/1.1 WebSocket handshake: GET, `Connection: upgrade`,
 /// `Upgrade: websocket` (RFC 6455 §4.1).
 pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
@@ -206,6 +298,104 @@ mod tests {
         let up = upstream_request(&r, true, |_| false).unwrap();
         assert_eq!(up.headers["transfer-encoding"], "gzip, chunked");
         assert_eq!(up.headers.get_all("transfer-encoding").iter().count(), 1);
+    }
+
+    fn resp(status: u16, version: Version, lines: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        r.set_version(version);
+        for (k, v) in lines {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn response_hop_by_hop_and_nominated_fields_are_dropped() {
+        let r = resp(
+            200,
+            Version::HTTP_10,
+            &[
+                ("connection", "keep-alive, x-hop, content-length"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-connection", "keep-alive"),
+                ("upgrade", "h2c"),
+                ("trailer", "x-t"),
+                ("x-hop", "1"),
+                ("content-length", "3"),
+                ("x-kept", "1"),
+            ],
+        );
+        let down = client_response(&r, Version::HTTP_11).unwrap();
+        assert_eq!(
+            down.version,
+            Version::HTTP_11,
+            "status line says keyward's version"
+        );
+        for gone in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "upgrade",
+            "trailer",
+            "x-hop",
+        ] {
+            assert!(!down.headers.contains_key(gone), "{gone}");
+        }
+        assert_eq!(down.headers["content-length"], "3");
+        assert_eq!(down.headers["x-kept"], "1");
+        // a 101 keeps the switch
+        let r = resp(
+            101,
+            Version::HTTP_11,
+            &[
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("keep-alive", "x"),
+            ],
+        );
+        let down = client_response(&r, Version::HTTP_11).unwrap();
+        assert_eq!(down.headers["connection"], "Upgrade");
+        assert_eq!(down.headers["upgrade"], "websocket");
+        assert!(!down.headers.contains_key("keep-alive"));
+    }
+
+    #[test]
+    fn bodyless_statuses_go_without_framing() {
+        let framing = [("content-length", "5"), ("transfer-encoding", "chunked")];
+        for status in [103, 204] {
+            let down = client_response(&resp(status, Version::HTTP_11, &framing), Version::HTTP_11)
+                .unwrap();
+            assert!(down.headers.is_empty(), "{status}");
+        }
+        let down =
+            client_response(&resp(304, Version::HTTP_11, &framing), Version::HTTP_11).unwrap();
+        assert_eq!(down.headers["content-length"], "5");
+        assert!(!down.headers.contains_key("transfer-encoding"));
+    }
+
+    #[test]
+    fn chunked_goes_close_delimited_to_http10_clients() {
+        let r = resp(
+            200,
+            Version::HTTP_11,
+            &[("transfer-encoding", "chunked"), ("x-a", "1")],
+        );
+        let down = client_response(&r, Version::HTTP_10).unwrap();
+        assert!(!down.headers.contains_key("transfer-encoding"));
+        assert!(!down.headers.contains_key("content-length"));
+        assert_eq!(
+            client_response(&r, Version::HTTP_11).unwrap().headers["transfer-encoding"],
+            "chunked"
+        );
+        let r = resp(
+            200,
+            Version::HTTP_11,
+            &[("transfer-encoding", "gzip, chunked")],
+        );
+        assert_eq!(
+            client_response(&r, Version::HTTP_10).unwrap_err(),
+            Unforwardable("transfer_coding_for_http10")
+        );
     }
 
     #[test]
