@@ -69,9 +69,11 @@ pub fn check(session: &ServerSession) -> Result<Option<String>, Refused> {
     if !plausible_host(&h.headers) {
         return Err(refused("malformed_host", false));
     }
-    if h.version == http::Version::HTTP_11 && !h.headers.contains_key(http::header::HOST) {
-        // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400;
-        // the upstream would otherwise pick a virtual host of its own
+    if h.version != http::Version::HTTP_2 && !h.headers.contains_key(http::header::HOST) {
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400,
+        // and keyward forwards every request as HTTP/1.1, which must carry
+        // one: HTTP/1.0 without Host too (the upstream would otherwise pick
+        // a virtual host of its own)
         return Err(refused("missing_host", false));
     }
     normalized_target(h).map_err(|reason| refused(reason, false))

@@ -610,7 +610,8 @@ fn an_http10_client_gets_no_interim_answer_and_no_chunked_body() {
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without `Host` is 400, never
-/// forwarded for the upstream to pick a virtual host (HTTP/1.0 may omit it).
+/// forwarded for the upstream to pick a virtual host; HTTP/1.0 may omit
+/// it, but keyward forwards as HTTP/1.1, so it needs one too.
 #[test]
 fn an_http11_request_without_host_is_refused() {
     let w = World::new();
@@ -624,6 +625,63 @@ fn an_http11_request_without_host_is_refused() {
     r.assert_error(400, "BAD_REQUEST");
     assert_eq!(reason(&r), "missing_host");
     assert_not_forwarded("no host", &up);
-    let req = format!("GET /api/v1/things HTTP/1.0\r\n{}\r\n", bearer(&w.org_key));
+    // nor HTTP/1.0, which keyward would forward as HTTP/1.1 without Host,
+    // nor an absolute-form target in place of Host
+    for req in [
+        format!("GET /api/v1/things HTTP/1.0\r\n{}\r\n", bearer(&w.org_key)),
+        format!(
+            "GET http://kw.test/api/v1/things HTTP/1.1\r\n{}Connection: close\r\n\r\n",
+            bearer(&w.org_key)
+        ),
+    ] {
+        assert_eq!(reason(&raw(kw.addr, &req)), "missing_host", "{req}");
+    }
+    assert_not_forwarded("no host", &up);
+    let req = format!(
+        "GET /api/v1/things HTTP/1.0\r\nHost: kw.test\r\n{}\r\n",
+        bearer(&w.org_key)
+    );
     assert_eq!(raw(kw.addr, &req).status, 200);
+}
+
+/// Found by an outside attack: a close-delimited answer (an HTTP/1.0
+/// upstream's) went down with `Connection: keep-alive`, then keyward closed.
+#[test]
+fn a_close_delimited_answer_says_connection_close() {
+    let w = World::new();
+    let kw = w.start(answering_upstream(
+        b"HTTP/1.0 200 OK\r\nX-A: 1\r\n\r\nbody-until-close",
+    ));
+    let req = format!(
+        "GET /api/v1/things HTTP/1.1\r\nHost: kw.test\r\n{}\r\n",
+        bearer(&w.org_key)
+    );
+    let text = lower(&exchange(kw.addr, req.as_bytes(), Duration::from_secs(2)));
+    assert!(
+        text.contains("connection: close") && !text.contains("keep-alive"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\nbody-until-close"), "{text}");
+}
+
+/// Found by an outside attack: `Transfer-Encoding: chunked,` is framed
+/// close-delimited by pingora (its last token is empty) but chunked by a
+/// client (empty list elements are skipped, RFC 9110 §5.6.1); relayed, the
+/// bytes after the last chunk were a second response to the client. Refused.
+#[test]
+fn a_transfer_encoding_read_two_ways_is_bad_gateway() {
+    let w = World::new();
+    let kw = w.start(answering_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+          HTTP/1.1 200 OK\r\nContent-Length: 8\r\nX-Injected: 1\r\n\r\nINJECTED",
+    ));
+    let r = send_bytes(
+        kw.addr,
+        "GET",
+        "/api/v1/things",
+        bearer(&w.org_key).as_bytes(),
+        None,
+    );
+    r.assert_error(502, "UPSTREAM_UNAVAILABLE");
+    assert!(!r.body_str().contains("INJECTED"));
 }

@@ -9,7 +9,7 @@ use pingora::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::{HttpTask, ServerSession};
 use pingora::{Error, ErrorType, RetryType};
 
-use super::head::Unforwardable;
+use super::head::{close_delimited, Unforwardable};
 use super::{Failure, Forwarded, Upstream};
 use crate::http::streams::{Closing, Stream};
 
@@ -43,6 +43,7 @@ impl Upstream {
         // leaves the connection in neither protocol (SPEC §5.1).
         let websocket = req.headers.contains_key(header::UPGRADE);
         let client = session.req_header().version;
+        let head_request = session.req_header().method == http::Method::HEAD;
         up.write_request_header(req).await.map_err(early)?;
         let mut request_done = true;
         if let Some(body) = inspected {
@@ -124,6 +125,11 @@ impl Upstream {
                             }
                             status = code;
                             event_stream = is_event_stream(&resp);
+                            if code != 101 && close_delimited(resp.status, &resp.headers, head_request) {
+                                // the close ends the body: the head says so
+                                // (pingora decides after writing `Connection`)
+                                session.set_keepalive(None);
+                            }
                             session.write_response_header(resp).await.map_err(|_| down())?;
                             answered = true;
                             if end {

@@ -137,76 +137,145 @@ const ROOM_FOR_KEYWARD_RESPONSE: usize = 3;
 /// `http` parts with room for keyward's headers:
 /// * the status line says HTTP/1.1, whatever version the upstream spoke;
 /// * hop-by-hop fields and the ones the upstream's `Connection` nominates
-///   are dropped (a 101 keeps its `Connection` and `Upgrade`: they are the
-///   switch); a nomination of `Content-Length` or `Transfer-Encoding` is
+///   are dropped; a nomination of `Content-Length` or `Transfer-Encoding` is
 ///   ignored, since the body is framed by them;
+/// * a 101 must switch to WebSocket (the only upgrade keyward forwards) and
+///   goes down as `Connection: Upgrade`, `Upgrade: websocket`;
 /// * a status that has no body (1xx, 204) goes without `Content-Length` or
 ///   `Transfer-Encoding`, a 304 without `Transfer-Encoding` (RFC 9110
 ///   §8.6, RFC 9112 §6.1);
+/// * `Transfer-Encoding` goes down as one line of the codings in order, and
+///   only when pingora (which looks at the last token of the last line)
+///   and a client (which skips empty list elements, RFC 9110 §5.6.1) read
+///   the same framing from it: `chunked,` is refused, never relayed for a
+///   client to read as chunked what was framed close-delimited;
+///   `Content-Length` beside it is dropped (RFC 9112 §6.1), a list of equal
+///   lengths (`5, 5`) goes down as one;
 /// * for an HTTP/1.0 client, which cannot read chunked framing, a chunked
-///   body goes close-delimited (pingora then closes the connection after
-///   it); another transfer coding it could not undo is refused.
+///   body goes close-delimited (the caller closes the connection after it);
+///   another transfer coding it could not undo is refused.
 pub fn client_response(
     up: &ResponseHeader,
     client: Version,
 ) -> Result<http::response::Parts, Unforwardable> {
     let status = up.status;
     let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
-    let bodyless =
-        (status.is_informational() && !switching) || status == http::StatusCode::NO_CONTENT;
-    let nominated: Vec<HeaderName> = if switching {
-        Vec::new()
-    } else {
-        up.headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-            .filter(|n| *n != header::CONTENT_LENGTH && *n != header::TRANSFER_ENCODING)
-            .collect()
-    };
+    let no_body = status.is_informational() || status == http::StatusCode::NO_CONTENT;
+    if switching {
+        let websocket = up.headers.get_all(header::UPGRADE).iter().count() == 1
+            && up
+                .headers
+                .get(header::UPGRADE)
+                .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"));
+        if !websocket {
+            return Err(Unforwardable("upgrade_not_websocket"));
+        }
+    }
+    let nominated: Vec<HeaderName> = up
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .filter(|n| *n != header::CONTENT_LENGTH && *n != header::TRANSFER_ENCODING)
+        .collect();
     let mut h = HeaderMap::with_capacity(up.headers.len() + ROOM_FOR_KEYWARD_RESPONSE);
-    let mut chunked_to_http10 = false;
     for (name, value) in &up.headers {
-        let hop = if switching {
-            RESPONSE_HOP_BY_HOP[1..5].contains(name)
-        } else {
-            RESPONSE_HOP_BY_HOP.contains(name)
-        };
-        if hop || nominated.contains(name) {
+        if RESPONSE_HOP_BY_HOP.contains(name)
+            || nominated.contains(name)
+            || *name == header::TRANSFER_ENCODING
+        {
             continue;
         }
-        if *name == header::TRANSFER_ENCODING {
-            if bodyless || status == http::StatusCode::NOT_MODIFIED {
+        if *name == header::CONTENT_LENGTH {
+            if no_body {
                 continue;
             }
-            if client == Version::HTTP_10 {
-                chunked_to_http10 = true;
-                let only_chunked = value
+            if value.as_bytes().contains(&b',') {
+                // pingora read equal lengths as one (differing ones fail the read)
+                let mut lengths = value
                     .as_bytes()
                     .split(|&b| b == b',')
-                    .map(<[u8]>::trim_ascii)
-                    .all(|c| c.is_empty() || c.eq_ignore_ascii_case(b"chunked"));
-                if !only_chunked {
-                    return Err(Unforwardable("transfer_coding_for_http10"));
+                    .map(<[u8]>::trim_ascii);
+                let first = lengths.next().unwrap_or_default();
+                if first.is_empty() || lengths.any(|l| l != first) {
+                    return Err(Unforwardable("malformed_content_length"));
                 }
+                let one = HeaderValue::from_bytes(first)
+                    .map_err(|_| Unforwardable("malformed_content_length"))?;
+                h.append(header::CONTENT_LENGTH, one);
                 continue;
             }
-        } else if *name == header::CONTENT_LENGTH && bodyless {
-            continue;
         }
         h.append(name.clone(), value.clone());
     }
-    if chunked_to_http10 {
-        // a length the upstream sent beside chunked framing is not the
-        // length of what goes down (RFC 9112 §6.3)
+    if switching {
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    if up.headers.contains_key(header::TRANSFER_ENCODING)
+        && !no_body
+        && status != http::StatusCode::NOT_MODIFIED
+    {
+        let lines = up.headers.get_all(header::TRANSFER_ENCODING);
+        let pingora_chunked = lines.iter().next_back().is_some_and(|v| {
+            let b = v.as_bytes();
+            let last = b
+                .iter()
+                .rposition(|&c| c == b',')
+                .map_or(b, |i| &b[i + 1..]);
+            last.trim_ascii().eq_ignore_ascii_case(b"chunked")
+        });
+        let codings: Vec<&[u8]> = lines
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|c| !c.is_empty())
+            .collect();
+        let chunked = codings
+            .last()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+        if chunked != pingora_chunked {
+            return Err(Unforwardable("ambiguous_transfer_encoding"));
+        }
+        // the body below goes framed by these codings, never also by a length
         h.remove(header::CONTENT_LENGTH);
+        if client == Version::HTTP_10 {
+            if codings.iter().any(|c| !c.eq_ignore_ascii_case(b"chunked")) {
+                return Err(Unforwardable("transfer_coding_for_http10"));
+            }
+        } else if !codings.is_empty() {
+            let v = HeaderValue::from_bytes(&codings.join(&b", "[..]))
+                .map_err(|_| Unforwardable("ambiguous_transfer_encoding"))?;
+            h.insert(header::TRANSFER_ENCODING, v);
+        }
     }
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = status;
     parts.version = Version::HTTP_11;
     parts.headers = h;
     Ok(parts)
+}
+
+/// Whether a final response head, as it goes down, has a body delimited
+/// only by the connection's close (no length, no chunked framing).
+pub fn close_delimited(status: http::StatusCode, headers: &HeaderMap, head_request: bool) -> bool {
+    let s = status;
+    !(head_request
+        || s.is_informational()
+        || s == http::StatusCode::NO_CONTENT
+        || s == http::StatusCode::NOT_MODIFIED
+        || headers.contains_key(header::CONTENT_LENGTH)
+        || headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .is_some_and(|v| {
+                v.as_bytes()
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+            }))
 }
 
 /// An HTTP/1.1 WebSocket handshake: GET, `Connection: upgrade`,
