@@ -83,12 +83,23 @@ fn a_logged_revocation_in_place_keeps_the_other_keys_cached() {
         "{}",
         kw.metrics()
     );
-    // Only the revoked key was re-read: no refill of the cache.
-    assert_eq!(kw.metric(KEY_LOOKUPS), lookups + 1.0, "{}", kw.metrics());
+    // Only the revoked key was re-read: no refill of the cache. The watcher
+    // re-reads it; a request may read it once more when moka did not admit
+    // the watcher's entry (TinyLFU) — seen once in CI — but never the other key.
+    let after = kw.metric(KEY_LOOKUPS);
+    assert!(
+        after == lookups + 1.0 || after == lookups + 2.0,
+        "{lookups} -> {after}: {}",
+        kw.metrics()
+    );
     let hits = kw.metric(HIT);
     assert_eq!(kw.get("/api/v1/x", Some(&other)).status, 200);
     assert_eq!(kw.metric(HIT), hits + 1.0, "the other key is still a hit");
-    assert_eq!(kw.metric(KEY_LOOKUPS), lookups + 1.0);
+    assert_eq!(
+        kw.metric(KEY_LOOKUPS),
+        after,
+        "the other key was not re-read"
+    );
     // and the row counts catch up shortly after
     kw.wait_caught_up(&w.snap);
 }
