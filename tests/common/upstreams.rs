@@ -34,6 +34,15 @@ pub fn fake_upstream(f: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAdd
     addr
 }
 
+/// Reads one request head, answers `answer` (any bytes), then closes.
+pub fn answering_upstream(answer: &'static [u8]) -> SocketAddr {
+    fake_upstream(move |mut s| {
+        if read_head(&mut s).is_some() {
+            let _ = s.write_all(answer);
+        }
+    })
+}
+
 /// How long [`silent_upstream`] holds each connection without answering.
 const SILENCE: Duration = Duration::from_secs(30);
 
@@ -146,13 +155,8 @@ impl SlowUpstream {
         let arrived = Arc::new(AtomicUsize::new(0));
         let seen = arrived.clone();
         let addr = fake_upstream(move |mut s| {
-            let mut head = Vec::new();
-            let mut b = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut b) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&b[..n]),
-                }
+            if read_head(&mut s).is_none() {
+                return;
             }
             seen.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(delay);
@@ -202,13 +206,8 @@ pub fn switching_upstream() -> SocketAddr {
 fn answer_101(mut s: TcpStream) {
     s.set_nonblocking(false).ok();
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut head = Vec::new();
-    let mut b = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut b) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&b[..n]),
-        }
+    if read_head(&mut s).is_none() {
+        return;
     }
     let _ = s.write_all(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n",
@@ -621,9 +620,9 @@ pub fn websocket_echo_upstream() -> SocketAddr {
     })
 }
 
-/// Read up to the end of a request head (`\r\n\r\n`); None when the
-/// connection ends first.
-fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+/// Read up to the end of a request head (`\r\n\r\n`), byte by byte (never
+/// past it); None when the connection ends first.
+pub fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {

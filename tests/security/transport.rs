@@ -512,21 +512,6 @@ fn other_client_address_and_url_override_headers_are_not_forwarded() {
 
 // ------------------------------------- the response head the client reads
 
-/// An upstream that reads one request head and answers `answer`, then closes.
-fn answering_upstream(answer: &'static [u8]) -> SocketAddr {
-    fake_upstream(move |mut s| {
-        let mut head = Vec::new();
-        let mut b = [0u8; 4096];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut b) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => head.extend_from_slice(&b[..n]),
-            }
-        }
-        let _ = s.write_all(answer);
-    })
-}
-
 fn lower(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).to_ascii_lowercase()
 }
