@@ -6,6 +6,8 @@ use http::request::Parts;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
 
+use crate::request::headers::{count, Count};
+
 /// Standard hop-by-hop request fields (RFC 9110 §7.6.1), never forwarded as
 /// the client sent them.
 const HOP_BY_HOP: [HeaderName; 10] = [
@@ -162,11 +164,8 @@ pub fn client_response(
     let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
     let no_body = status.is_informational() || status == http::StatusCode::NO_CONTENT;
     if switching {
-        let websocket = up.headers.get_all(header::UPGRADE).iter().count() == 1
-            && up
-                .headers
-                .get(header::UPGRADE)
-                .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"));
+        let websocket = matches!(count(&up.headers, header::UPGRADE),
+            Count::Once(v) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"));
         if !websocket {
             return Err(Unforwardable("upgrade_not_websocket"));
         }
@@ -217,16 +216,10 @@ pub fn client_response(
         && !no_body
         && status != http::StatusCode::NOT_MODIFIED
     {
-        let lines = up.headers.get_all(header::TRANSFER_ENCODING);
-        let pingora_chunked = lines.iter().next_back().is_some_and(|v| {
-            let b = v.as_bytes();
-            let last = b
-                .iter()
-                .rposition(|&c| c == b',')
-                .map_or(b, |i| &b[i + 1..]);
-            last.trim_ascii().eq_ignore_ascii_case(b"chunked")
-        });
-        let codings: Vec<&[u8]> = lines
+        let pingora_chunked = pingora_reads_chunked(&up.headers);
+        let codings: Vec<&[u8]> = up
+            .headers
+            .get_all(header::TRANSFER_ENCODING)
             .iter()
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
             .map(<[u8]>::trim_ascii)
@@ -260,22 +253,23 @@ pub fn client_response(
 /// Whether a final response head, as it goes down, has a body delimited
 /// only by the connection's close (no length, no chunked framing).
 pub fn close_delimited(status: http::StatusCode, headers: &HeaderMap, head_request: bool) -> bool {
-    let s = status;
     !(head_request
-        || s.is_informational()
-        || s == http::StatusCode::NO_CONTENT
-        || s == http::StatusCode::NOT_MODIFIED
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
         || headers.contains_key(header::CONTENT_LENGTH)
-        || headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .is_some_and(|v| {
-                v.as_bytes()
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-            }))
+        || pingora_reads_chunked(headers))
+}
+
+/// Chunked framing as pingora reads it, to frame a body both ways: the last
+/// token of the last `Transfer-Encoding` line.
+fn pingora_reads_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// An HTTP/1.1 WebSocket handshake: GET, `Connection: upgrade`,
@@ -412,20 +406,32 @@ mod tests {
         }
         assert_eq!(down.headers["content-length"], "3");
         assert_eq!(down.headers["x-kept"], "1");
-        // a 101 keeps the switch
+        // a 101 keeps the switch, re-stated, and only to WebSocket
         let r = resp(
             101,
             Version::HTTP_11,
             &[
-                ("connection", "Upgrade"),
-                ("upgrade", "websocket"),
+                ("connection", "Upgrade, X-Secret"),
+                ("upgrade", "WebSocket"),
+                ("x-secret", "s"),
                 ("keep-alive", "x"),
+                ("transfer-encoding", "chunked"),
+                ("content-length", "5"),
             ],
         );
         let down = client_response(&r, Version::HTTP_11).unwrap();
         assert_eq!(down.headers["connection"], "Upgrade");
         assert_eq!(down.headers["upgrade"], "websocket");
-        assert!(!down.headers.contains_key("keep-alive"));
+        assert_eq!(down.headers.len(), 2, "{:?}", down.headers);
+        let r = resp(
+            101,
+            Version::HTTP_11,
+            &[("connection", "Upgrade"), ("upgrade", "h2c")],
+        );
+        assert_eq!(
+            client_response(&r, Version::HTTP_11).unwrap_err(),
+            Unforwardable("upgrade_not_websocket")
+        );
     }
 
     #[test]
@@ -465,6 +471,45 @@ mod tests {
             client_response(&r, Version::HTTP_10).unwrap_err(),
             Unforwardable("transfer_coding_for_http10")
         );
+    }
+
+    #[test]
+    fn transfer_encoding_has_one_reading_or_is_refused() {
+        let te = |lines: &[(&str, &str)]| {
+            client_response(&resp(200, Version::HTTP_11, lines), Version::HTTP_11)
+        };
+        // pingora frames these close-delimited, a client would read chunked
+        for lines in [
+            &[("transfer-encoding", "chunked,")][..],
+            &[("transfer-encoding", "chunked"), ("transfer-encoding", "")][..],
+        ] {
+            assert_eq!(
+                te(lines).unwrap_err(),
+                Unforwardable("ambiguous_transfer_encoding"),
+                "{lines:?}"
+            );
+        }
+        let down = te(&[
+            ("transfer-encoding", "gzip"),
+            ("transfer-encoding", " chunked"),
+            ("content-length", "9"),
+        ])
+        .unwrap();
+        assert_eq!(down.headers["transfer-encoding"], "gzip, chunked");
+        assert!(!down.headers.contains_key("content-length"));
+        assert!(!close_delimited(down.status, &down.headers, false));
+        // chunked not last: close-delimited both ways, stated as received
+        let down = te(&[("transfer-encoding", "chunked, gzip")]).unwrap();
+        assert_eq!(down.headers["transfer-encoding"], "chunked, gzip");
+        assert!(close_delimited(down.status, &down.headers, false));
+        // equal lengths go down as one
+        let down = te(&[("content-length", "5, 5")]).unwrap();
+        assert_eq!(down.headers["content-length"], "5");
+        assert!(te(&[("content-length", "5, 6")]).is_err());
+        assert!(!close_delimited(down.status, &down.headers, false));
+        let plain = te(&[]).unwrap();
+        assert!(close_delimited(plain.status, &plain.headers, false));
+        assert!(!close_delimited(plain.status, &plain.headers, true));
     }
 
     #[test]
