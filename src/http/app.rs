@@ -484,6 +484,8 @@ impl KeywardApp {
                     .with_label_values(&[kind])
                     .inc();
                 if !answered {
+                    // the connection closes after this answer: its head says so
+                    session.set_keepalive(None);
                     let _ = write_denial(session, &denial, rate.as_ref(), request_id).await;
                 }
                 Sent {
@@ -499,6 +501,7 @@ impl KeywardApp {
                     "stream closed: its credential no longer stands"
                 );
                 if !answered {
+                    session.set_keepalive(None);
                     let _ = write_denial(session, &closing.denial, rate.as_ref(), request_id).await;
                 }
                 Sent {

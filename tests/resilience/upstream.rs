@@ -127,6 +127,38 @@ fn upstream_that_resets_is_502() {
 }
 
 #[test]
+fn a_502_on_a_keep_alive_connection_says_connection_close_and_closes() {
+    // keyward does not reuse a connection whose exchange failed; the 502's
+    // head must say so (it said `keep-alive`, then closed: a pooling client
+    // would send its next request into a closing socket)
+    let (_w, kw, key) = keyward_for(resetting_upstream(), 1000);
+    let mut s = std::net::TcpStream::connect(kw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = format!(
+        "GET /api/v1/x HTTP/1.1\r\nHost: kw.test\r\n{}\r\n",
+        bearer(&key)
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let head = String::from_utf8(read_head(&mut s).expect("no response head")).unwrap();
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    let connection: Vec<&str> = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+        .map(|(_, v)| v.trim())
+        .collect();
+    assert_eq!(connection, ["close"], "{head}");
+    // the JSON body, then the close
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).expect("connection not closed");
+    assert!(
+        String::from_utf8_lossy(&rest).contains("UPSTREAM_UNAVAILABLE"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+#[test]
 fn upstream_that_answers_garbage_is_502() {
     let (_w, kw, key) = keyward_for(garbage_upstream(), 1000);
     let r = timed_get(kw.addr, "/api/v1/x", &key, Duration::from_secs(5))
