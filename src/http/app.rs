@@ -317,7 +317,9 @@ impl KeywardApp {
                 sent.reusable
             }
             Decision::NeedBody(_) => {
-                // decide_body never asks twice
+                // decide_body never asks twice; the connection closes
+                // after this answer, and its head says so
+                session.set_keepalive(None);
                 self.refuse(session, ctx, Denial::AuthUnavailable, None)
                     .await;
                 false
@@ -462,11 +464,16 @@ impl KeywardApp {
             }
         };
         let req = Box::new(RequestHeader::from(up));
-        match self
+        let result = self
             .upstream
             .forward_followed(session, req, inspected, on_response, rebuild, stream)
-            .await
-        {
+            .await;
+        if result.is_err() {
+            // A failed exchange leaves the connection in no known state: it
+            // closes after keyward's answer, and that answer's head says so.
+            session.set_keepalive(None);
+        }
+        match result {
             Ok(done) => Sent {
                 reusable: true,
                 status: done.status,
@@ -484,8 +491,6 @@ impl KeywardApp {
                     .with_label_values(&[kind])
                     .inc();
                 if !answered {
-                    // the connection closes after this answer: its head says so
-                    session.set_keepalive(None);
                     let _ = write_denial(session, &denial, rate.as_ref(), request_id).await;
                 }
                 Sent {
@@ -501,7 +506,6 @@ impl KeywardApp {
                     "stream closed: its credential no longer stands"
                 );
                 if !answered {
-                    session.set_keepalive(None);
                     let _ = write_denial(session, &closing.denial, rate.as_ref(), request_id).await;
                 }
                 Sent {
